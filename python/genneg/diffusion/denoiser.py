@@ -1,0 +1,45 @@
+"""The one denoiser interface every sampler, guidance wrapper and metric uses.
+
+A denoiser is a callable ``D(x, sigma) -> x0_hat``:
+
+- ``x``: ``(B, *sample_shape)`` float32, a noisy sample in variance-exploding coordinates
+  ``x = x0 + sigma · eps``;
+- ``sigma``: ``(B,)`` float32, the noise level of each sample (same units as ``x``);
+- returns ``(B, *sample_shape)``, the estimate of ``E[x0 | x_sigma = x]``.
+
+Its score is ``(D(x, sigma) - x) / sigma²``. DDPM ε-models are adapted to this interface by
+``genneg.diffusion.ddpm`` so that guidance and metrics are written once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["Denoiser", "broadcast_to_sample", "expand_sigma"]
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """``D(x (B, ...), sigma (B,)) -> (B, ...)``, see the module docstring."""
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+
+def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a noise level to ``(B,)`` float32 on ``x``'s device, ``B = x.shape[0]``.
+
+    Accepts a Python float, a 0-d tensor or a ``(B,)`` tensor.
+    """
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    if s.ndim == 0:
+        return s.expand(x.shape[0])
+    if s.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(s.shape)}")
+    return s
+
+
+def broadcast_to_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` -> ``(B, 1, ..., 1)`` so that it multiplies ``x`` of shape ``(B, *sample_shape)``."""
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
