@@ -1,6 +1,180 @@
+// The only file that knows Python: turns NumPy arrays into strided views, releases the GIL for the
+// work, and maps C++ errors to ValueError. Input normalisation (torch tensors, 2-D batches, dtypes) is
+// done by the genneg_ext Python wrapper; the checks here guard the memory accesses whatever the caller.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "boxes.h"
+#include "collision.h"
+#include "offroad.h"
+#include "thread_pool.h"
+
 namespace py = pybind11;
+
+namespace {
+
+using genneg::BoxBatch;
+
+std::string shape_string(const py::array& a) {
+  std::string out = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    if (d > 0) out += ", ";
+    out += std::to_string(a.shape(d));
+  }
+  return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+bool is_byte_mask(const py::array& a) {
+  const auto kind = a.dtype().kind();
+  return a.itemsize() == 1 && (kind == 'b' || kind == 'u');
+}
+
+BoxBatch make_batch(const py::array& boxes, const std::optional<py::array>& valid) {
+  if (boxes.ndim() != 3 || boxes.shape(2) != 5) {
+    throw py::value_error("boxes must have shape (S, A, 5), got " + shape_string(boxes));
+  }
+  BoxBatch b;
+  if (boxes.dtype().is(py::dtype::of<float>())) {
+    b.dtype = genneg::Dtype::kFloat32;
+  } else if (boxes.dtype().is(py::dtype::of<double>())) {
+    b.dtype = genneg::Dtype::kFloat64;
+  } else {
+    throw py::type_error("boxes must be float32 or float64, got " + std::string(py::str(boxes.dtype())));
+  }
+  b.data = static_cast<const char*>(boxes.data());
+  b.scenes = boxes.shape(0);
+  b.agents = boxes.shape(1);
+  b.stride_scene = boxes.strides(0);
+  b.stride_agent = boxes.strides(1);
+  b.stride_field = boxes.strides(2);
+  if (valid.has_value()) {
+    const py::array& v = *valid;
+    if (v.ndim() != 2 || v.shape(0) != b.scenes || v.shape(1) != b.agents) {
+      throw py::value_error("valid must have shape (S, A) = (" + std::to_string(b.scenes) + ", " +
+                            std::to_string(b.agents) + ") to match boxes, got " + shape_string(v));
+    }
+    if (!is_byte_mask(v)) throw py::type_error("valid must be a bool or uint8 array");
+    b.valid = static_cast<const uint8_t*>(v.data());
+    b.valid_stride_scene = v.strides(0);
+    b.valid_stride_agent = v.strides(1);
+  }
+  return b;
+}
+
+int threads_from(int64_t threads) {
+  if (threads < 0) throw py::value_error("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
+  return genneg::resolve_threads(threads);
+}
+
+void check_margin(double margin) {
+  if (!std::isfinite(margin) || margin < 0.0) {
+    throw py::value_error("margin must be a finite number of metres >= 0, got " + std::to_string(margin));
+  }
+}
+
+[[noreturn]] void rethrow_box_error(const genneg::BoxInputError& e, bool batched) {
+  const std::string where = batched ? "boxes[" + std::to_string(e.scene()) + ", " + std::to_string(e.vehicle()) +
+                                          "] (scene " + std::to_string(e.scene()) + ", vehicle " +
+                                          std::to_string(e.vehicle()) + ")"
+                                    : "boxes[" + std::to_string(e.vehicle()) + "] (vehicle " +
+                                          std::to_string(e.vehicle()) + ")";
+  throw py::value_error(where + ": " + e.what());
+}
+
+py::array_t<bool> collisions(const py::array& boxes, const std::optional<py::array>& valid, double margin,
+                             int64_t threads, bool batched) {
+  const BoxBatch batch = make_batch(boxes, valid);
+  check_margin(margin);
+  const int n_threads = threads_from(threads);
+  py::array_t<bool> out({batch.scenes, batch.agents});
+  auto* dst = reinterpret_cast<uint8_t*>(out.mutable_data());
+  try {
+    py::gil_scoped_release release;
+    genneg::collisions(batch, margin, n_threads, dst);
+  } catch (const genneg::BoxInputError& e) {
+    rethrow_box_error(e, batched);
+  }
+  return out;
+}
+
+py::array_t<int64_t> collision_pairs(const py::array& boxes, const std::optional<py::array>& valid,
+                                     double margin, int64_t threads, bool batched) {
+  const BoxBatch batch = make_batch(boxes, valid);
+  check_margin(margin);
+  const int n_threads = threads_from(threads);
+  std::vector<int64_t> flat;
+  try {
+    py::gil_scoped_release release;
+    flat = genneg::collision_pairs(batch, margin, n_threads);
+  } catch (const genneg::BoxInputError& e) {
+    rethrow_box_error(e, batched);
+  }
+  const auto rows = static_cast<py::ssize_t>(flat.size() / 3);
+  py::array_t<int64_t> out({rows, static_cast<py::ssize_t>(3)});
+  std::copy(flat.begin(), flat.end(), out.mutable_data());
+  return out;
+}
+
+py::array_t<bool> offroad(const py::array& boxes, const std::optional<py::array>& valid, const py::array& drivable,
+                          double origin_x, double origin_y, double resolution, const std::string& mode,
+                          int64_t threads, bool batched) {
+  const BoxBatch batch = make_batch(boxes, valid);
+  if (drivable.ndim() != 2) throw py::value_error("drivable must have shape (H, W), got " + shape_string(drivable));
+  if (drivable.shape(0) == 0 || drivable.shape(1) == 0) {
+    throw py::value_error("drivable map is empty: shape " + shape_string(drivable));
+  }
+  if (!is_byte_mask(drivable)) throw py::type_error("drivable must be a bool or uint8 array");
+  if (!std::isfinite(origin_x) || !std::isfinite(origin_y)) throw py::value_error("origin must be finite");
+  if (!std::isfinite(resolution) || !(resolution > 0.0)) {
+    throw py::value_error("resolution must be a finite number of metres per cell > 0, got " +
+                          std::to_string(resolution));
+  }
+  genneg::OffroadMode off_mode;
+  if (mode == "exact") {
+    off_mode = genneg::OffroadMode::kExact;
+  } else if (mode == "corners") {
+    off_mode = genneg::OffroadMode::kCorners;
+  } else {
+    throw py::value_error("mode must be 'exact' or 'corners', got '" + mode + "'");
+  }
+  genneg::Raster raster;
+  raster.data = static_cast<const uint8_t*>(drivable.data());
+  raster.height = drivable.shape(0);
+  raster.width = drivable.shape(1);
+  raster.stride_row = drivable.strides(0);
+  raster.stride_col = drivable.strides(1);
+  raster.origin_x = origin_x;
+  raster.origin_y = origin_y;
+  raster.resolution = resolution;
+  const int n_threads = threads_from(threads);
+  py::array_t<bool> out({batch.scenes, batch.agents});
+  auto* dst = reinterpret_cast<uint8_t*>(out.mutable_data());
+  try {
+    py::gil_scoped_release release;
+    genneg::offroad(batch, raster, off_mode, n_threads, dst);
+  } catch (const genneg::BoxInputError& e) {
+    rethrow_box_error(e, batched);
+  }
+  return out;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "genneg compiled oracles";
+  m.doc() = "genneg compiled traffic oracles (use the typed wrappers in genneg_ext)";
   m.attr("__version__") = GENNEG_VERSION;
+  m.def("collisions", &collisions, py::arg("boxes"), py::arg("valid"), py::arg("margin"), py::arg("threads"),
+        py::arg("batched"),
+        "(S, A, 5) float32/float64 boxes, optional (S, A) bool valid -> (S, A) bool collides.");
+  m.def("collision_pairs", &collision_pairs, py::arg("boxes"), py::arg("valid"), py::arg("margin"),
+        py::arg("threads"), py::arg("batched"), "(S, A, 5) boxes -> (P, 3) int64 rows (scene, i, j), i < j.");
+  m.def("offroad", &offroad, py::arg("boxes"), py::arg("valid"), py::arg("drivable"), py::arg("origin_x"),
+        py::arg("origin_y"), py::arg("resolution"), py::arg("mode"), py::arg("threads"), py::arg("batched"),
+        "(S, A, 5) boxes, (H, W) uint8 drivable raster -> (S, A) bool offroad.");
+  m.def("available_cores", &genneg::available_cores, "Cores this process may run on (threads=0 uses all).");
 }

@@ -1,0 +1,24 @@
+"""Stubs of the compiled module; call the typed wrappers in :mod:`genneg_ext` instead."""
+
+import numpy as np
+
+__version__: str
+
+def collisions(
+    boxes: np.ndarray, valid: np.ndarray | None, margin: float, threads: int, batched: bool
+) -> np.ndarray: ...
+def collision_pairs(
+    boxes: np.ndarray, valid: np.ndarray | None, margin: float, threads: int, batched: bool
+) -> np.ndarray: ...
+def offroad(
+    boxes: np.ndarray,
+    valid: np.ndarray | None,
+    drivable: np.ndarray,
+    origin_x: float,
+    origin_y: float,
+    resolution: float,
+    mode: str,
+    threads: int,
+    batched: bool,
+) -> np.ndarray: ...
+def available_cores() -> int: ...

@@ -1,0 +1,190 @@
+"""Typed Python face of the compiled traffic oracles: converts and validates inputs, calls ``_C``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+
+from genneg_ext import _C
+
+__all__ = ["available_cores", "collision_pairs", "collisions", "offroad"]
+
+_CUDA_HINT = (
+    "genneg_ext runs on the CPU only; for CUDA tensors use genneg.oracles.TrafficOracle, which sends them "
+    "to the Triton kernel with the same semantics"
+)
+
+
+def _is_torch_tensor(x: object) -> bool:
+    # Detected without importing torch: torch is only needed when the caller already has tensors.
+    return type(x).__module__.startswith("torch") and hasattr(x, "__dlpack__") and hasattr(x, "device")
+
+
+def _as_numpy(x: Any, name: str) -> np.ndarray:
+    """NumPy view of ``x`` (zero-copy for NumPy arrays and CPU torch tensors)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if _is_torch_tensor(x):
+        if x.device.type != "cpu":
+            raise TypeError(f"{name} is a tensor on device {x.device}; {_CUDA_HINT}")
+        x = x.detach()
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, TypeError, RuntimeError) as e:
+            raise TypeError(f"{name}: cannot read a torch tensor of dtype {x.dtype} ({e})") from e
+    return np.asarray(x)
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
+def _boxes_array(boxes: Any) -> tuple[np.ndarray, bool]:
+    """``(S, A, 5)`` float32/float64 view of ``boxes`` and whether the input was batched (3-D)."""
+    a = _native(_as_numpy(boxes, "boxes"))
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"boxes must hold real numbers (float32 or float64), got dtype {a.dtype}")
+    if a.ndim not in (2, 3) or a.shape[-1] != 5:
+        raise ValueError(
+            f"boxes must have shape (S, A, 5) or (A, 5) [x m, y m, length m, width m, heading rad], "
+            f"got shape {a.shape}"
+        )
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    batched = a.ndim == 3
+    return (a if batched else a[None]), batched
+
+
+def _valid_array(valid: Any, boxes: np.ndarray, batched: bool) -> np.ndarray | None:
+    """``(S, A)`` bool view of ``valid`` or None."""
+    if valid is None:
+        return None
+    v = _native(_as_numpy(valid, "valid"))
+    if v.dtype.kind not in "biu":
+        raise TypeError(f"valid must be a bool mask, got dtype {v.dtype}")
+    expected = boxes.shape[:2] if batched else boxes.shape[1:2]
+    if v.shape != expected:
+        shown = boxes.shape if batched else boxes.shape[1:]
+        raise ValueError(f"valid must have shape {expected} to match boxes of shape {shown}, got {v.shape}")
+    if v.dtype != np.bool_:
+        v = v != 0
+    return v if batched else v[None]
+
+
+def _check_threads(threads: int) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise ValueError(f"threads must be an int >= 0 (0 = all cores), got {threads!r}")
+    return int(threads)
+
+
+def _check_margin(margin: float) -> float:
+    m = float(margin)
+    if not math.isfinite(m) or m < 0.0:
+        raise ValueError(f"margin must be a finite number of metres >= 0, got {margin!r}")
+    return m
+
+
+def available_cores() -> int:
+    """Number of cores this process may run on; what ``threads=0`` uses."""
+    return int(_C.available_cores())
+
+
+def collisions(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int = 0) -> np.ndarray:
+    """Which vehicles overlap another vehicle of the same scene.
+
+    Vehicle ``i`` of scene ``s`` collides iff the interior of its rectangle intersects the interior of
+    another valid vehicle's rectangle in scene ``s``. Touching edges or corners is not a collision.
+    ``margin`` inflates every box's length and width by ``2 * margin`` first.
+
+    Args:
+        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64, NumPy array or CPU torch tensor —
+            x m, y m, length m, width m, heading rad.
+        valid: optional ``(S, A)`` / ``(A,)`` bool mask of present vehicles; absent ones are ignored.
+        margin: metres, finite, >= 0.
+        threads: worker threads (static chunks of scenes); 0 = all cores.
+
+    Returns:
+        ``(S, A)`` / ``(A,)`` bool NumPy array, True = collides; absent slots are False.
+
+    Raises:
+        ValueError: bad shape, NaN/inf or length/width <= 0 in a valid box (scene and vehicle named),
+            negative margin or threads. TypeError: CUDA tensor or non-numeric dtype.
+    """
+    b, batched = _boxes_array(boxes)
+    v = _valid_array(valid, b, batched)
+    out = _C.collisions(b, v, _check_margin(margin), _check_threads(threads), batched)
+    return out if batched else out[0]
+
+
+def collision_pairs(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int = 0) -> np.ndarray:
+    """Every overlapping pair, for debugging and rendering.
+
+    Same semantics and arguments as :func:`collisions`.
+
+    Returns:
+        ``(P, 3)`` int64 rows ``(scene, i, j)`` with ``i < j`` (vehicle slot indices), sorted by scene,
+        then ``i``, then ``j``. For 2-D input the scene column is 0.
+    """
+    b, batched = _boxes_array(boxes)
+    v = _valid_array(valid, b, batched)
+    return _C.collision_pairs(b, v, _check_margin(margin), _check_threads(threads), batched)
+
+
+def offroad(
+    boxes: Any,
+    drivable: Any,
+    origin: tuple[float, float] | Any,
+    resolution: float,
+    valid: Any = None,
+    threads: int = 0,
+    mode: Literal["exact", "corners"] = "exact",
+) -> np.ndarray:
+    """Which vehicles leave the drivable area.
+
+    The drivable area is a raster ``drivable[H, W]`` (nonzero = drivable); cell ``(i, j)`` covers
+    ``[ox + j·res, ox + (j+1)·res] × [oy + i·res, oy + (i+1)·res]`` (m). With ``mode="exact"`` a vehicle is
+    offroad iff the interior of its rectangle intersects the interior of a non-drivable cell, or any part
+    of it lies outside the raster: the whole box counts, so a thin non-drivable strip under the middle
+    of a vehicle makes it offroad, while a box exactly touching the raster's border or a non-drivable
+    cell is not. ``mode="corners"`` is APPROXIMATE (what Waymax and torchdrivesim do): only the four
+    corners are looked up, so it misses non-drivable cells under the rest of the box.
+
+    Args:
+        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64 — x m, y m, length m, width m, heading rad.
+        drivable: ``(H, W)`` bool/uint8 (other integer dtypes: nonzero = drivable), non-empty.
+        origin: ``(ox, oy)``, metres: the outer corner of cell ``[0, 0]``.
+        resolution: metres per cell, finite, > 0.
+        valid: optional ``(S, A)`` / ``(A,)`` bool mask; absent vehicles are ignored and reported False.
+        threads: worker threads; 0 = all cores.
+        mode: ``"exact"`` (default) or ``"corners"`` (approximate).
+
+    Returns:
+        ``(S, A)`` / ``(A,)`` bool NumPy array, True = offroad.
+
+    Raises:
+        ValueError: as for :func:`collisions`, plus an empty or non-2-D map, resolution <= 0, non-finite
+            origin, unknown mode. TypeError: CUDA tensor, non-numeric boxes, non-integer map.
+    """
+    b, batched = _boxes_array(boxes)
+    v = _valid_array(valid, b, batched)
+    d = _native(_as_numpy(drivable, "drivable"))
+    if d.dtype.kind not in "biu":
+        raise TypeError(f"drivable must be a bool or uint8 raster, got dtype {d.dtype}")
+    if d.ndim != 2:
+        raise ValueError(f"drivable must have shape (H, W), got {d.shape}")
+    if d.shape[0] == 0 or d.shape[1] == 0:
+        raise ValueError(f"drivable map is empty: shape {d.shape}")
+    if d.itemsize != 1:
+        d = d != 0
+    o = np.asarray(_as_numpy(origin, "origin"), dtype=np.float64)
+    if o.shape != (2,) or not np.all(np.isfinite(o)):
+        raise ValueError(f"origin must be two finite numbers (x m, y m), got {origin!r}")
+    res = float(resolution)
+    if not math.isfinite(res) or res <= 0.0:
+        raise ValueError(f"resolution must be a finite number of metres per cell > 0, got {resolution!r}")
+    if mode not in ("exact", "corners"):
+        raise ValueError(f"mode must be 'exact' or 'corners', got {mode!r}")
+    out = _C.offroad(b, v, d, float(o[0]), float(o[1]), res, mode, _check_threads(threads), batched)
+    return out if batched else out[0]
