@@ -1,0 +1,304 @@
+"""Pure-PyTorch twin of the traffic oracle: exact vehicle overlap and offroad checks.
+
+This is the reference that the C++ (``genneg_ext``) and Triton (``genneg.kernels.traffic_oracle``)
+implementations are held to, and the fallback on devices where neither runs. It works on any torch
+device, vectorised over scenes and vehicle pairs (collisions) or over boxes and raster cells (offroad),
+in chunks that bound peak memory.
+
+Contract (shared by every backend):
+
+- A vehicle is a rectangle ``(x, y, length, width, heading)``: centre in metres, full length along the
+  heading, full width across it, heading in radians. ``boxes`` is ``(S, A, 5)`` (S scenes, A vehicle
+  slots) or ``(A, 5)`` (one scene), float32 or float64; ``valid`` is an optional bool mask of shape
+  ``boxes.shape[:-1]``. Invalid slots are ignored (their values are never read for geometry, may even be
+  NaN) and reported False.
+- **Collision**: vehicle i collides iff the interior of its rectangle intersects the interior of another
+  valid vehicle's rectangle in the same scene. Touching edges or corners is not a collision. ``margin``
+  (metres, >= 0) inflates every box's length and width by ``2 * margin`` first.
+- **Offroad**: vehicle i is offroad iff the interior of its rectangle intersects the interior of a
+  non-drivable raster cell, or a corner lies strictly outside the raster rectangle. Cell ``(i, j)`` covers
+  ``[ox + j*res, ox + (j+1)*res] x [oy + i*res, oy + (i+1)*res]``. The whole box counts, not its corners.
+- Geometry is computed in float64 whatever the input dtype, in coordinates relative to the raster origin
+  (offroad) or as centre differences (collisions), so that coordinates near 1e6 m lose no precision.
+  Results are exact up to float64 rounding at exact touching.
+
+Both tests are separating-axis tests with strict inequalities: two convex polygons have intersecting
+interiors iff their projections on every edge normal overlap with positive length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["collisions", "offroad", "validate_boxes", "validate_margin", "validate_raster"]
+
+# Elements per chunk of pair or cell tests; bounds peak memory to a few hundred MB of float64 temporaries.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def validate_boxes(
+    boxes: torch.Tensor, valid: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Check ``boxes`` and ``valid`` against the contract and bring them to 3-D.
+
+    Args:
+        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64 tensor, any device and strides.
+        valid: ``None`` or a bool tensor of shape ``boxes.shape[:-1]`` on the same device.
+
+    Returns:
+        ``(boxes3, valid3, squeeze)``: ``boxes3`` a ``(S, A, 5)`` view of ``boxes`` (no copy),
+        ``valid3`` a ``(S, A)`` bool tensor, ``squeeze`` True when the input was 2-D.
+
+    Raises:
+        TypeError: ``boxes``/``valid`` is not a tensor, or has the wrong dtype.
+        ValueError: wrong rank or last dimension, mismatched ``valid`` shape or device, a non-finite
+            value or a length/width <= 0 in a valid slot (the message names scene and vehicle index).
+    """
+    if not isinstance(boxes, torch.Tensor):
+        raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
+    if boxes.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"boxes must be float32 or float64, got {boxes.dtype}")
+    if boxes.ndim not in (2, 3) or boxes.shape[-1] != 5:
+        raise ValueError(
+            f"boxes must have shape (S, A, 5) or (A, 5) (x, y, length, width, heading), "
+            f"got {tuple(boxes.shape)}"
+        )
+    squeeze = boxes.ndim == 2
+    boxes3 = boxes.unsqueeze(0) if squeeze else boxes
+    if valid is None:
+        valid3 = torch.ones(boxes3.shape[:2], dtype=torch.bool, device=boxes.device)
+    else:
+        if not isinstance(valid, torch.Tensor):
+            raise TypeError(f"valid must be a torch.Tensor or None, got {type(valid).__name__}")
+        if valid.dtype != torch.bool:
+            raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
+        if tuple(valid.shape) != tuple(boxes.shape[:-1]):
+            raise ValueError(
+                f"valid has shape {tuple(valid.shape)}, expected {tuple(boxes.shape[:-1])} "
+                f"(boxes.shape[:-1])"
+            )
+        if valid.device != boxes.device:
+            raise ValueError(f"valid is on {valid.device} but boxes are on {boxes.device}")
+        valid3 = valid.unsqueeze(0) if squeeze else valid
+    if boxes3.numel() == 0:
+        return boxes3, valid3, squeeze
+    # One host synchronisation for all checks; the error path pays for locating the culprit.
+    finite = torch.isfinite(boxes3).all(dim=-1)
+    positive = (boxes3[..., 2] > 0) & (boxes3[..., 3] > 0)
+    bad = valid3 & ~(finite & positive)
+    if bool(bad.any()):
+        s, a = (int(v) for v in torch.nonzero(bad)[0].tolist())
+        where = f"boxes[{a}]" if squeeze else f"boxes[{s}, {a}] (scene {s}, vehicle {a})"
+        values = boxes3[s, a].tolist()
+        if not bool(finite[s, a]):
+            raise ValueError(f"{where} has a non-finite value: {values}")
+        raise ValueError(f"{where} has length or width <= 0: length={values[2]}, width={values[3]}")
+    return boxes3, valid3, squeeze
+
+
+def validate_margin(margin: float) -> float:
+    """Return ``margin`` as a float after checking it is finite and >= 0 (metres)."""
+    margin = float(margin)
+    if not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"margin must be a finite number >= 0 (metres), got {margin}")
+    return margin
+
+
+def validate_raster(
+    drivable: torch.Tensor, origin: Sequence[float], resolution: float, device: torch.device
+) -> tuple[torch.Tensor, tuple[float, float], float]:
+    """Check a drivable raster and its placement.
+
+    Args:
+        drivable: ``(H, W)`` bool or integer tensor (non-zero = drivable) on ``device``.
+        origin: ``(x, y)`` of the outer corner of cell ``[0, 0]``, metres.
+        resolution: cell edge length, metres per cell, > 0.
+        device: the device of the boxes.
+
+    Returns:
+        ``(drivable, (ox, oy), resolution)`` with ``drivable`` unchanged and the numbers as floats.
+
+    Raises:
+        TypeError: ``drivable`` is not a bool/integer tensor.
+        ValueError: empty or non-2-D raster, raster on another device, non-finite origin, resolution <= 0.
+    """
+    if not isinstance(drivable, torch.Tensor):
+        raise TypeError(f"drivable must be a torch.Tensor, got {type(drivable).__name__}")
+    if drivable.dtype.is_floating_point or drivable.dtype.is_complex:
+        raise TypeError(f"drivable must be a bool or integer tensor, got {drivable.dtype}")
+    if drivable.ndim != 2 or drivable.shape[0] == 0 or drivable.shape[1] == 0:
+        raise ValueError(f"drivable must be a non-empty (H, W) raster, got shape {tuple(drivable.shape)}")
+    if drivable.shape[0] * drivable.shape[1] >= 2**31:
+        raise ValueError(f"drivable raster {tuple(drivable.shape)} has >= 2**31 cells; split the map")
+    if drivable.device != torch.device(device):
+        raise ValueError(f"drivable is on {drivable.device} but boxes are on {device}")
+    origin_xy = tuple(float(v) for v in origin)
+    if len(origin_xy) != 2 or not all(math.isfinite(v) for v in origin_xy):
+        raise ValueError(f"origin must be two finite numbers (x m, y m), got {origin}")
+    resolution = float(resolution)
+    if not math.isfinite(resolution) or resolution <= 0:
+        raise ValueError(f"resolution must be a finite number > 0 (metres per cell), got {resolution}")
+    return drivable, (origin_xy[0], origin_xy[1]), resolution
+
+
+def _box_frame(boxes: torch.Tensor, margin: float) -> tuple[torch.Tensor, ...]:
+    """``(..., 5)`` boxes -> float64 ``x, y, half_length, half_width, cos, sin``, each ``(...)``."""
+    b = boxes.to(torch.float64)
+    heading = b[..., 4]
+    return (
+        b[..., 0],
+        b[..., 1],
+        0.5 * b[..., 2] + margin,
+        0.5 * b[..., 3] + margin,
+        torch.cos(heading),
+        torch.sin(heading),
+    )
+
+
+def _pair_overlap(boxes: torch.Tensor, margin: float) -> torch.Tensor:
+    """Interior overlap of every ordered pair: ``(S, A, 5)`` -> ``(S, A, A)`` bool (diagonal True)."""
+    x, y, hl, hw, c, s = _box_frame(boxes, margin)
+    # Row i is box a, column j is box b; d = centre_b - centre_a.
+    dx = x[:, None, :] - x[:, :, None]
+    dy = y[:, None, :] - y[:, :, None]
+    ca, sa, hla, hwa = c[:, :, None], s[:, :, None], hl[:, :, None], hw[:, :, None]
+    cb, sb, hlb, hwb = c[:, None, :], s[:, None, :], hl[:, None, :], hw[:, None, :]
+    cos_ab = (ca * cb + sa * sb).abs()  # |u_a . u_b| = |v_a . v_b|
+    sin_ab = (sa * cb - ca * sb).abs()  # |u_a . v_b| = |v_a . u_b|
+    overlap = (dx * ca + dy * sa).abs() < hla + hlb * cos_ab + hwb * sin_ab  # axis u_a (length of a)
+    overlap &= (dy * ca - dx * sa).abs() < hwa + hlb * sin_ab + hwb * cos_ab  # axis v_a (width of a)
+    overlap &= (dx * cb + dy * sb).abs() < hlb + hla * cos_ab + hwa * sin_ab  # axis u_b
+    overlap &= (dy * cb - dx * sb).abs() < hwb + hla * sin_ab + hwa * cos_ab  # axis v_b
+    return overlap
+
+
+def collisions(boxes: torch.Tensor, valid: torch.Tensor | None = None, margin: float = 0.0) -> torch.Tensor:
+    """Which vehicles overlap another valid vehicle of their scene (interiors intersect).
+
+    Args:
+        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64, any device: x m, y m, length m, width m,
+            heading rad.
+        valid: optional ``(S, A)`` / ``(A,)`` bool; invalid slots are ignored and reported False.
+        margin: metres >= 0 added to every box's half-length and half-width (length and width grow by
+            ``2 * margin``).
+
+    Returns:
+        bool tensor ``(S, A)`` (or ``(A,)``) on ``boxes.device``; True = collides.
+
+    Raises:
+        TypeError, ValueError: see :func:`validate_boxes`; ``margin`` negative or non-finite.
+    """
+    boxes3, valid3, squeeze = validate_boxes(boxes, valid)
+    margin = validate_margin(margin)
+    num_scenes, num_agents = boxes3.shape[:2]
+    out = torch.zeros((num_scenes, num_agents), dtype=torch.bool, device=boxes3.device)
+    if num_agents > 1:
+        scenes_per_chunk = max(1, _CHUNK_ELEMENTS // (num_agents * num_agents))
+        eye = torch.eye(num_agents, dtype=torch.bool, device=boxes3.device)
+        for start in range(0, num_scenes, scenes_per_chunk):
+            chunk = slice(start, start + scenes_per_chunk)
+            # Invalid slots may hold NaN: replace them by a harmless unit box before the geometry.
+            v = valid3[chunk]
+            b = torch.where(v[..., None], boxes3[chunk], torch.ones((), dtype=boxes3.dtype))
+            pairs = _pair_overlap(b, margin) & v[:, :, None] & v[:, None, :] & ~eye
+            out[chunk] = pairs.any(dim=2)
+    return out[0] if squeeze else out
+
+
+def _cell_ranges(
+    px: torch.Tensor, py: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor, shape: tuple[int, int], res: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``i0..i0+ni-1`` and columns ``j0..j0+nj-1`` of the cells a box's bounding box touches.
+
+    ``px, py`` are box centres relative to the raster origin and ``ex, ey`` the half-extents of the box's
+    axis-aligned bounding box (metres). Valid only for boxes inside the raster (callers mask the rest).
+    """
+    h, w = shape
+    j0 = torch.floor((px - ex) / res).clamp(0, w - 1)
+    j1 = torch.floor((px + ex) / res).clamp(0, w - 1)
+    i0 = torch.floor((py - ey) / res).clamp(0, h - 1)
+    i1 = torch.floor((py + ey) / res).clamp(0, h - 1)
+    return i0.long(), (i1 - i0).long() + 1, j0.long(), (j1 - j0).long() + 1
+
+
+def offroad(
+    boxes: torch.Tensor,
+    drivable: torch.Tensor,
+    origin: Sequence[float],
+    resolution: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Which vehicles cover a non-drivable cell (interiors intersect) or leave the raster.
+
+    Args:
+        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64: x m, y m, length m, width m, heading rad.
+        drivable: ``(H, W)`` bool/integer tensor on ``boxes.device``, non-zero = drivable; row ``i`` is y,
+            column ``j`` is x.
+        origin: ``(x, y)`` of the outer corner of cell ``[0, 0]``, metres.
+        resolution: metres per cell; cell ``(i, j)`` covers
+            ``[ox + j*res, ox + (j+1)*res] x [oy + i*res, oy + (i+1)*res]``.
+        valid: optional ``(S, A)`` / ``(A,)`` bool; invalid slots are ignored and reported False.
+
+    Returns:
+        bool tensor ``(S, A)`` (or ``(A,)``) on ``boxes.device``; True = offroad.
+
+    Raises:
+        TypeError, ValueError: see :func:`validate_boxes` and :func:`validate_raster`.
+    """
+    boxes3, valid3, squeeze = validate_boxes(boxes, valid)
+    drivable, (ox, oy), res = validate_raster(drivable, origin, resolution, boxes3.device)
+    h, w = drivable.shape
+    flat_boxes = boxes3.reshape(-1, 5)
+    flat_valid = valid3.reshape(-1)
+    out = torch.zeros(flat_valid.shape, dtype=torch.bool, device=boxes3.device)
+    if flat_valid.numel() == 0:
+        return out.reshape(valid3.shape[1:] if squeeze else valid3.shape)
+
+    b = torch.where(flat_valid[:, None], flat_boxes, torch.ones((), dtype=flat_boxes.dtype))
+    x, y, hl, hw, c, s = _box_frame(b, 0.0)
+    px, py = x - ox, y - oy
+    ex = hl * c.abs() + hw * s.abs()  # half-extent of the box's bounding box along x
+    ey = hl * s.abs() + hw * c.abs()
+    outside = (px - ex < 0) | (px + ex > w * res) | (py - ey < 0) | (py + ey > h * res)
+    out |= flat_valid & outside
+
+    inside = torch.nonzero(flat_valid & ~outside).squeeze(1)
+    if inside.numel() == 0:
+        return out.reshape(valid3.shape[1:] if squeeze else valid3.shape)
+    i0, ni, j0, nj = _cell_ranges(px[inside], py[inside], ex[inside], ey[inside], (h, w), res)
+    num_cells = ni * nj
+    # Chunks of boxes with similar cell counts: sort by count, cut where (boxes x max cells) fills a chunk.
+    order = torch.argsort(num_cells)
+    counts = num_cells[order].cpu().numpy()
+    blocked_flat = (drivable == 0).reshape(-1)
+    start = 0
+    while start < counts.size:
+        cost = np.arange(1, counts.size - start + 1) * counts[start:]
+        stop = start + max(1, int(np.searchsorted(cost, _CHUNK_ELEMENTS, side="right")))
+        rows = order[start:stop]
+        k = torch.arange(int(counts[stop - 1]), device=boxes3.device)
+        idx = inside[rows]
+        in_range = k[None, :] < num_cells[rows, None]
+        nj_r = nj[rows, None]
+        ii = i0[rows, None] + torch.div(k[None, :], nj_r, rounding_mode="floor")
+        jj = j0[rows, None] + k[None, :] % nj_r
+        ii = torch.where(in_range, ii, 0)
+        jj = torch.where(in_range, jj, 0)
+        hit = in_range & blocked_flat[ii * w + jj]
+        # Separating axes: x and y (cell edges), then the box's own length and width axes.
+        cx0, cy0 = jj.to(torch.float64) * res, ii.to(torch.float64) * res
+        bpx, bpy, bex, bey = px[idx, None], py[idx, None], ex[idx, None], ey[idx, None]
+        hit &= (cx0 < bpx + bex) & (cx0 + res > bpx - bex)
+        hit &= (cy0 < bpy + bey) & (cy0 + res > bpy - bey)
+        bc, bs = c[idx, None], s[idx, None]
+        radius = 0.5 * res * (bc.abs() + bs.abs())  # the cell's half-extent along a box axis
+        qx, qy = cx0 + 0.5 * res - bpx, cy0 + 0.5 * res - bpy
+        hit &= (qx * bc + qy * bs).abs() < hl[idx, None] + radius
+        hit &= (qy * bc - qx * bs).abs() < hw[idx, None] + radius
+        out[idx] |= hit.any(dim=1)
+        start = stop
+    return out.reshape(valid3.shape[1:] if squeeze else valid3.shape)
