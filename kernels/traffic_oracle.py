@@ -31,7 +31,6 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
-
 from genneg.reference.traffic_oracle import validate_boxes, validate_margin, validate_raster
 
 __all__ = ["collisions", "offroad"]
