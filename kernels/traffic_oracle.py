@@ -31,9 +31,29 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+from genneg.reference.traffic_oracle import HALF_PI as HALF_PI_M
 from genneg.reference.traffic_oracle import validate_boxes, validate_margin, validate_raster
 
 __all__ = ["collisions", "offroad"]
+
+HALF_PI: tl.constexpr = tl.constexpr(HALF_PI_M)
+
+
+@triton.jit
+def _heading_axis(heading):
+    """float64 cos and sin of ``heading`` with quarter turns exact (see the reference's heading_axis)."""
+    quarter = tl.floor(heading / HALF_PI + 0.5)
+    rest = heading - quarter * HALF_PI
+    cos_r = tl.cos(rest)
+    sin_r = tl.sin(rest)
+    quadrant = quarter - 4.0 * tl.floor(quarter * 0.25)
+    c = tl.where(
+        quadrant == 0.0, cos_r, tl.where(quadrant == 1.0, -sin_r, tl.where(quadrant == 2.0, -cos_r, sin_r))
+    )
+    s = tl.where(
+        quadrant == 0.0, sin_r, tl.where(quadrant == 1.0, cos_r, tl.where(quadrant == 2.0, -sin_r, -cos_r))
+    )
+    return c, s
 
 
 @triton.jit
@@ -48,7 +68,8 @@ def _box_frame(ptr, stride_v, stride_f, offs, mask, margin):
     length = tl.load(base + 2 * stride_f, mask=mask, other=1.0).to(tl.float64)
     width = tl.load(base + 3 * stride_f, mask=mask, other=1.0).to(tl.float64)
     heading = tl.load(base + 4 * stride_f, mask=mask, other=0.0).to(tl.float64)
-    return x, y, 0.5 * length + margin, 0.5 * width + margin, tl.cos(heading), tl.sin(heading)
+    c, s = _heading_axis(heading)
+    return x, y, 0.5 * length + margin, 0.5 * width + margin, c, s
 
 
 @triton.jit
@@ -102,6 +123,19 @@ def _collisions_kernel(
 
 
 @triton.jit
+def _cell_span(lo, hi, resolution, num_cells):
+    """First and last cell (int32, clamped to ``[0, num_cells - 1]``) whose closed extent meets [lo, hi]."""
+    first = tl.floor(lo / resolution)
+    last = tl.floor(hi / resolution)
+    # Widen by one where the division rounded, so no cell whose interior meets the box is skipped.
+    first = tl.where(first * resolution > lo, first - 1.0, first)
+    last = tl.where((last + 1.0) * resolution < hi, last + 1.0, last)
+    first = tl.minimum(tl.maximum(first, 0.0), num_cells - 1.0).to(tl.int32)
+    last = tl.minimum(tl.maximum(last, 0.0), num_cells - 1.0).to(tl.int32)
+    return first, last
+
+
+@triton.jit
 def _offroad_kernel(
     boxes_ptr,
     valid_ptr,
@@ -144,10 +178,8 @@ def _offroad_kernel(
     outside = (px - ex < 0) | (px + ex > extent_x) | (py - ey < 0) | (py + ey > extent_y)
     outside = outside & in_b
     # Cell range of the bounding box, clamped in float64 before the integer conversion.
-    j0 = tl.minimum(tl.maximum(tl.floor((px - ex) / resolution), 0.0), width - 1.0).to(tl.int32)
-    j1 = tl.minimum(tl.maximum(tl.floor((px + ex) / resolution), 0.0), width - 1.0).to(tl.int32)
-    i0 = tl.minimum(tl.maximum(tl.floor((py - ey) / resolution), 0.0), height - 1.0).to(tl.int32)
-    i1 = tl.minimum(tl.maximum(tl.floor((py + ey) / resolution), 0.0), height - 1.0).to(tl.int32)
+    j0, j1 = _cell_span(px - ex, px + ex, resolution, width)
+    i0, i1 = _cell_span(py - ey, py + ey, resolution, height)
     num_cols = tl.maximum(j1 - j0 + 1, 1)
     num_cells = tl.where(in_b & ~outside, (i1 - i0 + 1) * num_cols, 0)
     radius = 0.5 * resolution * (tl.abs(c) + tl.abs(s))  # a cell's half-extent along a box axis

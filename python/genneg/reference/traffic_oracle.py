@@ -34,7 +34,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["collisions", "offroad", "validate_boxes", "validate_margin", "validate_raster"]
+__all__ = ["collisions", "heading_axis", "offroad", "validate_boxes", "validate_margin", "validate_raster"]
+
+HALF_PI = 1.57079632679489661923  # fl(pi / 2), the quarter turn headings are reduced by
 
 # Elements per chunk of pair or cell tests; bounds peak memory to a few hundred MB of float64 temporaries.
 _CHUNK_ELEMENTS = 1 << 21
@@ -78,8 +80,7 @@ def validate_boxes(
             raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
         if tuple(valid.shape) != tuple(boxes.shape[:-1]):
             raise ValueError(
-                f"valid has shape {tuple(valid.shape)}, expected {tuple(boxes.shape[:-1])} "
-                f"(boxes.shape[:-1])"
+                f"valid has shape {tuple(valid.shape)}, expected {tuple(boxes.shape[:-1])} (boxes.shape[:-1])"
             )
         if valid.device != boxes.device:
             raise ValueError(f"valid is on {valid.device} but boxes are on {boxes.device}")
@@ -145,18 +146,31 @@ def validate_raster(
     return drivable, (origin_xy[0], origin_xy[1]), resolution
 
 
+def heading_axis(heading: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` of float64 ``heading`` (rad) with quarter turns exact.
+
+    The heading is reduced by the nearest multiple ``q`` of ``fl(pi/2)`` and the axis rotated by ``q``
+    quarter turns, so headings that are float64 multiples of ``fl(pi/2)`` (0, ±pi/2, ±pi, ±2pi, ...) give
+    axes made of 0 and ±1 and axis-aligned boxes keep exactly representable edges, as in ``genneg_ext``.
+    """
+    quarter = torch.round(heading / HALF_PI)
+    rest = heading - quarter * HALF_PI
+    cos_r, sin_r = torch.cos(rest), torch.sin(rest)
+    quadrant = torch.remainder(quarter, 4.0)
+    c = torch.where(
+        quadrant == 0, cos_r, torch.where(quadrant == 1, -sin_r, torch.where(quadrant == 2, -cos_r, sin_r))
+    )
+    s = torch.where(
+        quadrant == 0, sin_r, torch.where(quadrant == 1, cos_r, torch.where(quadrant == 2, -sin_r, -cos_r))
+    )
+    return c, s
+
+
 def _box_frame(boxes: torch.Tensor, margin: float) -> tuple[torch.Tensor, ...]:
     """``(..., 5)`` boxes -> float64 ``x, y, half_length, half_width, cos, sin``, each ``(...)``."""
     b = boxes.to(torch.float64)
-    heading = b[..., 4]
-    return (
-        b[..., 0],
-        b[..., 1],
-        0.5 * b[..., 2] + margin,
-        0.5 * b[..., 3] + margin,
-        torch.cos(heading),
-        torch.sin(heading),
-    )
+    c, s = heading_axis(b[..., 4])
+    return b[..., 0], b[..., 1], 0.5 * b[..., 2] + margin, 0.5 * b[..., 3] + margin, c, s
 
 
 def _pair_overlap(boxes: torch.Tensor, margin: float) -> torch.Tensor:
@@ -218,11 +232,19 @@ def _cell_ranges(
     axis-aligned bounding box (metres). Valid only for boxes inside the raster (callers mask the rest).
     """
     h, w = shape
-    j0 = torch.floor((px - ex) / res).clamp(0, w - 1)
-    j1 = torch.floor((px + ex) / res).clamp(0, w - 1)
-    i0 = torch.floor((py - ey) / res).clamp(0, h - 1)
-    i1 = torch.floor((py + ey) / res).clamp(0, h - 1)
-    return i0.long(), (i1 - i0).long() + 1, j0.long(), (j1 - j0).long() + 1
+
+    def span(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first = torch.floor(lo / res)
+        last = torch.floor(hi / res)
+        # Widen by one where the division rounded, so no cell whose interior meets the box is skipped.
+        first = torch.where(first * res > lo, first - 1, first)
+        last = torch.where((last + 1) * res < hi, last + 1, last)
+        first, last = first.clamp(0, n - 1).long(), last.clamp(0, n - 1).long()
+        return first, last - first + 1
+
+    i0, ni = span(py - ey, py + ey, h)
+    j0, nj = span(px - ex, px + ex, w)
+    return i0, ni, j0, nj
 
 
 def offroad(
