@@ -39,9 +39,10 @@ BoxBatch make_batch(const py::array& boxes, const std::optional<py::array>& vali
     throw py::value_error("boxes must have shape (S, A, 5), got " + shape_string(boxes));
   }
   BoxBatch b;
-  if (boxes.dtype().is(py::dtype::of<float>())) {
+  // array_t's isinstance is NumPy's type equivalence (native float32/float64), not dtype identity.
+  if (py::isinstance<py::array_t<float>>(boxes)) {
     b.dtype = genneg::Dtype::kFloat32;
-  } else if (boxes.dtype().is(py::dtype::of<double>())) {
+  } else if (py::isinstance<py::array_t<double>>(boxes)) {
     b.dtype = genneg::Dtype::kFloat64;
   } else {
     throw py::type_error("boxes must be float32 or float64, got " + std::string(py::str(boxes.dtype())));
