@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+from genneg.kernels._backend import interpreter_enabled
 from genneg.reference.traffic_oracle import HALF_PI as HALF_PI_M
 from genneg.reference.traffic_oracle import validate_boxes, validate_margin, validate_raster
 
@@ -206,6 +207,15 @@ def _offroad_kernel(
     tl.store(out_ptr + offs, hit.to(tl.uint8), mask=offs < num_boxes)
 
 
+def _check_device(device: torch.device) -> None:
+    """Triton runs CUDA tensors; CPU tensors only under the interpreter (tests)."""
+    if device.type != "cuda" and not interpreter_enabled():
+        raise ValueError(
+            f"the Triton traffic-oracle kernels need CUDA tensors, got device {device} (CPU tensors run "
+            f"only under TRITON_INTERPRET=1; use genneg.reference.traffic_oracle or genneg_ext instead)"
+        )
+
+
 def _valid_arg(valid3: torch.Tensor, has_valid: bool) -> tuple[torch.Tensor, int, int]:
     """The mask as uint8 (Triton loads bytes), with its strides; a dummy when there is no mask."""
     if not has_valid:
@@ -228,6 +238,7 @@ def collisions(boxes: torch.Tensor, valid: torch.Tensor | None = None, margin: f
     """
     boxes3, valid3, squeeze = validate_boxes(boxes, valid)
     margin = validate_margin(margin)
+    _check_device(boxes3.device)
     num_scenes, num_agents = boxes3.shape[:2]
     out = torch.zeros((num_scenes, num_agents), dtype=torch.uint8, device=boxes3.device)
     if num_scenes > 0 and num_agents > 1:
@@ -276,6 +287,7 @@ def offroad(
     """
     boxes3, valid3, squeeze = validate_boxes(boxes, valid)
     drivable, (ox, oy), res = validate_raster(drivable, origin, resolution, boxes3.device)
+    _check_device(boxes3.device)
     num_scenes, num_agents = boxes3.shape[:2]
     num_boxes = num_scenes * num_agents
     out = torch.zeros(num_boxes, dtype=torch.uint8, device=boxes3.device)

@@ -93,7 +93,7 @@ def validate_boxes(
     bad = valid3 & ~(finite & positive)
     if bool(bad.any()):
         s, a = (int(v) for v in torch.nonzero(bad)[0].tolist())
-        where = f"boxes[{a}]" if squeeze else f"boxes[{s}, {a}] (scene {s}, vehicle {a})"
+        where = f"boxes[{a}] (vehicle {a})" if squeeze else f"boxes[{s}, {a}] (scene {s}, vehicle {a})"
         values = boxes3[s, a].tolist()
         if not bool(finite[s, a]):
             raise ValueError(f"{where} has a non-finite value: {values}")

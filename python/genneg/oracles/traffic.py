@@ -1,0 +1,230 @@
+"""The traffic oracle: a scene is valid iff no vehicle overlaps another and none leaves the road.
+
+Contract (the same on every backend; see :mod:`genneg.reference.traffic_oracle` for the geometry):
+
+- A vehicle is a rectangle ``(x, y, length, width, heading)``: centre in metres, full length along the
+  heading, full width across it, heading in radians.
+- **Collision**: the interior of a vehicle's rectangle, inflated by ``margin_m`` on every side, intersects
+  the interior of another present vehicle's (inflated) rectangle in the same scene. Touching is allowed.
+- **Offroad**: the interior of the rectangle (not inflated) intersects the interior of a non-drivable cell of
+  the :class:`DrivableMap`, or part of the rectangle lies outside the raster. The whole box counts.
+- Geometry in float64 whatever the input dtype; exact up to float64 rounding at exact touching. Backends
+  agree on every input not within 1e-6 m of touching.
+
+Backends (``backend=``):
+
+- ``"auto"``: NumPy arrays and CPU tensors go to the C++ extension ``genneg_ext`` (multi-threaded); CUDA
+  tensors go to the Triton kernels in :mod:`genneg.kernels.traffic_oracle`, or to the PyTorch reference
+  when Triton is not installed. If the extension is not built, CPU work falls back to the reference with a
+  warning.
+- ``"cpp"``: always ``genneg_ext`` (CUDA tensors are copied to the host and the verdicts copied back).
+- ``"triton"``: the Triton kernels (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``, for tests).
+- ``"torch"``: the pure-PyTorch reference on the tensors' own device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from genneg.oracles.drivable_map import DrivableMap
+
+__all__ = ["TrafficOracle", "TrafficVerdicts"]
+
+_BACKENDS = ("auto", "cpp", "triton", "torch")
+
+
+class TrafficVerdicts(NamedTuple):
+    """Per-vehicle infractions, each ``(N, A)`` bool, True = the infraction happens.
+
+    Same kind as the oracle's input: a tensor on the input's device, or a NumPy array. Absent vehicles
+    (``valid`` False) are False in both.
+    """
+
+    collision: Any
+    offroad: Any
+
+
+def _extension_ready() -> bool:
+    """True when ``genneg_ext`` is built with the traffic oracles (imported lazily)."""
+    try:
+        import genneg_ext
+    except ImportError:
+        return False
+    return hasattr(genneg_ext, "collisions") and hasattr(genneg_ext, "offroad")
+
+
+def _mask_tensor(valid: torch.Tensor | np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    """``valid`` as a tensor on ``device`` (dtype untouched: the backends check it)."""
+    if valid is None:
+        return None
+    if isinstance(valid, torch.Tensor):
+        return valid.detach().to(device)
+    if isinstance(valid, np.ndarray):
+        return torch.as_tensor(valid, device=device)
+    raise TypeError(f"valid must be a torch.Tensor, numpy.ndarray or None, got {type(valid).__name__}")
+
+
+@dataclass(frozen=True)
+class TrafficOracle:
+    """Per-vehicle validity of traffic scenes: ``oracle(boxes, valid=None) -> (N, A)`` bool, True = valid.
+
+    A vehicle is valid iff it neither collides nor (when ``check_offroad``) is offroad; absent vehicles
+    are valid. A sample (scene) is valid iff all its vehicles are (:func:`genneg.oracles.sample_verdicts`).
+
+    Attributes:
+        drivable_map: the road raster; may be None only when ``check_offroad`` is False.
+        margin_m: metres >= 0 added on every side of each box for the collision check (length and width
+            grow by ``2 * margin_m``); the offroad check uses the boxes as given.
+        check_offroad: also check the drivable area.
+        backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"torch"`` (see the module docstring).
+        threads: C++ worker threads, 0 = all cores.
+    """
+
+    drivable_map: DrivableMap | None
+    margin_m: float = 0.0
+    check_offroad: bool = True
+    backend: Literal["auto", "cpp", "triton", "torch"] = "auto"
+    threads: int = 0
+    _rasters: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.drivable_map is None:
+            if self.check_offroad:
+                raise ValueError("drivable_map is None but check_offroad is True; give a DrivableMap")
+        elif not isinstance(self.drivable_map, DrivableMap):
+            raise TypeError(f"drivable_map must be a DrivableMap, got {type(self.drivable_map).__name__}")
+        margin = float(self.margin_m)
+        if not math.isfinite(margin) or margin < 0:
+            raise ValueError(f"margin_m must be a finite number >= 0 (metres), got {self.margin_m}")
+        object.__setattr__(self, "margin_m", margin)
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {self.backend!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"threads must be an int >= 0 (0 = all cores), got {self.threads!r}")
+
+    def __call__(
+        self, boxes: torch.Tensor | np.ndarray, valid: torch.Tensor | np.ndarray | None = None
+    ) -> Any:
+        """Per-vehicle verdicts, True = valid.
+
+        Args:
+            boxes: ``(N, A, 5)`` float32/float64 tensor (any device) or NumPy array: x m, y m, length m,
+                width m, heading rad. ``(N, 5 * A)`` (flattened vehicles) is read as ``(N, A, 5)``.
+            valid: optional ``(N, A)`` bool mask of present vehicles, same kind and device as ``boxes``.
+
+        Returns:
+            ``(N, A)`` bool, same kind as ``boxes`` (tensor on its device, or NumPy): True = the vehicle is
+            present-and-fine or absent.
+
+        Raises:
+            TypeError: ``boxes`` is neither a tensor nor an array, or has a non-float dtype.
+            ValueError: bad shape, NaN/inf or length/width <= 0 in a present box (scene and vehicle named),
+                mismatched ``valid``.
+        """
+        verdicts = self.details(boxes, valid)
+        if self.check_offroad:
+            return ~(verdicts.collision | verdicts.offroad)
+        return ~verdicts.collision
+
+    def details(
+        self, boxes: torch.Tensor | np.ndarray, valid: torch.Tensor | np.ndarray | None = None
+    ) -> TrafficVerdicts:
+        """Collision and offroad masks separately; arguments as for :meth:`__call__`.
+
+        Returns:
+            :class:`TrafficVerdicts` of two ``(N, A)`` bool masks, True = infraction; ``offroad`` is all
+            False when ``check_offroad`` is off.
+        """
+        if isinstance(boxes, np.ndarray):
+            collision, offroad = self._run(torch.as_tensor(boxes), _mask_tensor(valid, torch.device("cpu")))
+            return TrafficVerdicts(collision.numpy(), offroad.numpy())
+        if not isinstance(boxes, torch.Tensor):
+            raise TypeError(f"boxes must be a torch.Tensor or numpy.ndarray, got {type(boxes).__name__}")
+        collision, offroad = self._run(boxes.detach(), _mask_tensor(valid, boxes.device))
+        return TrafficVerdicts(collision, offroad)
+
+    def _run(self, boxes: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both masks for tensors, dispatched to the backend; shapes checked here, values by the backend."""
+        if boxes.ndim == 2 and boxes.shape[1] % 5 == 0 and boxes.shape[1] > 0:
+            boxes = boxes.reshape(boxes.shape[0], boxes.shape[1] // 5, 5)
+        if boxes.ndim != 3 or boxes.shape[2] != 5:
+            raise ValueError(
+                f"boxes must have shape (N, A, 5) or (N, 5*A) [x m, y m, length m, width m, heading rad], "
+                f"got {tuple(boxes.shape)}"
+            )
+        if valid is not None and tuple(valid.shape) != tuple(boxes.shape[:2]):
+            raise ValueError(f"valid has shape {tuple(valid.shape)}, expected {tuple(boxes.shape[:2])}")
+        backend = self._resolve(boxes.device)
+        if backend == "cpp":
+            return self._run_cpp(boxes, valid)
+        if backend == "triton":
+            from genneg.kernels import traffic_oracle as ops
+        else:
+            from genneg.reference import traffic_oracle as ops
+        collision = ops.collisions(boxes, valid, margin=self.margin_m)
+        if not self.check_offroad:
+            return collision, torch.zeros_like(collision)
+        assert self.drivable_map is not None  # checked in __post_init__
+        offroad = ops.offroad(
+            boxes,
+            self._raster(boxes.device),
+            self.drivable_map.origin_m,
+            self.drivable_map.resolution_m,
+            valid,
+        )
+        return collision, offroad
+
+    def _run_cpp(self, boxes: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        import genneg_ext
+
+        device = boxes.device
+        boxes_host = boxes.cpu()
+        valid_host = None if valid is None else valid.cpu()
+        collision = genneg_ext.collisions(boxes_host, valid_host, margin=self.margin_m, threads=self.threads)
+        collision_t = torch.from_numpy(collision).to(device)
+        if not self.check_offroad:
+            return collision_t, torch.zeros_like(collision_t)
+        assert self.drivable_map is not None  # checked in __post_init__
+        offroad = genneg_ext.offroad(
+            boxes_host,
+            self.drivable_map.drivable,
+            self.drivable_map.origin_m,
+            self.drivable_map.resolution_m,
+            valid_host,
+            threads=self.threads,
+        )
+        return collision_t, torch.from_numpy(offroad).to(device)
+
+    def _resolve(self, device: torch.device) -> Literal["cpp", "triton", "torch"]:
+        from genneg.kernels._backend import resolve_backend
+
+        if self.backend == "cpp":
+            if not _extension_ready():
+                raise ImportError(
+                    "backend='cpp' needs the compiled genneg_ext; reinstall genneg (pip install .)"
+                )
+            return "cpp"
+        if self.backend == "auto" and device.type == "cpu":
+            if _extension_ready():
+                return "cpp"
+            warnings.warn(
+                "genneg_ext is not built; TrafficOracle runs the (slower) PyTorch reference on the CPU",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return "torch"
+        return resolve_backend(self.backend, device)
+
+    def _raster(self, device: torch.device) -> torch.Tensor:
+        """The drivable raster as a uint8 tensor on ``device``, cached per device."""
+        key = str(device)
+        if key not in self._rasters:
+            assert self.drivable_map is not None  # checked in __post_init__
+            self._rasters[key] = torch.from_numpy(self.drivable_map.drivable).to(device)
+        return self._rasters[key]
