@@ -51,7 +51,9 @@ def _unpack(stack, index: int) -> dict[str, torch.Tensor]:
     return views
 
 
-def _mlp(views: dict[str, torch.Tensor], x_in: torch.Tensor, t: torch.Tensor, num_blocks: int) -> torch.Tensor:
+def _mlp(
+    views: dict[str, torch.Tensor], x_in: torch.Tensor, t: torch.Tensor, num_blocks: int
+) -> torch.Tensor:
     """``(B, DP)`` padded inputs, ``(B, HP)`` time features (+ b_in) -> ``(B, OP)``."""
     h = x_in @ views["w_in"].T + t
     for j in range(num_blocks):
@@ -121,3 +123,102 @@ def mlp_guided_step(
         out.copy_(x_next)
         return out
     return x_next
+
+
+# ------------------------------------------------------------------ combine-and-update (kernels 2 and 3)
+
+
+def _guidance_sum(grads: torch.Tensor, logits: torch.Tensor | None, scales: torch.Tensor) -> torch.Tensor:
+    """``Σ_k γ_k w_k G_k``: ``grads`` ``(K, B, ...)``, ``logits`` ``(K, B)`` or None -> ``(B, ...)``."""
+    trailing = [1] * (grads.ndim - 2)
+    weights = scales.reshape(-1, 1, *trailing)
+    if logits is not None:
+        weights = weights * torch.sigmoid(-logits).reshape(*logits.shape, *trailing)
+    return (weights * grads).sum(dim=0)
+
+
+def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def edm_guided_denoise(
+    denoised: torch.Tensor,
+    grads: torch.Tensor,
+    logits: torch.Tensor | None,
+    scales: torch.Tensor,
+    sigma: torch.Tensor,
+) -> torch.Tensor:
+    """Twin of ``genneg.kernels.fused_guidance_update.edm_guided_denoise``: ``D + σ² Σ_k γ_k w_k G_k``."""
+    return denoised + _rows(sigma, denoised) ** 2 * _guidance_sum(grads, logits, scales)
+
+
+def edm_guided_step(
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    grads: torch.Tensor,
+    logits: torch.Tensor | None,
+    scales: torch.Tensor,
+    sigma_cur: float,
+    sigma_next: float,
+    x_prev: torch.Tensor | None = None,
+    d_prev: torch.Tensor | None = None,
+    d_out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Twin of ``genneg.kernels.fused_guidance_update.edm_guided_step`` (Euler, or Heun's correction
+    when ``x_prev`` and ``d_prev`` are given)."""
+    g = _guidance_sum(grads, logits, scales)
+    step = torch.tensor(sigma_next, dtype=torch.float32) - torch.tensor(sigma_cur, dtype=torch.float32)
+    if x_prev is None:
+        d = (x - (denoised + sigma_cur**2 * g)) / sigma_cur
+        result = x + step * d
+        if d_out is not None:
+            d_out.copy_(d)
+    else:
+        d2 = (x - (denoised + sigma_next**2 * g)) / sigma_next
+        result = x_prev + step * 0.5 * (d_prev + d2)
+    if out is not None:
+        out.copy_(result)
+        return out
+    return result
+
+
+def ddpm_guided_eps(
+    eps: torch.Tensor,
+    grads: torch.Tensor,
+    logits: torch.Tensor | None,
+    scales: torch.Tensor,
+    alpha_bar: torch.Tensor,
+) -> torch.Tensor:
+    """Twin of ``genneg.kernels.fused_guidance_update.ddpm_guided_eps``: ``ε − sqrt(1−ᾱ_t) Σ γ_k w_k G_k``."""
+    return eps - _rows(torch.sqrt(1 - alpha_bar), eps) * _guidance_sum(grads, logits, scales)
+
+
+def ddpm_guided_step(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    grads: torch.Tensor,
+    logits: torch.Tensor | None,
+    scales: torch.Tensor,
+    alpha_bar_t: float,
+    alpha_bar_s: float,
+    noise: torch.Tensor | None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Twin of ``genneg.kernels.fused_guidance_update.ddpm_guided_step``: the guided ancestral step with
+    the posterior of ``genneg.diffusion.ddpm.ddpm_ancestral_sample``."""
+    eps_k = eps - math.sqrt(1 - alpha_bar_t) * _guidance_sum(grads, logits, scales)
+    x0_hat = (x - math.sqrt(1 - alpha_bar_t) * eps_k) / math.sqrt(alpha_bar_t)
+    if alpha_bar_s >= 1.0:
+        result = x0_hat
+    else:
+        alpha = alpha_bar_t / alpha_bar_s
+        beta = 1 - alpha
+        c0 = math.sqrt(alpha_bar_s) * beta / (1 - alpha_bar_t)
+        ct = math.sqrt(alpha) * (1 - alpha_bar_s) / (1 - alpha_bar_t)
+        std = math.sqrt(beta * (1 - alpha_bar_s) / (1 - alpha_bar_t))
+        result = c0 * x0_hat + ct * x + std * noise
+    if out is not None:
+        out.copy_(result)
+        return out
+    return result
