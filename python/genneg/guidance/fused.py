@@ -1,0 +1,312 @@
+"""The fused (Triton) guidance backend behind :class:`~genneg.guidance.GuidedDenoiser` and for DDPM.
+
+:func:`build_fused_guidance` picks, for a guided denoiser's stack:
+
+- :class:`FusedMLPGuidance` when the denoiser is ``EDMPrecond(ResidualMLP)`` and every classifier is a
+  time-dependent ``TimeClassifier(ResidualMLP)``: the whole guided step (denoiser forward, K classifier
+  forward + analytic backward passes, guidance, Euler/Heun update) is ONE kernel launch
+  (``genneg.kernels.fused_mlp_guidance``);
+- :class:`FusedCombineGuidance` for other time-dependent classifiers (large networks): the K input
+  gradients come from one batched autograd backward (:func:`stack_input_gradients`) and one kernel
+  (``genneg.kernels.fused_guidance_update``) combines them and applies the update;
+- None when the stack cannot be fused (a time-independent classifier, whose gradient runs through ``D``).
+
+:class:`FusedGuidedEps` does the same for the DDPM ε form, including the ancestral step and its noise.
+
+Only ever used when ``resolve_backend`` chose Triton (CUDA, or the interpreter in tests). Triton is
+imported lazily, inside the builders, so importing this module costs nothing on a CPU-only install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from genneg.diffusion.denoiser import expand_sigma
+from genneg.profiling import nvtx_range
+
+if TYPE_CHECKING:
+    from genneg.diffusion.ddpm import DDPMSchedule
+
+__all__ = [
+    "FusedCombineGuidance",
+    "FusedGuidedEps",
+    "FusedMLPGuidance",
+    "build_fused_guidance",
+    "fused_ddpm_ancestral_sample",
+    "stack_input_gradients",
+]
+
+
+def stack_input_gradients(
+    classifiers: Sequence[Callable[..., torch.Tensor]],
+    x: torch.Tensor,
+    inputs: Callable[[torch.Tensor], tuple[torch.Tensor, Any]],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-classifier input gradients from ONE autograd backward over the whole stack.
+
+    Each classifier ``k`` sees its own slice ``x_rep[k]`` of one ``(K, B, ...)`` leaf, so a single
+    ``torch.autograd.grad`` of ``Σ_k Σ_rows l_k`` returns every ``∇_x l_k`` at once (rows do not interact).
+
+    Args:
+        classifiers: K callables ``c(*inputs(x)) -> logits (B,) or (B, P)``.
+        x: ``(B, ...)`` float32.
+        inputs: maps a differentiable ``(B, ...)`` tensor to the classifier's arguments, e.g.
+            ``lambda xg: (xg, sigma)``.
+
+    Returns:
+        ``grads`` ``(K, B, ...)`` float32 and ``logits`` ``(K, B)``: gradients of the logits, to be scaled
+        by ``sigmoid(-l_k)``; or, for multi-part classifiers, gradients of ``Σ_parts logsigmoid(l_k)``
+        and ``logits = None``.
+    """
+    num_k = len(classifiers)
+    with torch.enable_grad():
+        x_rep = x.detach().unsqueeze(0).expand(num_k, *x.shape).clone().requires_grad_(True)
+        logits = [c(*inputs(x_rep[k])) for k, c in enumerate(classifiers)]
+        single = all(lg.ndim == 1 for lg in logits)
+        if single:
+            total = torch.stack([lg.sum() for lg in logits]).sum()
+        else:
+            total = torch.stack([F.logsigmoid(lg).sum() for lg in logits]).sum()
+        (grads,) = torch.autograd.grad(total, x_rep)
+    if not single:
+        return grads, None
+    return grads, torch.stack([lg.detach() for lg in logits]).to(torch.float32)
+
+
+class FusedMLPGuidance:
+    """``D_K`` and the guided Heun step of an all-MLP stack, one kernel launch each.
+
+    Args:
+        stack: ``genneg.kernels.fused_mlp_guidance.PackedMLPStack``.
+    """
+
+    def __init__(self, stack: Any) -> None:
+        from genneg.kernels import fused_mlp_guidance
+
+        self._kernels = fused_mlp_guidance
+        self.stack = stack
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """``x`` ``(B, D)`` float32, ``sigma`` ``(B,)`` or scalar -> ``D_K(x; σ)`` ``(B, D)``."""
+        with nvtx_range("guidance.fused_mlp.denoise"):
+            return self._kernels.mlp_guided_denoise(x.contiguous(), expand_sigma(sigma, x), self.stack)
+
+    def heun_step(self, x: torch.Tensor, sigma_cur: float, sigma_next: float) -> torch.Tensor:
+        """One Heun step (Euler when ``sigma_next == 0``): ``(B, D)`` -> ``(B, D)`` at ``sigma_next``."""
+        with nvtx_range("guidance.fused_mlp.heun_step"):
+            return self._kernels.mlp_guided_step(
+                x.contiguous(), float(sigma_cur), float(sigma_next), self.stack
+            )
+
+
+class FusedCombineGuidance:
+    """``D_K`` and the guided Heun step for any time-dependent classifiers: network passes in PyTorch
+    (one batched backward for the stack), combination and update in one kernel per stage.
+
+    Args:
+        denoiser: ``D(x (B, ...), sigma (B,)) -> (B, ...)``.
+        classifiers: K time-dependent modules ``c(x, sigma) -> logits``.
+        scales: K guidance scales.
+    """
+
+    def __init__(self, denoiser: Callable[..., torch.Tensor], classifiers: Sequence[nn.Module],
+                 scales: Sequence[float]) -> None:
+        from genneg.kernels import fused_guidance_update
+
+        self._kernels = fused_guidance_update
+        self.denoiser = denoiser
+        self.classifiers = list(classifiers)
+        self.scales = [float(s) for s in scales]
+
+    def _parts(self, x: torch.Tensor, sigma: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        with nvtx_range("guidance.denoiser"), torch.no_grad():
+            denoised = self.denoiser(x, sigma).to(torch.float32)
+        scales = torch.tensor(self.scales, dtype=torch.float32, device=x.device)
+        if not self.classifiers:
+            return denoised, x.new_zeros((0, *x.shape), dtype=torch.float32), None, scales
+        with nvtx_range("guidance.classifier_gradients"):
+            grads, logits = stack_input_gradients(self.classifiers, x, lambda xg: (xg, sigma))
+        return denoised, grads.to(torch.float32), logits, scales
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """``x`` ``(B, ...)`` float32, ``sigma`` ``(B,)`` or scalar -> ``D_K(x; σ)``."""
+        sigma = expand_sigma(sigma, x)
+        denoised, grads, logits, scales = self._parts(x, sigma)
+        with nvtx_range("guidance.combine"):
+            return self._kernels.edm_guided_denoise(denoised, grads, logits, scales, sigma.contiguous())
+
+    def heun_step(self, x: torch.Tensor, sigma_cur: float, sigma_next: float) -> torch.Tensor:
+        """One Heun step (Euler when ``sigma_next == 0``), two kernel launches plus the networks."""
+        x = x.contiguous()
+        denoised, grads, logits, scales = self._parts(x, expand_sigma(sigma_cur, x))
+        slope = torch.empty_like(x)
+        with nvtx_range("guidance.combine_step"):
+            x_next = self._kernels.edm_guided_step(x, denoised, grads, logits, scales, sigma_cur, sigma_next,
+                                                   d_out=slope)
+        if sigma_next > 0:
+            denoised, grads, logits, scales = self._parts(x_next, expand_sigma(sigma_next, x))
+            with nvtx_range("guidance.combine_step"):
+                x_next = self._kernels.edm_guided_step(x_next, denoised, grads, logits, scales, sigma_cur,
+                                                       sigma_next, x_prev=x, d_prev=slope, out=x_next)
+        return x_next
+
+
+def _mlp_stack_or_none(guided: Any, classifiers: Sequence[nn.Module], scales: Sequence[float]) -> Any:
+    """Pack the stack for :class:`FusedMLPGuidance`, or None when it is not all residual MLPs."""
+    from genneg.diffusion.edm import EDMPrecond
+    from genneg.models.mlp import ResidualMLP
+
+    denoiser = guided.denoiser
+    if not isinstance(denoiser, EDMPrecond) or not isinstance(denoiser.net, ResidualMLP):
+        return None
+    nets = [getattr(c, "net", None) for c in classifiers]
+    if not all(isinstance(n, ResidualMLP) for n in nets):
+        return None
+    sigma_datas = {float(c.sigma_data) for c in classifiers}
+    if len(sigma_datas) > 1:
+        return None
+    dim = denoiser.net.config.dim_in
+    if any(n.config.dim_in != dim for n in nets) or len({n.config.dim_out for n in nets}) > 1:
+        return None
+    from genneg.kernels.fused_mlp_guidance import pack_mlp_stack
+
+    return pack_mlp_stack(
+        denoiser.net, nets, list(scales), sigma_data_denoiser=denoiser.sigma_data,
+        sigma_data_classifier=sigma_datas.pop() if sigma_datas else denoiser.sigma_data,
+        allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
+    )
+
+
+def build_fused_guidance(guided: Any) -> FusedMLPGuidance | FusedCombineGuidance | None:
+    """The fused backend for a :class:`~genneg.guidance.GuidedDenoiser` (reads ``.denoiser``,
+    ``.classifiers``, ``.scales``), or None when the stack cannot be fused.
+
+    Classifiers with scale 0 are dropped (their term is 0). Weights are packed now: rebuild after
+    changing them (``GuidedDenoiser.clear_fused_cache``).
+    """
+    pairs = [(c, float(s)) for c, s in zip(guided.classifiers, guided.scales) if float(s) != 0.0]
+    if any(not bool(getattr(c, "time_dependent", True)) for c, _ in pairs):
+        return None  # gradient through D(x; sigma): not fusable
+    classifiers = [c for c, _ in pairs]
+    scales = [s for _, s in pairs]
+    stack = _mlp_stack_or_none(guided, classifiers, scales)
+    if stack is not None:
+        return FusedMLPGuidance(stack)
+    return FusedCombineGuidance(guided.denoiser, classifiers, scales)
+
+
+class FusedGuidedEps:
+    """The fused backend for :class:`~genneg.guidance.GuidedEps` (DDPM ε form).
+
+    ``ε_K = ε_θ − sqrt(1 − ᾱ_t) Σ_k γ_k ∇_{x_t} log c_k`` with the K gradients from one batched backward
+    and the combination (and, in :meth:`ancestral_step`, the whole ancestral update) in one kernel.
+
+    Args:
+        guided_eps: a ``GuidedEps`` (reads ``eps_model``, ``schedule``, ``classifiers``, ``scales``,
+            ``coordinates``); every classifier must be time-dependent.
+
+    Raises:
+        ValueError: a time-independent classifier (its gradient runs through ``ε_θ``).
+    """
+
+    def __init__(self, guided_eps: Any) -> None:
+        from genneg.kernels import fused_guidance_update
+
+        self._kernels = fused_guidance_update
+        pairs = [(c, float(s)) for c, s in zip(guided_eps.classifiers, guided_eps.scales) if float(s) != 0.0]
+        if any(not bool(getattr(c, "time_dependent", True)) for c, _ in pairs):
+            raise ValueError("FusedGuidedEps needs time-dependent classifiers")
+        self.eps_model = guided_eps.eps_model
+        self.schedule: DDPMSchedule = guided_eps.schedule
+        self.coordinates = getattr(guided_eps, "coordinates", "ddpm")
+        self.classifiers = [c for c, _ in pairs]
+        self.scales = [s for _, s in pairs]
+
+    def _parts(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        with nvtx_range("guidance.eps_model"), torch.no_grad():
+            eps = self.eps_model(x_t, t).to(torch.float32)
+        scales = torch.tensor(self.scales, dtype=torch.float32, device=x_t.device)
+        if not self.classifiers:
+            return eps, x_t.new_zeros((0, *x_t.shape), dtype=torch.float32), None, scales
+        if self.coordinates == "ve":
+            root_ab = alpha_bar.sqrt().reshape(-1, *([1] * (x_t.ndim - 1)))
+            sigma_t = ((1 - alpha_bar) / alpha_bar).sqrt()
+
+            def inputs(xg: torch.Tensor) -> tuple[torch.Tensor, Any]:
+                return xg / root_ab, sigma_t
+        else:
+
+            def inputs(xg: torch.Tensor) -> tuple[torch.Tensor, Any]:
+                return xg, t
+
+        with nvtx_range("guidance.classifier_gradients"):
+            grads, logits = stack_input_gradients(self.classifiers, x_t, inputs)
+        return eps, grads.to(torch.float32), logits, scales
+
+    def _alpha_bar(self, t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.schedule.alphas_cumprod, device=x_t.device)[t].to(torch.float32)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x_t`` ``(B, ...)`` float32, ``t`` ``(B,)`` int64 -> guided ε ``(B, ...)``."""
+        if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
+            raise ValueError(f"t must have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
+        x_t = x_t.contiguous()
+        alpha_bar = self._alpha_bar(t, x_t)
+        eps, grads, logits, scales = self._parts(x_t, t, alpha_bar)
+        with nvtx_range("guidance.combine"):
+            return self._kernels.ddpm_guided_eps(eps, grads, logits, scales, alpha_bar.contiguous())
+
+    def ancestral_step(self, x_t: torch.Tensor, t: int, t_next: int | None,
+                       noise: torch.Tensor | None) -> torch.Tensor:
+        """Guided ancestral step from timestep ``t`` to ``t_next`` (None: the last step, to ``x̂0``).
+
+        ``x_t``, ``noise`` ``(B, ...)`` float32 (VP coordinates); same posterior as
+        ``genneg.diffusion.ddpm.ddpm_ancestral_sample``.
+        """
+        x_t = x_t.contiguous()
+        abars = self.schedule.alphas_cumprod
+        ab_t = float(abars[t])
+        ab_s = 1.0 if t_next is None else float(abars[t_next])
+        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.int64, device=x_t.device)
+        eps, grads, logits, scales = self._parts(x_t, t_batch, self._alpha_bar(t_batch, x_t))
+        with nvtx_range("guidance.ancestral_step"):
+            return self._kernels.ddpm_guided_step(x_t, eps, grads, logits, scales, ab_t, ab_s, noise)
+
+
+@torch.no_grad()
+def fused_ddpm_ancestral_sample(
+    guided_eps: Any,
+    x_T: torch.Tensor,
+    *,
+    num_steps: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``genneg.diffusion.ddpm.ddpm_ancestral_sample`` for a ``GuidedEps`` with the fused kernels: the
+    same visited timesteps and the same noise draws (so equal samples from the same generator state).
+
+    Args:
+        guided_eps: a ``GuidedEps`` with time-dependent classifiers.
+        x_T: ``(B, ...)`` float32 initial noise (VP coordinates).
+        num_steps: number of visited timesteps (default all ``T``).
+        generator: random source of the per-step noise.
+
+    Returns:
+        ``(B, ...)`` float32 samples ``x_0``.
+    """
+    from genneg.diffusion.ddpm import ddpm_timesteps
+
+    fused = FusedGuidedEps(guided_eps)
+    steps = ddpm_timesteps(fused.schedule, num_steps).tolist()
+    x = x_T.to(torch.float32).contiguous()
+    for i, t in enumerate(steps):
+        last = i + 1 == len(steps)
+        noise = None if last else torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = fused.ancestral_step(x, t, None if last else steps[i + 1], noise)
+    return x
