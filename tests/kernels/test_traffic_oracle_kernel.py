@@ -1,0 +1,177 @@
+"""The Triton traffic-oracle kernels (under ``TRITON_INTERPRET=1``) against their PyTorch reference and C++.
+
+The geometry itself is held to shapely in ``tests/oracles/test_traffic_oracle.py``; here the launchers'
+own concerns: block boundaries (A around BLOCK_I = 16 and BLOCK_J = 32), strided and float32 inputs,
+boxes covering more cells than one BLOCK_C tile, float64 parameters (a float32 origin or margin would show),
+and the device check. Exact equality is the right tolerance: kernel and reference evaluate the same float64
+formulas, and the random inputs are nowhere near touching.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from genneg.kernels._backend import has_triton, interpreter_enabled
+from genneg.reference import traffic_oracle as reference
+
+pytestmark = pytest.mark.skipif(not has_triton(), reason="needs the triton package")
+# The CPU tests run the kernels in Triton's interpreter; conftest switches it on unless the environment
+# already says TRITON_INTERPRET=0 (how a GPU machine runs the compiled kernels: only the CUDA test then).
+needs_interpreter = pytest.mark.skipif(
+    not interpreter_enabled(), reason="needs TRITON_INTERPRET=1 on the CPU"
+)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    from genneg.kernels import traffic_oracle
+
+    return traffic_oracle
+
+
+def _boxes(generator: torch.Generator, shape: tuple[int, ...], extent_m: float, dtype=torch.float64):
+    boxes = torch.empty((*shape, 5), dtype=torch.float64)
+    boxes[..., :2] = torch.rand((*shape, 2), generator=generator, dtype=torch.float64) * extent_m
+    boxes[..., 2] = 2.5 + 3.5 * torch.rand(shape, generator=generator, dtype=torch.float64)
+    boxes[..., 3] = 1.2 + 1.3 * torch.rand(shape, generator=generator, dtype=torch.float64)
+    boxes[..., 4] = 8.0 * torch.rand(shape, generator=generator, dtype=torch.float64) - 4.0
+    return boxes.to(dtype)
+
+
+def _ext():
+    try:
+        import genneg_ext
+    except ImportError:
+        return None
+    return genneg_ext if hasattr(genneg_ext, "collisions") else None
+
+
+@needs_interpreter
+@pytest.mark.parametrize("num_agents", [1, 2, 15, 17, 33, 41])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_collisions_match_reference_across_block_sizes(kernels, num_agents: int, dtype) -> None:
+    g = torch.Generator().manual_seed(num_agents)
+    num_scenes = 3
+    boxes = _boxes(g, (num_scenes, num_agents), extent_m=4.0 * num_agents**0.5 + 4.0, dtype=dtype)
+    valid = torch.rand((num_scenes, num_agents), generator=g) < 0.85
+    for mask in (None, valid):
+        for margin in (0.0, 0.25):
+            expected = reference.collisions(boxes, mask, margin=margin)
+            got = kernels.collisions(boxes, mask, margin=margin)
+            assert got.dtype == torch.bool and got.shape == (num_scenes, num_agents)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    if num_agents > 2:
+        assert expected.any() and not expected.all()
+
+
+@needs_interpreter
+def test_strided_inputs(kernels) -> None:
+    """Non-contiguous boxes (a feature-major buffer, every other scene) and valid masks read correctly."""
+    g = torch.Generator().manual_seed(0)
+    buffer = _boxes(g, (8, 19), extent_m=15.0).permute(2, 0, 1).contiguous()  # (5, S, A)
+    boxes = buffer.permute(1, 2, 0)[::2]  # (4, 19, 5), strides (2*19, 1, 8*19)
+    assert not boxes.is_contiguous()
+    valid = (torch.rand((19, 8), generator=g) < 0.8).T[::2]
+    drivable = torch.ones((40, 40), dtype=torch.bool)
+    drivable[10:12, :] = False
+    drivable = drivable.T  # strided raster
+    args = (drivable, (-2.0, -3.0), 0.5)
+    torch.testing.assert_close(
+        kernels.collisions(boxes, valid), reference.collisions(boxes, valid), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        kernels.offroad(boxes, *args, valid), reference.offroad(boxes, *args, valid), rtol=0, atol=0
+    )
+    # Two-dimensional input: one scene.
+    torch.testing.assert_close(kernels.collisions(boxes[1]), reference.collisions(boxes[1]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        kernels.offroad(boxes[1], *args), reference.offroad(boxes[1], *args), rtol=0, atol=0
+    )
+
+
+@needs_interpreter
+@pytest.mark.parametrize("raster_dtype", [torch.uint8, torch.bool])
+def test_offroad_matches_reference_and_cpp(kernels, raster_dtype) -> None:
+    """Fine raster (0.2 m): a vehicle's bounding box spans ~100-700 cells, i.e. several BLOCK_C tiles."""
+    g = torch.Generator().manual_seed(1)
+    drivable = (torch.rand((90, 110), generator=g) > 0.004).to(raster_dtype)
+    drivable[:, 55] = 0  # thin strip
+    origin, res = (10.0, -5.0), 0.2
+    boxes = _boxes(g, (6, 13), extent_m=20.0)
+    boxes[..., 0] += origin[0]
+    boxes[..., 1] += origin[1]
+    boxes[..., 2:4] *= 1.5
+    valid = torch.rand((6, 13), generator=g) < 0.85
+    expected = reference.offroad(boxes, drivable, origin, res, valid)
+    got = kernels.offroad(boxes, drivable, origin, res, valid)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert expected[valid].any() and not expected[valid].all()
+    ext = _ext()
+    if ext is not None:
+        np.testing.assert_array_equal(
+            got.numpy(), ext.offroad(boxes.numpy(), drivable.numpy(), origin, res, valid.numpy())
+        )
+        np.testing.assert_array_equal(
+            kernels.collisions(boxes, valid).numpy(), ext.collisions(boxes.numpy(), valid.numpy())
+        )
+
+
+@needs_interpreter
+def test_float64_parameters_near_1e6(kernels) -> None:
+    """Origin, resolution and margin reach the kernel in float64: in float32 they would move by ~3 cm."""
+    g = torch.Generator().manual_seed(2)
+    origin, res = (1e6 + 0.3, -1e6 - 0.7), 0.3
+    drivable = torch.ones((70, 70), dtype=torch.uint8)
+    drivable[:, 35] = 0
+    drivable[20, :] = 0
+    boxes = _boxes(g, (20, 8), extent_m=19.0)
+    boxes[..., 0] += origin[0] + 1.0
+    boxes[..., 1] += origin[1] + 1.0
+    # Each box touches the strip column x in [ox + 10.5, ox + 10.8] to within 1e-4 m on its left side.
+    boxes[..., 4] = 0.0
+    boxes[:, :4, 0] = origin[0] + 10.8 + 0.5 * boxes[:, :4, 2] + 1e-4
+    boxes[:, 4:, 0] = origin[0] + 10.8 + 0.5 * boxes[:, 4:, 2] - 1e-4
+    boxes[..., 1] = origin[1] + 11.0 + torch.arange(8, dtype=torch.float64) * 0.4
+    expected = reference.offroad(boxes, drivable, origin, res)
+    assert not expected[:, :4].any() and expected[:, 4:].all()
+    torch.testing.assert_close(kernels.offroad(boxes, drivable, origin, res), expected, rtol=0, atol=0)
+    # Margin: gaps of margin*2 +- 2e-9 m; a float32 margin (0.1 -> 0.10000000149) would close the first.
+    pair = torch.tensor([[[0.0, 0.0, 4.0, 2.0, 0.0], [4.2 + 2e-9, 0.0, 4.0, 2.0, 0.0]]], dtype=torch.float64)
+    assert not kernels.collisions(pair, margin=0.1).any()
+    pair[0, 1, 0] = 4.2 - 2e-9
+    assert kernels.collisions(pair, margin=0.1).all()
+
+
+@needs_interpreter
+def test_empty_inputs_and_device_check(kernels, monkeypatch: pytest.MonkeyPatch) -> None:
+    drivable = torch.ones((3, 3), dtype=torch.uint8)
+    for shape in [(0, 4, 5), (3, 0, 5), (0, 5)]:
+        boxes = torch.zeros(shape)
+        assert kernels.collisions(boxes).shape == shape[:-1]
+        assert kernels.offroad(boxes, drivable, (0.0, 0.0), 1.0).shape == shape[:-1]
+    with pytest.raises(ValueError, match=r"boxes\[0, 1\]"):
+        kernels.collisions(torch.tensor([[[0.0, 0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, float("nan"), 0.0]]]))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kernels.collisions(torch.zeros((2, 3, 5), dtype=torch.float16))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA"):
+        kernels.collisions(torch.ones((1, 2, 5)))
+    with pytest.raises(ValueError, match="CUDA"):
+        kernels.offroad(torch.ones((1, 2, 5)), drivable, (0.0, 0.0), 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_reference(kernels) -> None:
+    """On a GPU: the kernels (compiled when TRITON_INTERPRET=0) against the CPU reference, 64k vehicles."""
+    g = torch.Generator().manual_seed(3)
+    boxes = _boxes(g, (2000, 32), extent_m=30.0)
+    valid = torch.rand((2000, 32), generator=g) < 0.9
+    drivable = (torch.rand((80, 80), generator=g) > 0.01).to(torch.uint8)
+    expected_col = reference.collisions(boxes, valid, margin=0.1)
+    expected_off = reference.offroad(boxes, drivable, (-5.0, -5.0), 0.5, valid)
+    cuda = torch.device("cuda")
+    got_col = kernels.collisions(boxes.to(cuda), valid.to(cuda), margin=0.1).cpu()
+    got_off = kernels.offroad(boxes.to(cuda), drivable.to(cuda), (-5.0, -5.0), 0.5, valid.to(cuda)).cpu()
+    torch.testing.assert_close(got_col, expected_col, rtol=0, atol=0)
+    torch.testing.assert_close(got_off, expected_off, rtol=0, atol=0)
