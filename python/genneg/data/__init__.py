@@ -1,0 +1,1 @@
+"""Data sets: procedural and loaded data for the experiments (``genneg.data.traffic``, ...)."""
