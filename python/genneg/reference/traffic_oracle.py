@@ -292,11 +292,18 @@ def offroad(
     if inside.numel() == 0:
         return out.reshape(valid3.shape[1:] if squeeze else valid3.shape)
     i0, ni, j0, nj = _cell_ranges(px[inside], py[inside], ex[inside], ey[inside], (h, w), res)
-    num_cells = ni * nj
+    blocked = drivable == 0
+    # Summed-area table of non-drivable cells: boxes whose candidate cells are all drivable are done.
+    table = torch.zeros((h + 1, w + 1), dtype=torch.int64, device=drivable.device)
+    table[1:, 1:] = blocked.to(torch.int64).cumsum(0).cumsum(1)
+    i1, j1 = i0 + ni, j0 + nj
+    num_blocked = table[i1, j1] - table[i0, j1] - table[i1, j0] + table[i0, j0]
+    num_cells = torch.where(num_blocked > 0, ni * nj, 0)
     # Chunks of boxes with similar cell counts: sort by count, cut where (boxes x max cells) fills a chunk.
     order = torch.argsort(num_cells)
+    order = order[num_cells[order] > 0]
     counts = num_cells[order].cpu().numpy()
-    blocked_flat = (drivable == 0).reshape(-1)
+    blocked_flat = blocked.reshape(-1)
     start = 0
     while start < counts.size:
         cost = np.arange(1, counts.size - start + 1) * counts[start:]
@@ -310,17 +317,20 @@ def offroad(
         jj = j0[rows, None] + k[None, :] % nj_r
         ii = torch.where(in_range, ii, 0)
         jj = torch.where(in_range, jj, 0)
-        hit = in_range & blocked_flat[ii * w + jj]
+        # Only non-drivable cells can make a box offroad: run the geometry on those candidates alone.
+        row, col = torch.nonzero(in_range & blocked_flat[ii * w + jj], as_tuple=True)
+        box = idx[row]
+        ci, cj = ii[row, col].to(torch.float64), jj[row, col].to(torch.float64)
         # Separating axes: x and y (cell edges), then the box's own length and width axes.
-        cx0, cy0 = jj.to(torch.float64) * res, ii.to(torch.float64) * res
-        bpx, bpy, bex, bey = px[idx, None], py[idx, None], ex[idx, None], ey[idx, None]
-        hit &= (cx0 < bpx + bex) & (cx0 + res > bpx - bex)
+        cx0, cy0 = cj * res, ci * res
+        bpx, bpy, bex, bey = px[box], py[box], ex[box], ey[box]
+        hit = (cx0 < bpx + bex) & (cx0 + res > bpx - bex)
         hit &= (cy0 < bpy + bey) & (cy0 + res > bpy - bey)
-        bc, bs = c[idx, None], s[idx, None]
+        bc, bs = c[box], s[box]
         radius = 0.5 * res * (bc.abs() + bs.abs())  # the cell's half-extent along a box axis
         qx, qy = cx0 + 0.5 * res - bpx, cy0 + 0.5 * res - bpy
-        hit &= (qx * bc + qy * bs).abs() < hl[idx, None] + radius
-        hit &= (qy * bc - qx * bs).abs() < hw[idx, None] + radius
-        out[idx] |= hit.any(dim=1)
+        hit &= (qx * bc + qy * bs).abs() < hl[box] + radius
+        hit &= (qy * bc - qx * bs).abs() < hw[box] + radius
+        out[box[hit]] = True
         start = stop
     return out.reshape(valid3.shape[1:] if squeeze else valid3.shape)
