@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from genneg.diffusion.denoiser import broadcast_to_sample, expand_sigma
+from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.samplers import StepCallback
 
 __all__ = [
@@ -176,7 +176,12 @@ class EpsDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """``x`` ``(B, ...)`` VE coordinates, ``sigma`` ``(B,)`` or scalar -> ``(B, ...)`` x0 estimate."""
-        sigma = expand_sigma(sigma, x).to(x.dtype)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)  # keep float64 levels exact
+        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+        if sigma.shape != (x.shape[0],):
+            raise ValueError(
+                f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(sigma.shape)}"
+            )
         t = self.schedule.t_of_sigma(sigma)
         s = broadcast_to_sample(sigma, x)
         x_t = x / torch.sqrt(1 + s * s)

@@ -1,6 +1,7 @@
 """Metrics: infraction rate, ELBO / r-ELBO, exact PF-ODE likelihood, MMD, parallel-sample counts."""
 
 from genneg.metrics.elbo import ELBOTerms, elbo, elbo_terms, r_elbo
+from genneg.metrics.gaussian import gaussian_denoiser, gaussian_elbo, gaussian_eps, gaussian_log_density
 from genneg.metrics.infraction import RateEstimate, infraction_rate, wilson_interval
 from genneg.metrics.likelihood import denoiser_divergence, pf_ode_log_likelihood
 from genneg.metrics.mmd import DEFAULT_BANDWIDTHS, mmd
@@ -13,6 +14,10 @@ __all__ = [
     "denoiser_divergence",
     "elbo",
     "elbo_terms",
+    "gaussian_denoiser",
+    "gaussian_elbo",
+    "gaussian_eps",
+    "gaussian_log_density",
     "infraction_rate",
     "mmd",
     "num_parallel_samples",
