@@ -9,35 +9,64 @@ namespace genneg {
 
 namespace {
 
-// Calls on_pair(k, l) (k < l, indices into scene.rects) for every overlapping pair. The bounding-box
-// rejection is a true separating test on the x and y axes, so it never drops an overlapping pair
-// beyond float64 rounding at exact touching.
+// Per-thread structure-of-arrays copy of a scene's bounding boxes, reused across scenes.
+struct PairScratch {
+  std::vector<double> cx, cy, ex, ey;
+  std::vector<uint8_t> candidate;
+  void resize(size_t n) {
+    if (cx.size() >= n) return;
+    cx.resize(n);
+    cy.resize(n);
+    ex.resize(n);
+    ey.resize(n);
+    candidate.resize(n);
+  }
+};
+
+// Calls on_pair(k, l) (k < l, indices into scene.rects) for every overlapping pair. A branch-free
+// bounding-box pass over all l > k (a true separating test on the x and y axes, so it never drops an
+// overlapping pair beyond float64 rounding at exact touching) marks the candidates; only those get the
+// separating-axis test.
 template <typename OnPair>
-void scene_pairs(const SceneRects& scene, OnPair&& on_pair) {
+void scene_pairs(const SceneRects& scene, PairScratch* scratch, OnPair&& on_pair) {
   const auto& r = scene.rects;
   const size_t n = r.size();
+  scratch->resize(n);
+  double* cx = scratch->cx.data();
+  double* cy = scratch->cy.data();
+  double* ex = scratch->ex.data();
+  double* ey = scratch->ey.data();
+  uint8_t* candidate = scratch->candidate.data();
   for (size_t k = 0; k < n; ++k) {
-    const Rect& a = r[k];
+    cx[k] = r[k].cx;
+    cy[k] = r[k].cy;
+    ex[k] = r[k].ex;
+    ey[k] = r[k].ey;
+  }
+  for (size_t k = 0; k + 1 < n; ++k) {
+    const double cxk = cx[k], cyk = cy[k], exk = ex[k], eyk = ey[k];
     for (size_t l = k + 1; l < n; ++l) {
-      const Rect& b = r[l];
-      if (!(std::fabs(b.cx - a.cx) < a.ex + b.ex)) continue;
-      if (!(std::fabs(b.cy - a.cy) < a.ey + b.ey)) continue;
-      if (rects_overlap(a, b)) on_pair(k, l);
+      const bool x_overlap = std::fabs(cx[l] - cxk) < exk + ex[l];
+      const bool y_overlap = std::fabs(cy[l] - cyk) < eyk + ey[l];
+      candidate[l] = static_cast<uint8_t>(x_overlap & y_overlap);
+    }
+    for (size_t l = k + 1; l < n; ++l) {
+      if (candidate[l] && rects_overlap(r[k], r[l])) on_pair(k, l);
     }
   }
 }
-
 }  // namespace
 
 void collisions(const BoxBatch& batch, double margin, int threads, uint8_t* out) {
   const int64_t A = batch.agents;
   parallel_for(batch.scenes, threads, [&](int64_t begin, int64_t end) {
     SceneRects scene;
+    PairScratch scratch;
     for (int64_t s = begin; s < end; ++s) {
       uint8_t* row = out + s * A;
       for (int64_t a = 0; a < A; ++a) row[a] = 0;
       load_scene(batch, s, margin, &scene);
-      scene_pairs(scene, [&](size_t k, size_t l) {
+      scene_pairs(scene, &scratch, [&](size_t k, size_t l) {
         row[scene.slots[k]] = 1;
         row[scene.slots[l]] = 1;
       });
@@ -55,9 +84,10 @@ std::vector<int64_t> collision_pairs(const BoxBatch& batch, double margin, int t
       const int64_t end = batch.scenes * (k + 1) / chunks;
       auto& part = parts[static_cast<size_t>(k)];
       SceneRects scene;
+      PairScratch scratch;
       for (int64_t s = begin; s < end; ++s) {
         load_scene(batch, s, margin, &scene);
-        scene_pairs(scene, [&](size_t i, size_t j) {
+        scene_pairs(scene, &scratch, [&](size_t i, size_t j) {
           part.push_back(s);
           part.push_back(scene.slots[i]);
           part.push_back(scene.slots[j]);

@@ -1,5 +1,7 @@
 #include "geometry.h"
 
+#include <cstdint>
+
 namespace genneg {
 
 namespace {
@@ -7,8 +9,25 @@ constexpr double kHalfPi = 1.57079632679489661923;  // fl(pi / 2)
 }
 
 void heading_axis(double heading, double* c, double* s) {
-  int quadrant = 0;
-  const double r = std::remquo(heading, kHalfPi, &quadrant);  // heading = r + quadrant * fl(pi/2), r exact
+  constexpr double kQuarterPi = 0.78539816339744830962;
+  if (std::fabs(heading) <= kQuarterPi) {  // most headings: no reduction needed
+    *c = std::cos(heading);
+    *s = std::sin(heading);
+    return;
+  }
+  double r = 0.0;
+  int64_t quadrant = 0;
+  if (std::fabs(heading) < 1e9) {
+    // heading - k fl(pi/2) rounded once (exact whenever the result is representable, e.g. 0 for
+    // heading == k fl(pi/2), k = +-1, +-2); cheaper than remquo and equal to it on these cases.
+    const double k = std::nearbyint(heading / kHalfPi);
+    r = std::fma(-k, kHalfPi, heading);
+    quadrant = static_cast<int64_t>(k);
+  } else {
+    int q = 0;
+    r = std::remquo(heading, kHalfPi, &q);  // exact remainder, low bits of the quotient
+    quadrant = q;
+  }
   const double cr = std::cos(r);
   const double sr = std::sin(r);
   switch (quadrant & 3) {

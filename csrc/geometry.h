@@ -19,9 +19,11 @@ struct Rect {
   double ex = 0.0, ey = 0.0;  // half extents of the axis-aligned bounding box, m
 };
 
-// cos and sin of `heading` with quarter turns exact: the heading is reduced by the nearest multiple of
-// fl(pi/2) exactly (std::remquo), so headings that are float64 multiples of fl(pi/2) give axes made of
-// 0 and +-1 and axis-aligned boxes keep exactly representable edges.
+// cos and sin of `heading` with quarter turns exact: the heading is first reduced by the nearest
+// multiple k fl(pi/2) (with a single rounding, so the remainder is exactly 0 when the heading is
+// k fl(pi/2) for k = 0, +-1, +-2), then rotated by k quarter turns with swaps and sign flips. Headings
+// that are float64 multiples of fl(pi/2) therefore give axes made of 0 and +-1 (or within 1e-16 of
+// them for other k) and axis-aligned boxes keep exactly representable edges.
 void heading_axis(double heading, double* c, double* s);
 
 // Rectangle of a box; `margin` (m) is added to the half length and half width.
