@@ -37,9 +37,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from torch import nn
-
 from genneg.models.mlp import ResidualMLP
+from torch import nn
 
 __all__ = ["PackedMLPStack", "mlp_guided_denoise", "mlp_guided_step", "pack_mlp_stack"]
 
@@ -432,9 +431,10 @@ def _check_x(x: torch.Tensor, stack: PackedMLPStack, what: str = "x") -> None:
 
 
 def _block_sizes(stack: PackedMLPStack, batch: int) -> tuple[int, int]:
-    """Rows per program and hidden chunk width. Larger row tiles amortise weight loads; 64 columns keeps
-    a fp32 weight chunk (64×64×4 B = 16 KiB) well inside shared memory."""
-    block_b = 16 if batch <= 16 else 32
+    """Rows per program and hidden chunk width. Larger row tiles amortise weight loads over more rows
+    (arithmetic intensity ∝ rows); smaller ones give more programs for small batches. 64 columns keep a
+    fp32 weight chunk (64×64×4 B = 16 KiB) well inside shared memory."""
+    block_b = 16 if batch <= 256 else 32 if batch < 4096 else 64
     return block_b, min(stack.hidden_pad, 64)
 
 

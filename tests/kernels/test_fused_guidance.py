@@ -1,0 +1,333 @@
+"""Fused guidance kernels against their PyTorch references (autograd gradients), under the interpreter.
+
+One test body per kernel; shapes are awkward on purpose (batch 1, 7, 1000: not multiples of the row tile;
+data dims 2..64; hidden 16..512 padded to powers of two; mixed hidden sizes and block counts in one
+stack; multi-part logits). Noise levels span sigma_min = 0.002 to sigma_max = 80.
+
+Tolerances (float32 everywhere): the kernel sums the same products as PyTorch in another order (row tiles,
+64-wide chunks), so agreement is to float32 rounding of the largest terms, ~1e-7 relative; we allow
+``REL = 1e-5`` of the output's magnitude (floored at 1), two orders of margin, still far below any real
+error (a wrong term or sign is O(1) relative). The guidance term ``σ² ∇ log c`` grows to ~σ at σ = 80,
+which is why the tolerance scales with the output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import genneg.reference.guidance as ref
+import pytest
+import torch
+from genneg.diffusion import EDMPrecond, heun_sample, make_sigmas
+from genneg.guidance import GuidedDenoiser, GuidedEps, TimeClassifier, guidance_gradient
+from genneg.guidance.analytic import AnalyticMLPGuidance, build_analytic_guidance
+from genneg.guidance.fused import (
+    FusedCombineGuidance,
+    FusedMLPGuidance,
+    build_fused_guidance,
+    fused_ddpm_ancestral_sample,
+    stack_input_gradients,
+)
+from genneg.kernels import fused_guidance_update as update_kernels
+from genneg.kernels import fused_mlp_guidance as mlp_kernels
+from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
+from genneg.profiling import nvtx_enabled, nvtx_range, set_nvtx_enabled
+from torch import nn
+
+SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 0.5
+REL = 1e-5  # see module docstring
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = REL) -> None:
+    """``max |a - e| <= rel · max(1, max |e|)``: float32 reordering, relative to the output's scale."""
+    assert actual.shape == expected.shape
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    err = float((actual - expected).abs().max()) if expected.numel() else 0.0
+    assert err <= rel * scale, f"max error {err:.3e} > {rel:.0e} x scale {scale:.3e}"
+
+
+def _mlp(dim_in: int, dim_out: int, hidden: int, blocks: int, seed: int, emb: int = 16) -> ResidualMLP:
+    torch.manual_seed(seed)
+    net = ResidualMLP(ResidualMLPConfig(dim_in, dim_out, hidden=hidden, num_blocks=blocks, embedding_dim=emb))
+    with torch.no_grad():  # larger weights than the default init: gradients far from zero
+        for p in net.parameters():
+            p.mul_(1.5)
+    return net
+
+
+def _guided(dim: int, hidden: int | tuple[int, ...], k: int, parts: int = 1, blocks: int | tuple = 2
+            ) -> GuidedDenoiser:
+    hiddens = hidden if isinstance(hidden, tuple) else (hidden,) * (k + 1)
+    nbs = blocks if isinstance(blocks, tuple) else (blocks,) * (k + 1)
+    denoiser = EDMPrecond(_mlp(dim, dim, hiddens[0], nbs[0], seed=100), SIGMA_DATA)
+    classifiers = [TimeClassifier(_mlp(dim, parts, hiddens[i + 1], nbs[i + 1], seed=i), SIGMA_DATA)
+                   for i in range(k)]
+    scales = [1.0 + 0.25 * i for i in range(k)]
+    return GuidedDenoiser(denoiser, classifiers, scales, backend="triton")
+
+
+def _stack(guided: GuidedDenoiser) -> mlp_kernels.PackedMLPStack:
+    fused = build_fused_guidance(guided)
+    assert isinstance(fused, FusedMLPGuidance)
+    return fused.stack
+
+
+def _inputs(batch: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sigma = torch.exp(torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), batch)).to(torch.float32)
+    x = torch.randn(batch, dim, generator=g) * torch.sqrt(sigma[:, None] ** 2 + SIGMA_DATA**2)
+    return x, sigma
+
+
+# (K, batch, dim, hidden (denoiser, classifiers...), parts, blocks)
+MLP_CASES = [
+    (0, 7, 2, 32, 1, 2),
+    (1, 1, 2, 32, 1, 2),
+    (3, 7, 5, 24, 1, 1),
+    (8, 7, 3, 16, 1, 2),
+    (1, 1000, 2, 16, 1, 1),
+    (1, 7, 64, 64, 1, 2),
+    (1, 7, 17, 512, 1, 1),
+    (3, 7, 4, (40, 16, 32, 24), 3, (2, 1, 2, 0)),
+]
+
+
+@pytest.mark.parametrize(("k", "batch", "dim", "hidden", "parts", "blocks"), MLP_CASES)
+def test_mlp_guided_denoise(k, batch, dim, hidden, parts, blocks):
+    guided = _guided(dim, hidden, k, parts, blocks)
+    stack = _stack(guided)
+    x, sigma = _inputs(batch, dim)
+    out = mlp_kernels.mlp_guided_denoise(x, sigma, stack)
+    twin = ref.mlp_guided_denoise(x, sigma, stack)
+    _assert_close(out, twin)
+    # the packed twin against the modules themselves (exact autograd of D1's torch path)
+    with torch.no_grad():
+        torch_path = GuidedDenoiser(guided.denoiser, guided.classifiers, guided.scales, backend="torch")
+        modules = torch_path(x, sigma)
+    _assert_close(twin, modules)
+    # an externally computed D(x; sigma) gives the same D_K
+    with torch.no_grad():
+        denoised = guided.denoiser(x, sigma)
+    _assert_close(mlp_kernels.mlp_guided_denoise(x, sigma, stack, denoised=denoised), twin)
+
+
+# each configuration once, the three kinds of step spread over them (interpreter time)
+STEP_CASES = [
+    (*MLP_CASES[0], SIGMA_MAX, 40.0),
+    (*MLP_CASES[1], 0.5, 0.0),
+    (*MLP_CASES[2], 0.01, SIGMA_MIN),
+    (*MLP_CASES[3], SIGMA_MAX, 40.0),
+    (*MLP_CASES[5], 0.5, 0.0),
+    (*MLP_CASES[7], 0.01, SIGMA_MIN),
+]
+
+
+@pytest.mark.parametrize(("k", "batch", "dim", "hidden", "parts", "blocks", "sigma_cur", "sigma_next"),
+                         STEP_CASES)
+def test_mlp_guided_step(k, batch, dim, hidden, parts, blocks, sigma_cur, sigma_next):
+    stack = _stack(_guided(dim, hidden, k, parts, blocks))
+    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1)) * sigma_cur
+    for method in ("heun", "euler") if sigma_next > 0 else ("heun",):
+        expected = ref.mlp_guided_step(x, sigma_cur, sigma_next, stack, method)
+        _assert_close(mlp_kernels.mlp_guided_step(x, sigma_cur, sigma_next, stack, method), expected)
+    in_place = x.clone()
+    result = mlp_kernels.mlp_guided_step(in_place, sigma_cur, sigma_next, stack, out=in_place)
+    assert result.data_ptr() == in_place.data_ptr()
+    _assert_close(in_place, ref.mlp_guided_step(x, sigma_cur, sigma_next, stack))
+
+
+def test_time_features_match_modules():
+    guided = _guided(3, (40, 16, 32), 2, blocks=(2, 1, 2))
+    stack = _stack(guided)
+    sigma = torch.tensor([SIGMA_MIN, 1.0, SIGMA_MAX])
+    tb = stack.time_features(sigma)
+    nets = [guided.denoiser.net] + [c.net for c in guided.classifiers]
+    for i, net in enumerate(nets):
+        h = net.config.hidden
+        expected = net.time_features(torch.log(sigma) / 4) + net.input_fc.bias
+        _assert_close(tb[:, i, :h], expected.detach())
+        assert torch.all(tb[:, i, h:] == 0)
+
+
+def test_mlp_kernel_rejects_bad_input():
+    stack = _stack(_guided(3, 16, 1))
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"shape \(B, 3\)"):
+        mlp_kernels.mlp_guided_denoise(torch.randn(4, 2), torch.ones(4), stack)
+    with pytest.raises(TypeError, match="float32"):
+        mlp_kernels.mlp_guided_step(x.double(), 1.0, 0.5, stack)
+    with pytest.raises(ValueError, match="sigma_cur > sigma_next"):
+        mlp_kernels.mlp_guided_step(x, 0.5, 1.0, stack)
+    with pytest.raises(ValueError, match="sigma must have shape"):
+        mlp_kernels.mlp_guided_denoise(x, torch.ones(3), stack)
+    with pytest.raises(TypeError, match="ResidualMLP"):
+        mlp_kernels.pack_mlp_stack(
+            nn.Linear(3, 3), [], [], sigma_data_denoiser=0.5, sigma_data_classifier=0.5
+        )
+
+
+# ------------------------------------------------------------------------ combine-and-update kernel
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 8])
+@pytest.mark.parametrize(("batch", "shape"), [(1, (2,)), (7, (5, 2)), (1000, (3,)), (7, (64,))])
+@pytest.mark.parametrize("with_logits", [True, False])
+def test_guidance_update(k, batch, shape, with_logits):
+    g = torch.Generator().manual_seed(k * 100 + batch)
+    full = (batch, *shape)
+    x, denoised, noise = (torch.randn(full, generator=g) for _ in range(3))
+    grads = torch.randn((k, *full), generator=g)
+    logits = torch.randn(k, batch, generator=g) * 3 if with_logits else None
+    scales = torch.rand(k, generator=g) + 0.5
+    sigma = torch.exp(torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), batch))
+    alpha_bar = torch.linspace(0.01, 0.99, batch)
+    args = (grads, logits, scales)
+    _assert_close(update_kernels.edm_guided_denoise(denoised, *args, sigma),
+                  ref.edm_guided_denoise(denoised, *args, sigma))
+    _assert_close(update_kernels.ddpm_guided_eps(denoised, *args, alpha_bar),
+                  ref.ddpm_guided_eps(denoised, *args, alpha_bar))
+    for s_cur, s_next in [(SIGMA_MAX, 60.0), (0.01, SIGMA_MIN), (0.3, 0.0)]:
+        d_kernel, d_ref = torch.empty(full), torch.empty(full)
+        euler = update_kernels.edm_guided_step(x, denoised, *args, s_cur, s_next, d_out=d_kernel)
+        _assert_close(euler, ref.edm_guided_step(x, denoised, *args, s_cur, s_next, d_out=d_ref))
+        _assert_close(d_kernel, d_ref)
+        if s_next > 0:
+            heun = update_kernels.edm_guided_step(euler, denoised, *args, s_cur, s_next, x_prev=x,
+                                                  d_prev=d_kernel)
+            _assert_close(heun, ref.edm_guided_step(euler, denoised, *args, s_cur, s_next, x_prev=x,
+                                                    d_prev=d_kernel))
+    for ab_t, ab_s in [(0.02, 0.05), (0.9, 0.95), (0.99, 1.0)]:
+        _assert_close(update_kernels.ddpm_guided_step(x, denoised, *args, ab_t, ab_s, noise),
+                      ref.ddpm_guided_step(x, denoised, *args, ab_t, ab_s, noise))
+
+
+def test_guidance_update_matches_method():
+    """The twin is the METHOD.md 4 formula: D_K = D + σ² Σ γ ∇ log c, with ∇ log c = sigmoid(-l) ∇ l."""
+    classifiers = [TimeClassifier(_mlp(3, 1, 16, 1, seed=s), SIGMA_DATA) for s in range(3)]
+    scales = [1.0, 0.5, 2.0]
+    x, sigma = _inputs(7, 3)
+    grads, logits = stack_input_gradients(classifiers, x, lambda xg: (xg, sigma))
+    denoised = torch.randn(7, 3)
+    expected = denoised + sigma[:, None] ** 2 * guidance_gradient(classifiers, x, sigma, scales)
+    got = update_kernels.edm_guided_denoise(denoised, grads, logits, torch.tensor(scales), sigma)
+    _assert_close(got, expected)
+
+
+def test_stack_input_gradients_one_backward():
+    classifiers = [TimeClassifier(_mlp(3, parts, 16, 1, seed=s), SIGMA_DATA) for s, parts in [(0, 1), (1, 1)]]
+    x, sigma = _inputs(7, 3)
+    grads, logits = stack_input_gradients(classifiers, x, lambda xg: (xg, sigma))
+    assert grads.shape == (2, 7, 3) and logits.shape == (2, 7)
+    for k, c in enumerate(classifiers):
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(c(xg, sigma).sum(), xg)
+        _assert_close(grads[k], g)
+    multi = [TimeClassifier(_mlp(3, 4, 16, 1, seed=5), SIGMA_DATA)]
+    grads, logits = stack_input_gradients(multi, x, lambda xg: (xg, sigma))
+    assert logits is None
+    _assert_close(grads[0], guidance_gradient(multi, x, sigma))
+
+
+def test_update_kernel_rejects_bad_input():
+    d = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="grads must have shape"):
+        update_kernels.edm_guided_denoise(d, torch.randn(2, 4, 2), None, torch.ones(2), torch.ones(4))
+    with pytest.raises(ValueError, match="logits must have shape"):
+        update_kernels.edm_guided_denoise(
+            d, torch.randn(2, 4, 3), torch.randn(2, 3), torch.ones(2), torch.ones(4)
+        )
+    with pytest.raises(ValueError, match="noise is required"):
+        update_kernels.ddpm_guided_step(d, d, torch.randn(0, 4, 3), None, torch.ones(0), 0.5, 0.7, None)
+    with pytest.raises(ValueError, match="alpha_bar_t < alpha_bar_s"):
+        update_kernels.ddpm_guided_step(d, d, torch.randn(0, 4, 3), None, torch.ones(0), 0.7, 0.5, d)
+    with pytest.raises(ValueError, match="both x_prev and d_prev"):
+        update_kernels.edm_guided_step(d, d, torch.randn(0, 4, 3), None, torch.ones(0), 1.0, 0.5, x_prev=d)
+
+
+# ------------------------------------------------------------------------------ whole sampling runs
+
+
+def _sample(guided: GuidedDenoiser, backend: str, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    run = GuidedDenoiser(guided.denoiser, guided.classifiers, guided.scales, backend=backend)
+    return heun_sample(run, x.clone(), sigmas)
+
+
+def test_fused_sampling_equals_torch():
+    """Heun sampling from the same noise: fused one-launch MLP path and combine path vs PyTorch."""
+    guided = _guided(2, 32, 3)
+    sigmas = make_sigmas("karras", 6, SIGMA_MIN, SIGMA_MAX)
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(3)) * SIGMA_MAX
+    torch_samples = _sample(guided, "torch", x, sigmas)
+    assert isinstance(guided._fused(x.device), FusedMLPGuidance)
+    # 6 Heun steps compound per-step rounding (10x the one-step tolerance); samples are O(1) at the end
+    _assert_close(_sample(guided, "triton", x, sigmas), torch_samples, rel=1e-4)
+
+    class Wrapped(nn.Module):  # a classifier network that is not a ResidualMLP -> combine path
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            return self.inner(x_in, c_noise)
+
+    wrapped = GuidedDenoiser(guided.denoiser, [TimeClassifier(Wrapped(c.net), SIGMA_DATA)
+                                               for c in guided.classifiers], guided.scales, backend="triton")
+    assert isinstance(build_fused_guidance(wrapped), FusedCombineGuidance)
+    _assert_close(_sample(wrapped, "triton", x, sigmas), torch_samples, rel=1e-4)
+
+
+def test_fused_ddpm_sampling_equals_torch():
+    from genneg.diffusion.ddpm import DDPMConfig, DDPMSchedule, ddpm_ancestral_sample
+
+    schedule = DDPMSchedule(DDPMConfig(num_steps=50))
+    net = _mlp(2, 2, 16, 1, seed=7)
+
+    def eps_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return net(x_t, t.to(torch.float32) / 50.0)
+
+    classifiers = [TimeClassifier(_mlp(2, 1, 16, 1, seed=s), SIGMA_DATA) for s in range(3)]
+    guided = GuidedEps(eps_model, schedule, classifiers, [1.0, 0.5, 2.0], coordinates="ve")
+    x_T = torch.randn(9, 2, generator=torch.Generator().manual_seed(0))
+    expected = ddpm_ancestral_sample(guided, x_T, schedule, num_steps=10,
+                                     generator=torch.Generator().manual_seed(1))
+    got = fused_ddpm_ancestral_sample(guided, x_T, num_steps=10, generator=torch.Generator().manual_seed(1))
+    _assert_close(got, expected, rel=1e-4)
+
+
+def test_build_fused_guidance_refuses_time_independent():
+    guided = _guided(2, 16, 2)
+    guided.classifiers[1].time_dependent = False
+    assert build_fused_guidance(guided) is None
+    guided.scales = (1.0, 0.0)  # a zero-scale classifier is dropped, so the rest fuses
+    assert isinstance(build_fused_guidance(guided), FusedMLPGuidance)
+
+
+# --------------------------------------------------------------------------- analytic gradient, NVTX
+
+
+@pytest.mark.parametrize(("k", "parts", "shared_sigma"), [(1, 1, True), (3, 1, False), (8, 2, True)])
+def test_analytic_gradient_matches_autograd(k, parts, shared_sigma):
+    hiddens, blocks = [16, 40, 24, 16, 16, 32, 16, 16], [1, 2, 0, 1, 2, 1, 1, 2]
+    classifiers = [
+        TimeClassifier(_mlp(3, parts, hiddens[i], blocks[i], seed=i), SIGMA_DATA) for i in range(k)
+    ]
+    scales = [1.0 + 0.1 * i for i in range(k)]
+    x, sigma = _inputs(7, 3)
+    if shared_sigma:
+        sigma = torch.full((7,), 0.7)
+    analytic = AnalyticMLPGuidance(classifiers, scales)
+    _assert_close(analytic.gradient(x, sigma), guidance_gradient(classifiers, x, sigma, scales))
+    assert build_analytic_guidance([TimeClassifier(nn.Linear(3, 1), SIGMA_DATA)], [1.0]) is None
+
+
+def test_nvtx_switch():
+    before = nvtx_enabled()
+    try:
+        set_nvtx_enabled(False)
+        assert nvtx_range("a") is nvtx_range("b")  # one shared no-op: free when off
+        set_nvtx_enabled(True)
+        with nvtx_range("genneg.test"):
+            pass
+        assert nvtx_range("a") is not nvtx_range("a")
+    finally:
+        set_nvtx_enabled(before)
