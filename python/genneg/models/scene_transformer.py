@@ -114,20 +114,24 @@ def sinusoidal_embedding(
         dim: even number of output features.
 
     Returns:
-        ``(..., dim)`` tensor of ``values``' dtype.
+        ``(..., dim)`` tensor of ``values``' dtype (float32 for integer input).
     """
     half = dim // 2
-    k = torch.arange(half, device=values.device, dtype=torch.float32) / max(half - 1, 1)
+    dtype = values.dtype if values.dtype == torch.float64 else torch.float32
+    k = torch.arange(half, device=values.device, dtype=dtype) / max(half - 1, 1)
     wavelength = max_wavelength * (min_wavelength / max_wavelength) ** k
-    angle = values.float()[..., None] * (2 * math.pi / wavelength)
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(values.dtype)
+    angle = values.to(dtype)[..., None] * (2 * math.pi / wavelength)
+    out = torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+    return out.to(values.dtype) if values.is_floating_point() else out
 
 
 def _time_embedding(t: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
-    """DDPM/transformer time embedding: frequencies ``max_period^(-k/half)``; ``(B,) -> (B, dim)``."""
+    """DDPM/transformer time embedding: frequencies ``max_period^(-k/half)``; ``(B,) -> (B, dim)``
+    (float64 for float64 input, else float32)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angle = t.float()[:, None] * freqs[None]
+    dtype = t.dtype if t.dtype == torch.float64 else torch.float32
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    angle = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
