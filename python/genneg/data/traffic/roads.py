@@ -4,6 +4,17 @@ Each map is a :class:`RoadMap`: a drivable raster (the traffic oracle's :class:`
 centrelines vehicles are placed on, in the map frame (metres, x right, y up, right-hand traffic: roundabouts
 run counter-clockwise). The drivable area is the union of all lanes thickened to ``lane_width_m / 2 +
 shoulder_m`` plus the square of every junction. A map is a function of ``(kind, config, seed)`` only.
+
+Kinds (``n`` lanes per direction drawn from ``lanes_per_direction``; the feature is rotated at random):
+
+- ``straight``: a two-way road, ``n`` lanes each way.
+- ``curve``: a two-way road with one bend (radius, angle and side drawn from the config).
+- ``t_junction`` / ``crossroads``: 3 / 4 arms of ``n`` lanes each way meeting in a square junction, with a
+  connector (quadratic Bézier) from every incoming lane to the same-index lane of every other arm.
+- ``roundabout``: a counter-clockwise ring of ``min(n, 2)`` lanes around an island, 3 or 4 single-lane
+  two-way arms joined to the ring by entry and exit connectors.
+- ``merge``: a one-way carriageway of ``max(n, 2)`` lanes and an on-ramp that runs beside it as an
+  acceleration lane and tapers into its outermost lane.
 """
 
 from __future__ import annotations
