@@ -48,7 +48,9 @@ def wilson_interval(count: np.ndarray | int, total: np.ndarray | int, confidence
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)
+    low = np.where(k == 0, 0.0, np.clip(center - half, 0.0, 1.0))  # exact ends instead of rounding
+    high = np.where(k == n, 1.0, np.clip(center + half, 0.0, 1.0))
+    return low, high
 
 
 def infraction_rate(verdicts: torch.Tensor | np.ndarray, *, per: str = "sample", confidence: float = 0.95
