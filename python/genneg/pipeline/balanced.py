@@ -9,6 +9,12 @@ budget: the decision uses the 95% Wilson upper bound of the running rate, so it 
 optimistic rate cannot fit the budget, and never on one unlucky batch.
 
 :func:`draw_imbalanced` draws the natural mix instead (the ``imbalanced`` ablation).
+
+:func:`draw_balanced_sis` (METHOD.md 6, Appendix D.2) collects the set faster when the current model
+rarely infracts: it draws trajectories from a proposal denoiser that infracts more with a stochastic
+(Euler-ancestral) sampler and weights each by the ratio of the target's and the proposal's transition
+densities (same covariance, different means), self-normalised; the weights flow into the loss of Eq. 9
+through ``BalancedDataset.example_weights`` and into the priors ``pi_pos``, ``pi_neg``.
 """
 
 from __future__ import annotations
@@ -17,14 +23,23 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from genneg.diffusion.denoiser import Denoiser, expand_sigma
 from genneg.oracles.base import evaluate_oracle
 
-__all__ = ["BalancedDataset", "InfractionBudgetError", "draw_balanced", "draw_imbalanced"]
+__all__ = [
+    "BalancedDataset",
+    "InfractionBudgetError",
+    "ancestral_trajectories",
+    "draw_balanced",
+    "draw_balanced_sis",
+    "draw_imbalanced",
+]
 
 SampleFn = Callable[[int], torch.Tensor]
 PartMaskFn = Callable[[torch.Tensor], torch.Tensor]
@@ -73,6 +88,9 @@ class BalancedDataset:
         num_drawn: samples drawn to build the set (kept or not).
         part_mask: ``(N, P)`` bool, True = a real part (False = padding, ignored by the loss), or None.
         balanced: True when the set holds ``N/2`` of each class, False for the natural mix.
+        example_weights: ``(N,)`` float32 self-normalised importance weights of examples drawn from a
+            proposal (SIS, METHOD.md 6), mean 1 within each class; None = all 1 (drawn from the model).
+        extra: JSON-serialisable diagnostics (e.g. SIS effective sample sizes).
     """
 
     x: torch.Tensor
@@ -83,6 +101,7 @@ class BalancedDataset:
     num_drawn: int
     part_mask: torch.Tensor | None = None
     balanced: bool = True
+    example_weights: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +121,10 @@ class BalancedDataset:
             self.pi_pos + self.pi_neg - 1.0
         ) > 1e-9:
             raise ValueError(f"need pi_pos + pi_neg = 1 in [0, 1], got {self.pi_pos}, {self.pi_neg}")
+        w = self.example_weights
+        if w is not None and (w.shape != (n,) or not w.is_floating_point() or not bool((w >= 0).all())):
+            raise ValueError(
+                f"example_weights must be non-negative float ({n},), got {w.dtype} {tuple(w.shape)}")
         if self.num_drawn < n:
             raise ValueError(f"num_drawn={self.num_drawn} is smaller than the {n} kept samples")
 
@@ -122,7 +145,9 @@ class BalancedDataset:
         """The same data on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return BalancedDataset(move(self.x), move(self.labels), move(self.part_labels), self.pi_pos,
-                               self.pi_neg, self.num_drawn, move(self.part_mask), self.balanced, self.extra)
+                               self.pi_neg, self.num_drawn, part_mask=move(self.part_mask),
+                               balanced=self.balanced, example_weights=move(self.example_weights),
+                               extra=self.extra)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write to ``path`` (``*.safetensors`` plus a JSON sidecar with the priors), atomically."""
@@ -133,6 +158,8 @@ class BalancedDataset:
             tensors["part_labels"] = self.part_labels
         if self.part_mask is not None:
             tensors["part_mask"] = self.part_mask
+        if self.example_weights is not None:
+            tensors["example_weights"] = self.example_weights
         save_checkpoint(path, tensors, {"kind": "balanced_dataset", "pi_pos": self.pi_pos,
                                         "pi_neg": self.pi_neg, "num_drawn": self.num_drawn,
                                         "balanced": self.balanced, "extra": self.extra})
@@ -147,7 +174,8 @@ class BalancedDataset:
             raise ValueError(f"{path} is not a balanced dataset (kind={meta.get('kind')!r})")
         get = lambda k: tensors[k].to(device) if k in tensors else None  # noqa: E731
         return cls(get("x"), get("labels"), get("part_labels"), float(meta["pi_pos"]), float(meta["pi_neg"]),
-                   int(meta["num_drawn"]), get("part_mask"), bool(meta["balanced"]), dict(meta["extra"]))
+                   int(meta["num_drawn"]), part_mask=get("part_mask"), balanced=bool(meta["balanced"]),
+                   example_weights=get("example_weights"), extra=dict(meta["extra"]))
 
 
 def _wilson_upper(successes: int, trials: int) -> float:
@@ -225,6 +253,25 @@ def draw_balanced(
         InfractionBudgetError: as soon as the estimated draws needed exceed ``max_draws``.
         ValueError: bad sizes, or ``sample_fn``/``oracle`` returning the wrong shapes.
     """
+    return _collect_balanced(lambda n: (_draw(sample_fn, n), None), oracle, num_total, batch_size=batch_size,
+                             max_draws=max_draws, part_mask_fn=part_mask_fn, generator=generator,
+                             progress=progress, desc="balanced data")
+
+
+def _collect_balanced(
+    draw: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
+    oracle: Callable[[Any], Any],
+    num_total: int,
+    *,
+    batch_size: int,
+    max_draws: int | None,
+    part_mask_fn: PartMaskFn | None,
+    generator: torch.Generator | None,
+    progress: bool,
+    desc: str,
+) -> BalancedDataset:
+    """The loop of :func:`draw_balanced`; ``draw(n)`` also returns ``(n,)`` float64 log importance
+    weights of the samples (target over proposal), or None when they come from the model itself."""
     if num_total < 2 or num_total % 2:
         raise ValueError(f"num_total must be an even number >= 2, got {num_total}")
     if batch_size < 1:
@@ -234,21 +281,30 @@ def draw_balanced(
         raise ValueError(f"max_draws={budget} is smaller than num_total={num_total}")
     need = num_total // 2
     kept = {True: 0, False: 0}
-    chunks: dict[bool, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]] = {
-        True: [], False: []}
+    chunks: dict[bool, list[tuple[torch.Tensor, ...]]] = {True: [], False: []}
+    log_mass = {True: -math.inf, False: -math.inf}  # log Σ w over every draw of each class
+    weighted = False
     drawn = negatives = 0
-    bar = tqdm(total=num_total, disable=not progress, desc="balanced data", unit="sample", leave=False)
+    bar = tqdm(total=num_total, disable=not progress, desc=desc, unit="sample", leave=False)
     try:
         while kept[True] < need or kept[False] < need:
             n = min(batch_size, budget - drawn)
-            x = _draw(sample_fn, n)
+            x, log_w = draw(n)
             labels, part_labels, mask = _label_batch(x, oracle, part_mask_fn)
+            weighted = log_w is not None
+            if log_w is None:
+                log_w = torch.zeros(n, dtype=torch.float64, device=x.device)
             drawn += n
             negatives += int((~labels).sum())
             for cls in (True, False):
-                idx = torch.nonzero(labels == cls).flatten()[: need - kept[cls]]
+                members = labels == cls
+                if members.any():
+                    log_mass[cls] = float(torch.logaddexp(torch.tensor(log_mass[cls], dtype=torch.float64),
+                                                          torch.logsumexp(log_w[members].cpu(), dim=0)))
+                idx = torch.nonzero(members).flatten()[: need - kept[cls]]
                 if idx.numel():
-                    chunks[cls].append((x[idx], None if part_labels is None else part_labels[idx],
+                    chunks[cls].append((x[idx], log_w[idx],
+                                        None if part_labels is None else part_labels[idx],
                                         None if mask is None else mask[idx]))
                     kept[cls] += idx.numel()
                     bar.update(idx.numel())
@@ -260,15 +316,31 @@ def draw_balanced(
     x_all = torch.cat([c[0] for c in parts])
     labels_all = torch.cat([torch.ones(need, dtype=torch.bool), torch.zeros(need, dtype=torch.bool)]).to(
         x_all.device)
-    part_labels_all = _cat([c[1] for c in parts])
-    mask_all = _cat([c[2] for c in parts])
+    part_labels_all = _cat([c[2] for c in parts])
+    mask_all = _cat([c[3] for c in parts])
+    weights_all = None
+    extra: dict[str, Any] = {}
+    if weighted:
+        # self-normalised within each class over the kept examples: mean 1 per class
+        weights_all = torch.empty(num_total, dtype=torch.float32, device=x_all.device)
+        for cls, rows in ((True, slice(0, need)), (False, slice(need, num_total))):
+            lw = torch.cat([c[1] for c in chunks[cls]])
+            w = torch.exp(lw - lw.max())
+            weights_all[rows] = (w * (need / w.sum())).to(torch.float32)
+            extra[f"ess_{'pos' if cls else 'neg'}"] = float(w.sum() ** 2 / (w * w).sum())
+        total_mass = float(torch.logaddexp(torch.tensor(log_mass[True]), torch.tensor(log_mass[False])))
+        pi_neg = math.exp(log_mass[False] - total_mass)
+        extra["proposal_pi_neg"] = negatives / drawn
+    else:
+        pi_neg = negatives / drawn
     if generator is not None:
         perm = torch.randperm(num_total, generator=generator).to(x_all.device)
         x_all, labels_all = x_all[perm], labels_all[perm]
         part_labels_all = None if part_labels_all is None else part_labels_all[perm]
         mask_all = None if mask_all is None else mask_all[perm]
-    pi_neg = negatives / drawn
-    return BalancedDataset(x_all, labels_all, part_labels_all, 1.0 - pi_neg, pi_neg, drawn, mask_all, True)
+        weights_all = None if weights_all is None else weights_all[perm]
+    return BalancedDataset(x_all, labels_all, part_labels_all, 1.0 - pi_neg, pi_neg, drawn,
+                           part_mask=mask_all, balanced=True, example_weights=weights_all, extra=extra)
 
 
 def _check_budget(drawn: int, negatives: int, kept: dict[bool, int], need: int, budget: int) -> None:
@@ -336,4 +408,98 @@ def draw_imbalanced(
                          "a classifier needs both classes")
     pi_neg = negatives / num_total
     return BalancedDataset(torch.cat(xs), labels_all, _cat(part_labels), 1.0 - pi_neg, pi_neg, num_total,
-                           _cat(masks), False)
+                           part_mask=_cat(masks), balanced=False)
+
+
+def ancestral_trajectories(
+    target: Denoiser,
+    proposal: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample with the proposal's Euler-ancestral sampler and weight each trajectory towards the target.
+
+    Step ``j`` (``sigma_j -> sigma_{j+1}``, variance ``v_j = sigma_j² - sigma_{j+1}²``) of the
+    variance-exploding reverse SDE::
+
+        x_{j+1} = mu(x_j) + sqrt(v_j) z,   mu(x) = x + v_j / sigma_j² · (D(x; sigma_j) - x)
+
+    with ``D`` the proposal; the log weight adds
+    ``log N(x_{j+1}; mu_target(x_j), v_j I) - log N(x_{j+1}; mu_proposal(x_j), v_j I)``. The last step,
+    to ``sigma = 0``, is Gaussian too (variance ``sigma_min²``), so every transition is weighted.
+
+    Args:
+        target, proposal: denoisers ``D(x (B, ...), sigma (B,))`` (guided ones included).
+        x: ``(B, *shape)`` float initial noise ``sigmas[0] · N(0, I)``.
+        sigmas: ``(n+1,)`` decreasing schedule ending in 0 (``genneg.diffusion.schedules``).
+        generator: random source of the step noise (its device is where it is drawn).
+
+    Returns:
+        ``(x0 (B, *shape), log_weights (B,) float64)``.
+    """
+    levels = [float(v) for v in sigmas]
+    if len(levels) < 2 or levels[-1] != 0.0 or any(a <= b for a, b in pairwise(levels)):
+        raise ValueError("sigmas must be strictly decreasing and end in 0")
+    gen_device = generator.device if generator is not None else x.device
+    log_w = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        for cur, nxt in pairwise(levels):
+            sigma = expand_sigma(cur, x)
+            var = cur * cur - nxt * nxt
+            step = var / (cur * cur)
+            mu_p = x + step * (proposal(x, sigma) - x)
+            mu_t = x + step * (target(x, sigma) - x)
+            z = torch.randn(x.shape, generator=generator, device=gen_device).to(x.device, x.dtype)
+            # log N(x'; mu_t) - log N(x'; mu_p) with x' = mu_p + sqrt(v) z and d = mu_t - mu_p:
+            # (||sqrt(v) z||² - ||sqrt(v) z - d||²) / (2 v) = z·d / sqrt(v) - ||d||² / (2 v)
+            d = (mu_t - mu_p).to(torch.float64).flatten(1)
+            z64 = z.to(torch.float64).flatten(1)
+            log_w += (z64 * d).sum(1) / math.sqrt(var) - (d * d).sum(1) / (2 * var)
+            x = mu_p + math.sqrt(var) * z
+    return x, log_w
+
+
+def draw_balanced_sis(
+    target: Denoiser,
+    proposal: Denoiser,
+    oracle: Callable[[Any], Any],
+    num_total: int,
+    *,
+    sample_shape: tuple[int, ...],
+    sigmas: torch.Tensor,
+    batch_size: int = 10_000,
+    max_draws: int | None = None,
+    part_mask_fn: PartMaskFn | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> BalancedDataset:
+    """A balanced set for the ``target`` model, drawn from a ``proposal`` that infracts more (SIS).
+
+    Like :func:`draw_balanced`, but every sample comes from :func:`ancestral_trajectories` and carries
+    the trajectory's importance weight. The priors are self-normalised over every draw
+    (``pi_neg = Σ_neg w / Σ w``); ``example_weights`` are self-normalised within each class over the kept
+    examples, so that the Eq. 9 weight of an example is ``2 pi_y · example_weight``. ``extra`` reports
+    the effective sample size of each class (``ess_pos``, ``ess_neg``) and the proposal's own rate.
+
+    Args:
+        target: the model whose classifier is trained (e.g. the guided model of this iteration).
+        proposal: a model that infracts more (e.g. an earlier iteration).
+        oracle, num_total, batch_size, max_draws, part_mask_fn, progress: as :func:`draw_balanced`.
+        sample_shape: shape of one sample, e.g. ``(2,)``.
+        sigmas: the fixed stochastic-sampler schedule (``(n+1,)``, ending in 0).
+        generator: random source of the initial noise, the step noise and the final shuffle.
+        device: where samples are drawn.
+    """
+    gen_device = generator.device if generator is not None else torch.device(device)
+    sigma_max = float(sigmas[0])
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn((n, *sample_shape), generator=generator, device=gen_device).to(device) * sigma_max
+        return ancestral_trajectories(target, proposal, x, sigmas, generator=generator)
+
+    return _collect_balanced(draw, oracle, num_total, batch_size=batch_size, max_draws=max_draws,
+                             part_mask_fn=part_mask_fn, generator=generator, progress=progress,
+                             desc="balanced data (SIS)")

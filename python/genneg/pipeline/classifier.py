@@ -125,6 +125,10 @@ def importance_weights(labels: torch.Tensor, pi_pos: float, pi_neg: float) -> to
 def sample_weights(dataset: BalancedDataset, mode: ClassifierMode) -> torch.Tensor:
     """The loss weights ``(N,)`` float32 of each example for ``mode``.
 
+    ``gen_neg`` and ``time_independent``: the class weights ``pi_y / f_y`` (``2 pi_y`` on balanced sets);
+    ``no_is`` and ``imbalanced``: 1. Examples drawn from a proposal (SIS) are further multiplied by their
+    ``example_weights`` in every mode: those correct the sampling distribution, not the class prior.
+
     Raises:
         ValueError: ``imbalanced`` asked for on a balanced set (the ablation needs the natural mix).
     """
@@ -133,8 +137,12 @@ def sample_weights(dataset: BalancedDataset, mode: ClassifierMode) -> torch.Tens
     if mode == "imbalanced" and dataset.balanced:
         raise ValueError("mode='imbalanced' needs the natural mix (draw_imbalanced), got a balanced set")
     if mode in ("imbalanced", "no_is"):
-        return torch.ones(len(dataset), dtype=torch.float32, device=dataset.labels.device)
-    return importance_weights(dataset.labels, dataset.pi_pos, dataset.pi_neg)
+        weights = torch.ones(len(dataset), dtype=torch.float32, device=dataset.labels.device)
+    else:
+        weights = importance_weights(dataset.labels, dataset.pi_pos, dataset.pi_neg)
+    if dataset.example_weights is not None:
+        weights = weights * dataset.example_weights.to(weights.device, torch.float32)
+    return weights
 
 
 def classifier_loss(
