@@ -12,6 +12,9 @@ coordinates centring would need a float64 subtraction anyway. An H100 runs float
 rate and these kernels are memory- and latency-bound, so the cost is small; on consumer GPUs with 1/64
 float64 rate it is larger but still far ahead of a CPU.
 
+Kernels are launched with ``enable_fp_fusion=False``: no fused multiply-adds, so every product and sum is
+rounded as in the reference and the C++ (only ``cos``/``sin`` may differ by an ulp between libraries).
+
 Layout: one op, one name through its layers: ``_collisions_kernel`` -> :func:`collisions` (launcher),
 ``_offroad_kernel`` -> :func:`offroad`. Launchers take exactly the reference's arguments, validate with
 the reference's checks, accept any strides, and return bool tensors on the input device.
@@ -32,19 +35,20 @@ import torch
 import triton
 import triton.language as tl
 from genneg.kernels._backend import interpreter_enabled
-from genneg.reference.traffic_oracle import HALF_PI as HALF_PI_M
-from genneg.reference.traffic_oracle import validate_boxes, validate_margin, validate_raster
+from genneg.reference.traffic_oracle import HALF_PI, validate_boxes, validate_margin, validate_raster
 
 __all__ = ["collisions", "offroad"]
 
-HALF_PI: tl.constexpr = tl.constexpr(HALF_PI_M)
-
 
 @triton.jit
-def _heading_axis(heading):
-    """float64 cos and sin of ``heading`` with quarter turns exact (see the reference's heading_axis)."""
-    quarter = tl.floor(heading / HALF_PI + 0.5)
-    rest = heading - quarter * HALF_PI
+def _heading_axis(heading, half_pi):
+    """float64 cos and sin of ``heading`` with quarter turns exact (see the reference's heading_axis).
+
+    ``half_pi`` is fl(pi/2) loaded from a float64 tensor: a Python float constant may be materialised
+    through float32 on some Triton versions, which would turn every quarter by ~4e-8 rad.
+    """
+    quarter = tl.floor(heading / half_pi + 0.5)
+    rest = heading - quarter * half_pi
     cos_r = tl.cos(rest)
     sin_r = tl.sin(rest)
     quadrant = quarter - 4.0 * tl.floor(quarter * 0.25)
@@ -58,7 +62,7 @@ def _heading_axis(heading):
 
 
 @triton.jit
-def _box_frame(ptr, stride_v, stride_f, offs, mask, margin):
+def _box_frame(ptr, stride_v, stride_f, offs, mask, margin, half_pi):
     """Load boxes at ``ptr + offs * stride_v`` and return float64 x, y, half-length, half-width, cos, sin.
 
     Masked lanes get a unit box at the origin (never NaN), whatever memory holds.
@@ -69,7 +73,7 @@ def _box_frame(ptr, stride_v, stride_f, offs, mask, margin):
     length = tl.load(base + 2 * stride_f, mask=mask, other=1.0).to(tl.float64)
     width = tl.load(base + 3 * stride_f, mask=mask, other=1.0).to(tl.float64)
     heading = tl.load(base + 4 * stride_f, mask=mask, other=0.0).to(tl.float64)
-    c, s = _heading_axis(heading)
+    c, s = _heading_axis(heading, half_pi)
     return x, y, 0.5 * length + margin, 0.5 * width + margin, c, s
 
 
@@ -89,7 +93,9 @@ def _collisions_kernel(
     BLOCK_I: tl.constexpr,
     BLOCK_J: tl.constexpr,
 ):
-    margin = tl.load(params_ptr)  # float64; a Python float argument would arrive as float32
+    # float64 parameters (a Python float argument would arrive as float32): margin (m), fl(pi/2).
+    margin = tl.load(params_ptr)
+    half_pi = tl.load(params_ptr + 1)
     scene = tl.program_id(0).to(tl.int64)
     offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     in_i = offs_i < num_agents
@@ -97,7 +103,7 @@ def _collisions_kernel(
         valid_i = tl.load(valid_ptr + scene * stride_vs + offs_i * stride_va, mask=in_i, other=0) != 0
         in_i = in_i & valid_i
     scene_boxes = boxes_ptr + scene * stride_bs
-    xa, ya, hla, hwa, ca, sa = _box_frame(scene_boxes, stride_ba, stride_bf, offs_i, in_i, margin)
+    xa, ya, hla, hwa, ca, sa = _box_frame(scene_boxes, stride_ba, stride_bf, offs_i, in_i, margin, half_pi)
     xa, ya, hla, hwa = xa[:, None], ya[:, None], hla[:, None], hwa[:, None]
     ca, sa = ca[:, None], sa[:, None]
     hit = tl.zeros([BLOCK_I], dtype=tl.int32)
@@ -107,7 +113,9 @@ def _collisions_kernel(
         if HAS_VALID:
             valid_j = tl.load(valid_ptr + scene * stride_vs + offs_j * stride_va, mask=in_j, other=0) != 0
             in_j = in_j & valid_j
-        xb, yb, hlb, hwb, cb, sb = _box_frame(scene_boxes, stride_ba, stride_bf, offs_j, in_j, margin)
+        xb, yb, hlb, hwb, cb, sb = _box_frame(
+            scene_boxes, stride_ba, stride_bf, offs_j, in_j, margin, half_pi
+        )
         xb, yb, hlb, hwb = xb[None, :], yb[None, :], hlb[None, :], hwb[None, :]
         cb, sb = cb[None, :], sb[None, :]
         dx = xb - xa
@@ -156,12 +164,13 @@ def _offroad_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # float64 parameters: origin x, y (m), resolution (m/cell), height, width (cells).
+    # float64 parameters: origin x, y (m), resolution (m/cell), height, width (cells), fl(pi/2).
     origin_x = tl.load(params_ptr)
     origin_y = tl.load(params_ptr + 1)
     resolution = tl.load(params_ptr + 2)
     height = tl.load(params_ptr + 3)
     width = tl.load(params_ptr + 4)
+    half_pi = tl.load(params_ptr + 5)
     offs = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     in_b = offs < num_boxes
     scene = offs // num_agents
@@ -169,7 +178,7 @@ def _offroad_kernel(
     if HAS_VALID:
         in_b = in_b & (tl.load(valid_ptr + scene * stride_vs + agent * stride_va, mask=in_b, other=0) != 0)
     base = boxes_ptr + scene * stride_bs
-    x, y, hl, hw, c, s = _box_frame(base, stride_ba, stride_bf, agent, in_b, 0.0)
+    x, y, hl, hw, c, s = _box_frame(base, stride_ba, stride_bf, agent, in_b, 0.0, half_pi)
     px = x - origin_x
     py = y - origin_y
     ex = hl * tl.abs(c) + hw * tl.abs(s)  # half-extents of the box's axis-aligned bounding box
@@ -256,10 +265,11 @@ def collisions(boxes: torch.Tensor, valid: torch.Tensor | None = None, margin: f
             boxes3.stride(2),
             stride_vs,
             stride_va,
-            torch.tensor([margin], dtype=torch.float64, device=boxes3.device),
+            torch.tensor([margin, HALF_PI], dtype=torch.float64, device=boxes3.device),
             HAS_VALID=valid is not None,
             BLOCK_I=block_i,
             BLOCK_J=block_j,
+            enable_fp_fusion=False,
         )
     out = out.view(torch.bool)
     return out[0] if squeeze else out
@@ -297,7 +307,9 @@ def offroad(
         if drivable.dtype == torch.bool:
             drivable = drivable.view(torch.uint8)
         height, width = drivable.shape
-        params = torch.tensor([ox, oy, res, height, width], dtype=torch.float64, device=boxes3.device)
+        params = torch.tensor(
+            [ox, oy, res, height, width, HALF_PI], dtype=torch.float64, device=boxes3.device
+        )
         valid_arg, stride_vs, stride_va = _valid_arg(valid3, valid is not None)
         block_b = 16
         _offroad_kernel[(triton.cdiv(num_boxes, block_b),)](
@@ -318,6 +330,7 @@ def offroad(
             HAS_VALID=valid is not None,
             BLOCK_B=block_b,
             BLOCK_C=64,
+            enable_fp_fusion=False,
         )
     out = out.view(torch.bool).reshape(num_scenes, num_agents)
     return out[0] if squeeze else out
