@@ -21,14 +21,18 @@ __all__ = ["DEFAULT_BANDWIDTHS", "mmd"]
 DEFAULT_BANDWIDTHS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-def _kernel_sum(a: torch.Tensor, b: torch.Tensor, inv_two_h2: torch.Tensor, block_size: int) -> float:
-    """``Σ_{i,j} k(a_i, b_j)`` for ``a`` ``(n, d)``, ``b`` ``(m, d)`` float64."""
+def _kernel_sum(a: torch.Tensor, b: torch.Tensor | None, inv_two_h2: torch.Tensor, block_size: int) -> float:
+    """``Σ_{i,j} k(a_i, b_j)`` for ``a`` ``(n, d)``, ``b`` ``(m, d)`` float64; ``b = None`` means ``b = a``,
+    summed over the upper triangle of blocks only (the kernel is symmetric)."""
+    symmetric = b is None
+    other = a if b is None else b
     total = torch.zeros((), dtype=torch.float64, device=a.device)
     for i in range(0, a.shape[0], block_size):
-        for j in range(0, b.shape[0], block_size):
-            d2 = torch.cdist(a[i:i + block_size], b[j:j + block_size],
+        for j in range(i if symmetric else 0, other.shape[0], block_size):
+            d2 = torch.cdist(a[i:i + block_size], other[j:j + block_size],
                              compute_mode="donot_use_mm_for_euclid_dist").pow(2)
-            total += torch.exp(-d2[..., None] * inv_two_h2).mean(dim=-1).sum()
+            block = sum(torch.exp(-d2 * c).sum() for c in inv_two_h2.tolist()) / len(inv_two_h2)
+            total += 2.0 * block if symmetric and j > i else block
     return float(total)
 
 
@@ -47,7 +51,7 @@ def mmd(
         y: ``(m, *shape)`` float samples (e.g. held-out data), same sample shape.
         bandwidths: kernel widths ``h`` in data units, all ``> 0``.
         unbiased: U-statistic (default; needs ``n, m >= 2``) or the biased V-statistic.
-        block_size: rows per block of the pairwise computation (memory ``block_size² · H`` floats).
+        block_size: rows per block of the pairwise computation (memory ``block_size²`` float64s).
 
     Returns:
         The ``MMD²`` estimate as a Python float (unitless: kernel values are unitless).
@@ -66,8 +70,8 @@ def mmd(
     b = y.detach().reshape(m, -1).to(torch.float64).to(a.device)
     h = torch.as_tensor(bandwidths, dtype=torch.float64, device=a.device)
     inv_two_h2 = 1.0 / (2.0 * h * h)
-    s_xx = _kernel_sum(a, a, inv_two_h2, block_size)
-    s_yy = _kernel_sum(b, b, inv_two_h2, block_size)
+    s_xx = _kernel_sum(a, None, inv_two_h2, block_size)
+    s_yy = _kernel_sum(b, None, inv_two_h2, block_size)
     s_xy = _kernel_sum(a, b, inv_two_h2, block_size)
     if unbiased:  # k(a, a) = 1 on the diagonal
         return (s_xx - n) / (n * (n - 1)) + (s_yy - m) / (m * (m - 1)) - 2.0 * s_xy / (n * m)
