@@ -1,0 +1,203 @@
+"""Traffic-scene conditioning for planners: fix the map, the ego and the vehicles it sees; sample the rest.
+
+A scene sample is ``(A, 7)`` normalised tokens (:mod:`genneg.data.traffic.tokens`) in the frame of a
+scene window (centre ``centre_m``, half-size ``norm.position_scale_m``). A planner knows:
+
+- the **map**: the drivable raster, given to the network as a crop of the window (a context input) and
+  to the oracle in full;
+- the **ego and the seen vehicles**: their tokens are fixed by inpainting;
+- how many **vehicle slots** to fill: slots marked present but not known are sampled; absent slots are
+  fixed to the padding token (all zeros) so that they stay exactly zero.
+
+:func:`scene_condition` builds the :class:`~genneg.planning.inpainting.InpaintCondition`;
+:class:`SceneTokenOracle` decodes sampled tokens to world-frame boxes (as
+:func:`genneg.data.traffic.tokens.tokens_to_scenes`) and runs the
+:class:`~genneg.oracles.TrafficOracle` on them, refusing a condition whose map is not the oracle's.
+:class:`SceneContextModel` binds a fixed context (present slots, map crop) into a scene network so that
+it becomes ``model(x, t)``, e.g. to build a guided ε-model for one scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from genneg.data.traffic.tokens import TOKEN_DIM, TokenNormalisation, crop_maps
+from genneg.oracles.drivable_map import DrivableMap
+from genneg.oracles.traffic import TrafficOracle
+from genneg.planning.inpainting import InpaintCondition
+
+__all__ = ["SceneContextModel", "SceneFrame", "SceneTokenOracle", "decode_tokens", "scene_condition"]
+
+
+@dataclass(frozen=True)
+class SceneFrame:
+    """Where a scene sample lives: what the oracle needs to judge it.
+
+    Attributes:
+        centre_m: ``(x, y)`` centre of the scene window, metres (map frame).
+        valid: ``(A,)`` bool, present vehicle slots (known and sampled).
+        drivable_map: the map the planner is on (must be the oracle's).
+        norm: token normalisation constants.
+    """
+
+    centre_m: tuple[float, float]
+    valid: torch.Tensor
+    drivable_map: DrivableMap = field(repr=False)
+    norm: TokenNormalisation = field(default_factory=TokenNormalisation)
+
+
+def decode_tokens(
+    tokens: torch.Tensor, centre_m: tuple[float, float], norm: TokenNormalisation, min_size_m: float = 0.1
+) -> torch.Tensor:
+    """Tokens ``(N, A, 7)`` -> world-frame boxes ``(N, A, 5)`` float32 (x m, y m, length m, width m,
+    heading rad), in float64 then rounded, exactly as :func:`~genneg.data.traffic.tokens_to_scenes`."""
+    if tokens.ndim != 3 or tokens.shape[-1] != TOKEN_DIM:
+        raise ValueError(f"tokens must have shape (N, A, {TOKEN_DIM}), got {tuple(tokens.shape)}")
+    t = tokens.to(torch.float64)
+    cx, cy = float(centre_m[0]), float(centre_m[1])
+    boxes = torch.stack(
+        [
+            t[..., 0] * norm.position_scale_m + cx,
+            t[..., 1] * norm.position_scale_m + cy,
+            torch.clamp(t[..., 4] * norm.length_std_m + norm.length_mean_m, min=min_size_m),
+            torch.clamp(t[..., 5] * norm.width_std_m + norm.width_mean_m, min=min_size_m),
+            torch.atan2(t[..., 3], t[..., 2]),
+        ],
+        dim=-1,
+    )
+    return boxes.to(torch.float32)
+
+
+def _same_map(a: DrivableMap, b: DrivableMap) -> bool:
+    if a is b:
+        return True
+    return (
+        a.shape == b.shape
+        and a.origin_m == b.origin_m
+        and a.resolution_m == b.resolution_m
+        and bool(np.array_equal(a.drivable, b.drivable))
+    )
+
+
+class SceneTokenOracle:
+    """Per-vehicle verdicts of sampled scene tokens, judged in the condition's frame.
+
+    Called by :class:`~genneg.planning.FastSampler` as ``oracle(tokens (N, A, 7), condition) -> (N, A)``
+    bool (True = valid; absent slots are valid).
+
+    Args:
+        oracle: the traffic oracle of the map the planner drives on.
+        min_size_m: smallest decoded length and width, metres.
+    """
+
+    needs_condition = True
+
+    def __init__(self, oracle: TrafficOracle, min_size_m: float = 0.1) -> None:
+        if not isinstance(oracle, TrafficOracle):
+            raise TypeError(f"oracle must be a TrafficOracle, got {type(oracle).__name__}")
+        self.oracle = oracle
+        self.min_size_m = float(min_size_m)
+
+    def check_condition(self, condition: InpaintCondition) -> None:
+        """Raise ``ValueError`` unless the condition carries a :class:`SceneFrame` on the oracle's map."""
+        frame = condition.frame
+        if not isinstance(frame, SceneFrame):
+            raise ValueError(f"a scene condition needs a SceneFrame as frame, got {type(frame).__name__}")
+        if self.oracle.drivable_map is not None and not _same_map(
+            frame.drivable_map, self.oracle.drivable_map
+        ):
+            raise ValueError("map mismatch: the condition's drivable map is not the oracle's map")
+        a = condition.values.shape[0]
+        if tuple(frame.valid.shape) != (a,) or frame.valid.dtype != torch.bool:
+            raise ValueError(
+                f"frame.valid must be bool of shape ({a},), got {frame.valid.dtype} "
+                f"{tuple(frame.valid.shape)}"
+            )
+
+    def __call__(self, tokens: torch.Tensor, condition: InpaintCondition) -> torch.Tensor:
+        """``tokens (N, A, 7)`` float, ``condition`` with a :class:`SceneFrame` -> ``(N, A)`` bool."""
+        frame: SceneFrame = condition.frame
+        boxes = decode_tokens(tokens, frame.centre_m, frame.norm, self.min_size_m)
+        valid = frame.valid.to(boxes.device).unsqueeze(0).expand(boxes.shape[0], -1)
+        return torch.as_tensor(self.oracle(boxes, valid))
+
+
+def scene_condition(
+    known_tokens: torch.Tensor,
+    known: torch.Tensor,
+    valid: torch.Tensor,
+    drivable_map: DrivableMap,
+    centre_m: tuple[float, float],
+    *,
+    norm: TokenNormalisation | None = None,
+    map_cells: int = 32,
+) -> InpaintCondition:
+    """The condition "these vehicles are where they are; fill the other present slots".
+
+    Args:
+        known_tokens: ``(A, 7)`` float tokens; rows where ``known`` is True are fixed (the ego, seen
+            vehicles), other rows are ignored.
+        known: ``(A,)`` bool, fixed slots (must be present).
+        valid: ``(A,)`` bool, present slots: known ones and those to sample.
+        drivable_map: the map (its crop around ``centre_m`` is the network's map input).
+        centre_m: ``(x, y)`` window centre, metres.
+        norm: token normalisation (its ``position_scale_m`` is half the window); default
+            :class:`~genneg.data.traffic.TokenNormalisation()`.
+        map_cells: crop edge in cells (the network's map input is ``(1, 1, map_cells, map_cells)``).
+
+    Returns:
+        An :class:`~genneg.planning.inpainting.InpaintCondition` with ``context = (valid (1, A) bool,
+        map (1, 1, map_cells, map_cells) float32)`` and a :class:`SceneFrame`.
+    """
+    norm = TokenNormalisation() if norm is None else norm
+    known_tokens = torch.as_tensor(known_tokens, dtype=torch.float32)
+    if known_tokens.ndim != 2 or known_tokens.shape[1] != TOKEN_DIM:
+        raise ValueError(f"known_tokens must have shape (A, {TOKEN_DIM}), got {tuple(known_tokens.shape)}")
+    a = known_tokens.shape[0]
+    for name, m in (("known", known), ("valid", valid)):
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (a,):
+            raise ValueError(f"{name} must be a bool tensor of shape ({a},)")
+    if bool((known & ~valid).any()):
+        raise ValueError(f"known slots must be present; slot {int(torch.nonzero(known & ~valid)[0])} is not")
+    if not bool(valid.any()):
+        raise ValueError("no present vehicle slot")
+    if bool((~torch.isfinite(known_tokens[known])).any()):
+        raise ValueError("known_tokens holds NaN or infinite values in a known slot")
+    fixed = known | ~valid
+    values = torch.where(known[:, None], known_tokens, torch.zeros_like(known_tokens))
+    mask = fixed[:, None].expand(a, TOKEN_DIM).clone()
+    window_m = 2.0 * norm.position_scale_m
+    crop = crop_maps(drivable_map, np.asarray([centre_m], dtype=np.float64), window_m, map_cells)
+    map_raster = torch.from_numpy(crop.astype(np.float32)).reshape(1, 1, map_cells, map_cells)
+    frame = SceneFrame(
+        centre_m=(float(centre_m[0]), float(centre_m[1])),
+        valid=valid.clone(),
+        drivable_map=drivable_map,
+        norm=norm,
+    )
+    return InpaintCondition(values=values, mask=mask, context=(valid.clone()[None], map_raster), frame=frame)
+
+
+class SceneContextModel(nn.Module):
+    """``net(x, t, valid, map_raster)`` with a fixed scene context, presented as ``model(x, t)``.
+
+    The context (``valid (1, A)`` bool, ``map_raster (1, 1, H, W)``) is broadcast to the batch. Use it to
+    guide a scene network (``GuidedEps`` calls ``eps(x_t, t)`` and ``classifier(x_t, t)``) for one scene.
+    """
+
+    def __init__(self, net: nn.Module, valid: torch.Tensor, map_raster: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("valid", valid.reshape(1, -1).clone(), persistent=False)
+        self.register_buffer(
+            "map_raster", map_raster.reshape(1, 1, *map_raster.shape[-2:]).float().clone(), persistent=False
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x (B, A, 7)``, ``t (B,)`` -> the network's output for ``B`` copies of the scene."""
+        b = x.shape[0]
+        return self.net(x, t, self.valid.expand(b, -1), self.map_raster.expand(b, -1, -1, -1))
