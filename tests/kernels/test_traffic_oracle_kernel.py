@@ -192,9 +192,10 @@ from genneg.kernels import traffic_oracle as k
 strides = {name: "i32" for name in ["stride_bs", "stride_ba", "stride_bf", "stride_vs", "stride_va"]}
 blocks = {"HAS_VALID": "constexpr", "BLOCK_I": "constexpr", "BLOCK_J": "constexpr"}
 collisions = {"valid_ptr": "*u8", "out_ptr": "*u8", "num_agents": "i32", **strides, "params_ptr": "*fp64"}
-offroad = {"boxes_ptr": "*fp64", "valid_ptr": "*u8", "drivable_ptr": "*u8", "out_ptr": "*u8",
-           "num_boxes": "i64", "num_agents": "i32", **strides, "stride_dh": "i32", "stride_dw": "i32",
-           "params_ptr": "*fp64", "HAS_VALID": "constexpr", "BLOCK_B": "constexpr", "BLOCK_C": "constexpr"}
+offroad = {"boxes_ptr": "*fp64", "valid_ptr": "*u8", "drivable_ptr": "*u8", "table_ptr": "*i32",
+           "out_ptr": "*u8", "num_boxes": "i64", "num_agents": "i32", **strides, "stride_dh": "i32",
+           "stride_dw": "i32", "stride_th": "i32", "params_ptr": "*fp64",
+           "HAS_VALID": "constexpr", "BLOCK_B": "constexpr", "BLOCK_C": "constexpr"}
 variants = [
     (k._collisions_kernel, {"boxes_ptr": "*fp32", **collisions, **blocks},
      {"HAS_VALID": True, "BLOCK_I": 16, "BLOCK_J": 32}),
