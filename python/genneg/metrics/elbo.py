@@ -14,7 +14,8 @@ by importance sampling ``σ`` log-uniformly on ``[σ_min, σ_max]`` (density ``1
 - ``stratified=True``: the ``K`` levels of each point are drawn one per stratum of ``ln σ``;
 - ``control_variate=True``: subtract ``L w(σ) (||ε||² - d)`` with ``w = σ_data⁴ / (σ² + σ_data²)²``, which
   has mean zero for every σ. It cancels the ``χ²_d`` noise of the small-σ region, where any good
-  denoiser has ``D - x0 ≈ σ ε`` (exactly so for the optimal denoiser of ``N(μ, σ_data² I)`` data);
+  denoiser has ``D - x0 ≈ σ ε`` (for the optimal denoiser of ``N(μ, σ_data² I)`` data it removes the
+  part of the error quadratic in ε exactly);
 - ``antithetic=True``: every level is used with ``ε`` and ``-ε``, cancelling the error's part linear in ε.
 
 Every point's ``K`` noisy copies are evaluated as rows of one flattened ``(N·K, *shape)`` batch, cut in
