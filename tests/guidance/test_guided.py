@@ -232,3 +232,18 @@ def test_guided_eps_equals_finite_differences(coordinates: str) -> None:
     stacked = stacked.with_classifier(c).with_classifier(c_ti, 0.5)
     with torch.no_grad():
         torch.testing.assert_close(stacked(x, t), out, rtol=0, atol=0)
+
+
+class _ConstantLogit(nn.Module):
+    """A classifier that ignores its input (e.g. a degenerate fit): its guidance is exactly 0."""
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0],), 2.0, dtype=x.dtype, device=x.device)
+
+
+def test_classifier_constant_in_x_gives_zero_guidance() -> None:
+    x, sigma = _batch()
+    denoiser = _denoiser()
+    with torch.no_grad():
+        assert torch.equal(GuidedDenoiser(denoiser, [_ConstantLogit()])(x, sigma), denoiser(x, sigma))
+    assert torch.equal(guidance_gradient([_ConstantLogit()], x, sigma), torch.zeros_like(x))

@@ -86,10 +86,10 @@ def _guidance_and_estimate(
                 raise ValueError(f"classifier returned {logits.shape[0]} rows for a batch of {x.shape[0]}")
             term = scale * F.logsigmoid(logits).sum()
             total = term if total is None else total + term
-        if total is None:
-            return torch.zeros_like(x), None
-        (grad,) = torch.autograd.grad(total, xg)
-    return grad, x0_hat
+        if total is None or not total.requires_grad:  # all scales 0, or logits constant in x
+            return torch.zeros_like(x), x0_hat
+        (grad,) = torch.autograd.grad(total, xg, allow_unused=True)
+    return (torch.zeros_like(x) if grad is None else grad), x0_hat
 
 
 def guidance_gradient(
