@@ -122,10 +122,10 @@ def _collisions_kernel(
         dy = yb - ya
         cos_ab = tl.abs(ca * cb + sa * sb)
         sin_ab = tl.abs(sa * cb - ca * sb)
-        overlap = tl.abs(dx * ca + dy * sa) < hla + hlb * cos_ab + hwb * sin_ab
-        overlap = overlap & (tl.abs(dy * ca - dx * sa) < hwa + hlb * sin_ab + hwb * cos_ab)
-        overlap = overlap & (tl.abs(dx * cb + dy * sb) < hlb + hla * cos_ab + hwa * sin_ab)
-        overlap = overlap & (tl.abs(dy * cb - dx * sb) < hwb + hla * sin_ab + hwa * cos_ab)
+        overlap = tl.abs(dx * ca + dy * sa) < hla + (hlb * cos_ab + hwb * sin_ab)
+        overlap = overlap & (tl.abs(dy * ca - dx * sa) < hwa + (hlb * sin_ab + hwb * cos_ab))
+        overlap = overlap & (tl.abs(dx * cb + dy * sb) < hlb + (hla * cos_ab + hwa * sin_ab))
+        overlap = overlap & (tl.abs(dy * cb - dx * sb) < hwb + (hla * sin_ab + hwa * cos_ab))
         pair = overlap & in_i[:, None] & in_j[None, :] & (offs_i[:, None] != offs_j[None, :])
         hit = tl.maximum(hit, tl.max(pair.to(tl.int32), axis=1))
     tl.store(out_ptr + scene * num_agents + offs_i, hit.to(tl.uint8), mask=offs_i < num_agents)

@@ -181,12 +181,13 @@ def _pair_overlap(boxes: torch.Tensor, margin: float) -> torch.Tensor:
     dy = y[:, None, :] - y[:, :, None]
     ca, sa, hla, hwa = c[:, :, None], s[:, :, None], hl[:, :, None], hw[:, :, None]
     cb, sb, hlb, hwb = c[:, None, :], s[:, None, :], hl[:, None, :], hw[:, None, :]
+    # Sums grouped as in genneg_ext, so that rounding near touching matches it too.
     cos_ab = (ca * cb + sa * sb).abs()  # |u_a . u_b| = |v_a . v_b|
     sin_ab = (sa * cb - ca * sb).abs()  # |u_a . v_b| = |v_a . u_b|
-    overlap = (dx * ca + dy * sa).abs() < hla + hlb * cos_ab + hwb * sin_ab  # axis u_a (length of a)
-    overlap &= (dy * ca - dx * sa).abs() < hwa + hlb * sin_ab + hwb * cos_ab  # axis v_a (width of a)
-    overlap &= (dx * cb + dy * sb).abs() < hlb + hla * cos_ab + hwa * sin_ab  # axis u_b
-    overlap &= (dy * cb - dx * sb).abs() < hwb + hla * sin_ab + hwa * cos_ab  # axis v_b
+    overlap = (dx * ca + dy * sa).abs() < hla + (hlb * cos_ab + hwb * sin_ab)  # axis u_a (length of a)
+    overlap &= (dy * ca - dx * sa).abs() < hwa + (hlb * sin_ab + hwb * cos_ab)  # axis v_a (width of a)
+    overlap &= (dx * cb + dy * sb).abs() < hlb + (hla * cos_ab + hwa * sin_ab)  # axis u_b
+    overlap &= (dy * cb - dx * sb).abs() < hwb + (hla * sin_ab + hwa * cos_ab)  # axis v_b
     return overlap
 
 
