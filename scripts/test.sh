@@ -7,6 +7,6 @@ bash scripts/setup.sh
 echo "[test] ruff"
 .venv/bin/ruff check .
 echo "[test] pytest (default suite: slow tests excluded)"
-.venv/bin/python -m pytest -m "not slow" -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 echo "[test] wheel in a clean venv"
 bash scripts/check_wheel.sh

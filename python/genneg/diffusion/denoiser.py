@@ -28,11 +28,13 @@ class Denoiser(Protocol):
 
 
 def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast a noise level to ``(B,)`` float32 on ``x``'s device, ``B = x.shape[0]``.
+    """Broadcast a noise level to ``(B,)`` on ``x``'s device, ``B = x.shape[0]``, in ``x``'s dtype when
+    that is floating point (float32 otherwise).
 
     Accepts a Python float, a 0-d tensor or a ``(B,)`` tensor.
     """
-    s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    s = torch.as_tensor(sigma, dtype=dtype, device=x.device)
     if s.ndim == 0:
         return s.expand(x.shape[0])
     if s.shape != (x.shape[0],):
