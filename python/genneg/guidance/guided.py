@@ -63,8 +63,11 @@ def _guidance_and_estimate(
     time-dependent classifiers take; ``clean_estimate(xg)`` gives ``x0_hat`` for time-independent ones.
     Returns the gradient with ``x``'s shape (zeros when every scale is 0) and ``x0_hat`` (or None).
     """
+    # When the caller differentiates through the guided model (e.g. the exact divergence of the PF-ODE
+    # likelihood), keep the graph of the guidance gradient; otherwise work on a detached copy.
+    keep_graph = torch.is_grad_enabled() and x.requires_grad
     with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
+        xg = x if keep_graph else x.detach().requires_grad_(True)
         inputs = classifier_inputs(xg)
         x0_hat: torch.Tensor | None = None
         total: torch.Tensor | None = None
@@ -88,7 +91,7 @@ def _guidance_and_estimate(
             total = term if total is None else total + term
         if total is None or not total.requires_grad:  # all scales 0, or logits constant in x
             return torch.zeros_like(x), x0_hat
-        (grad,) = torch.autograd.grad(total, xg, allow_unused=True)
+        (grad,) = torch.autograd.grad(total, xg, allow_unused=True, create_graph=keep_graph)
     return (torch.zeros_like(x) if grad is None else grad), x0_hat
 
 
@@ -168,8 +171,9 @@ class GuidedDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """``x`` ``(B, *shape)`` float, ``sigma`` ``(B,)`` or scalar -> ``D_K(x; sigma)`` ``(B, *shape)``.
 
-        The guidance term is detached (no graph through the classifier gradients); the ``D(x; sigma)``
-        term follows the caller's grad mode.
+        The guidance term is detached unless grad mode is on and ``x`` requires grad, in which case its
+        graph is kept (second derivatives, e.g. the PF-ODE divergence); ``D(x; sigma)`` follows the
+        caller's grad mode.
         """
         sigma = expand_sigma(sigma, x)
         if resolve_backend(self.backend, x.device) == "triton":

@@ -31,7 +31,8 @@ def evaluate_oracle(oracle: Callable[[Any], Any], x: torch.Tensor) -> torch.Tens
     """Run ``oracle`` on ``x`` and return its verdicts as a bool tensor on ``x.device``.
 
     Args:
-        oracle: callable taking a tensor (or, if it raises ``TypeError`` on one, a NumPy array).
+        oracle: callable taking a tensor (or, if it raises ``TypeError``/``AttributeError`` on one, a
+            NumPy array).
         x: ``(N, *sample_shape)`` samples.
 
     Returns:
@@ -43,7 +44,7 @@ def evaluate_oracle(oracle: Callable[[Any], Any], x: torch.Tensor) -> torch.Tens
     n = x.shape[0]
     try:
         out = oracle(x)
-    except TypeError:
+    except (TypeError, AttributeError):  # a NumPy-only oracle handed a tensor
         out = oracle(x.detach().cpu().numpy())
     if isinstance(out, np.ndarray) or not isinstance(out, torch.Tensor):
         out = torch.as_tensor(np.asarray(out))
