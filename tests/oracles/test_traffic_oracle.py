@@ -320,6 +320,72 @@ def test_offroad_sees_what_corner_checks_miss(backend: Backend) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Near touching: a corner placed ``gap`` metres outside (gap > 0) or inside (gap < 0) an edge, any
+# headings. The answer is analytic (overlap iff gap < 0), and at |gap| = 1e-6 m every backend must get it.
+
+
+def _closest_corner(heading: np.ndarray, half: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """Offset (centre -> corner) of each box's corner with the smallest projection on ``normal``."""
+    c, s = np.cos(heading), np.sin(heading)
+    best = None
+    for sl in (-1.0, 1.0):
+        for sw in (-1.0, 1.0):
+            off = np.stack(
+                [sl * half[:, 0] * c - sw * half[:, 1] * s, sl * half[:, 0] * s + sw * half[:, 1] * c], -1
+            )
+            if best is None:
+                best = off
+            else:
+                closer = (off * normal).sum(-1) < (best * normal).sum(-1)
+                best = np.where(closer[:, None], off, best)
+    return best
+
+
+def near_touching_pairs(rng: np.random.Generator, n: int, gap: np.ndarray, offset_m: float) -> np.ndarray:
+    """``(n, 2, 5)``: box b's closest corner lies ``gap`` beyond the width edge of box a, inside its span."""
+    a = np.empty((n, 5))
+    a[:, :2] = offset_m + rng.uniform(-50, 50, (n, 2))
+    a[:, 2], a[:, 3] = rng.uniform(2, 6, n), rng.uniform(1, 3, n)
+    a[:, 4] = rng.uniform(-4, 4, n)
+    ua = np.stack([np.cos(a[:, 4]), np.sin(a[:, 4])], -1)
+    va = np.stack([-ua[:, 1], ua[:, 0]], -1)
+    along = rng.uniform(-0.8, 0.8, n)[:, None] * 0.5 * a[:, 2:3]
+    point = a[:, :2] + ua * along + va * 0.5 * a[:, 3:4]
+    b = np.empty((n, 5))
+    b[:, 2], b[:, 3] = rng.uniform(2, 6, n), rng.uniform(1, 3, n)
+    b[:, 4] = rng.uniform(-4, 4, n)
+    b[:, :2] = point + va * gap[:, None] - _closest_corner(b[:, 4], 0.5 * b[:, 2:4], va)
+    return np.stack([a, b], 1)
+
+
+@pytest.mark.parametrize("offset_m", [0.0, 1e6])
+def test_collisions_near_touching(backend: Backend, offset_m: float) -> None:
+    rng = np.random.default_rng(23)
+    gap = np.where(rng.random(200) < 0.5, 1e-6, -1e-6)
+    pairs = near_touching_pairs(rng, 200, gap, offset_m)
+    got = backend.collisions(pairs)
+    np.testing.assert_array_equal(got[:, 0], gap < 0)
+    np.testing.assert_array_equal(got[:, 1], gap < 0)
+
+
+def test_offroad_near_touching(backend: Backend) -> None:
+    """A box's lowest corner ``gap`` above the top edge of the only non-drivable cell, inside its span."""
+    rng = np.random.default_rng(29)
+    n, res = 200, 0.5
+    drivable = np.ones((60, 60), dtype=np.uint8)
+    drivable[30, 30] = 0  # cell [15, 15.5] x [15, 15.5] (origin 0)
+    gap = np.where(rng.random(n) < 0.5, 1e-6, -1e-6)
+    boxes = np.empty((n, 5))
+    boxes[:, 2], boxes[:, 3] = rng.uniform(1, 5, n), rng.uniform(0.5, 2, n)
+    boxes[:, 4] = rng.uniform(-4, 4, n)
+    up = np.array([0.0, 1.0])
+    corner = np.stack([15.0 + rng.uniform(0.05, 0.45, n), np.full(n, 15.5)], -1) + up * gap[:, None]
+    boxes[:, :2] = corner - _closest_corner(boxes[:, 4], 0.5 * boxes[:, 2:4], up)
+    got = backend.offroad(boxes, drivable, (0.0, 0.0), res)
+    np.testing.assert_array_equal(got, gap < 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Invariances
 
 
