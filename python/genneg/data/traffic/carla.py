@@ -11,7 +11,7 @@ A :class:`RoadMap` per town: the drivable raster from the mesh's ``road`` triang
 "mesh"``, what torchdrivesim renders), the lanelet polygons (``"lanelet"``) or both (``"union"``), on one
 grid covering both; lanes are the lanelet centrelines. Built maps are cached beside the wheel.
 
-Command line: ``python -m genneg.data.traffic.carla --cache-dir DIR [--resolution-m 0.5]``.
+Command line: ``python -m genneg.data.traffic --cache-dir DIR [--resolution-m 0.5]``.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def fetch_carla_maps(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command: fetch the CARLA maps into a cache and print one line per town."""
-    parser = argparse.ArgumentParser(prog="python -m genneg.data.traffic.carla", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m genneg.data.traffic", description=main.__doc__)
     parser.add_argument("--cache-dir", required=True, type=Path)
     parser.add_argument("--resolution-m", type=float, default=0.5)
     parser.add_argument("--drivable-source", choices=_DRIVABLE_SOURCES, default="mesh")
@@ -167,7 +167,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(m.lanes)} lanes"
         )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
