@@ -55,6 +55,12 @@ void scene_pairs(const SceneRects& scene, PairScratch* scratch, OnPair&& on_pair
     }
   }
 }
+// Scenes per thread at least: about 20,000 pair tests' worth, so a thread start (~20 us) is amortised.
+int64_t scene_grain(int64_t agents) {
+  const int64_t pairs_per_scene = std::max<int64_t>(1, agents * (agents - 1) / 2 + agents);
+  return std::max<int64_t>(1, 20000 / pairs_per_scene);
+}
+
 }  // namespace
 
 void collisions(const BoxBatch& batch, double margin, int threads, uint8_t* out) {
@@ -71,14 +77,14 @@ void collisions(const BoxBatch& batch, double margin, int threads, uint8_t* out)
         row[scene.slots[l]] = 1;
       });
     }
-  });
+  }, scene_grain(A));
 }
 
 std::vector<int64_t> collision_pairs(const BoxBatch& batch, double margin, int threads) {
-  const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, batch.scenes)));
+  const int64_t chunks = chunk_count(batch.scenes, threads, scene_grain(batch.agents));
   std::vector<std::vector<int64_t>> parts(static_cast<size_t>(chunks));
   // One task per contiguous chunk of scenes, each with its own output list, joined in chunk order.
-  parallel_for(chunks, chunks, [&](int64_t kbegin, int64_t kend) {
+  parallel_for(chunks, static_cast<int>(chunks), [&](int64_t kbegin, int64_t kend) {
     for (int64_t k = kbegin; k < kend; ++k) {
       const int64_t begin = batch.scenes * k / chunks;
       const int64_t end = batch.scenes * (k + 1) / chunks;

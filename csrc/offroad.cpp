@@ -160,7 +160,7 @@ void offroad(const BoxBatch& batch, const Raster& raster, OffroadMode mode, int 
         row[scene.slots[k]] = off ? 1 : 0;
       }
     }
-  });
+  }, std::max<int64_t>(1, 2000 / std::max<int64_t>(1, A)));  // ~2,000 boxes per thread at least
 }
 
 }  // namespace genneg

@@ -29,9 +29,16 @@ int resolve_threads(int64_t requested) {
   return static_cast<int>(std::min<int64_t>(requested, 1024));
 }
 
-void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn) {
+int64_t chunk_count(int64_t n, int threads, int64_t grain) {
+  if (n <= 0) return 1;
+  const int64_t g = std::max<int64_t>(1, grain);
+  const int64_t by_grain = (n + g - 1) / g;
+  return std::max<int64_t>(1, std::min<int64_t>(threads, by_grain));
+}
+
+void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
   if (n <= 0) return;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n));
+  const int64_t chunks = chunk_count(n, threads, grain);
   if (chunks == 1) {
     fn(0, n);
     return;

@@ -194,6 +194,23 @@ def test_thread_counts_give_identical_results(rng, ref):
         np.testing.assert_array_equal(genneg_ext.collision_pairs(boxes, threads=threads), base_pairs)
 
 
+def test_thread_counts_with_crowded_scenes(rng, ref):
+    # 150 vehicles per scene: each scene is worth a thread, so every thread count splits differently.
+    boxes = ref.random_scenes(rng, 7, 150, extent_m=60.0)
+    valid = rng.random((7, 150)) > 0.1
+    base = genneg_ext.collisions(boxes, valid, threads=1)
+    base_pairs = genneg_ext.collision_pairs(boxes, valid, threads=1)
+    assert base.any() and not base.all()
+    for threads in (2, 3, 4, 7, 9):
+        np.testing.assert_array_equal(genneg_ext.collisions(boxes, valid, threads=threads), base)
+        np.testing.assert_array_equal(genneg_ext.collision_pairs(boxes, valid, threads=threads), base_pairs)
+    np.testing.assert_array_equal(base[0], ref.collisions(boxes[:1], valid[:1])[0])
+
+
+def test_available_cores_is_what_threads_zero_uses():
+    assert genneg_ext.available_cores() >= 1
+
+
 def test_two_dimensional_input_and_empty_batches():
     single = np.array([[0, 0, 2, 2, 0], [1, 0, 2, 2, 0], [9, 9, 1, 1, 0]], np.float64)
     np.testing.assert_array_equal(genneg_ext.collisions(single), [True, True, False])
