@@ -1,0 +1,83 @@
+"""The ``genneg`` command: train (with overrides and resume), sample, eval, report, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from genneg.cli import main
+
+# a very small run: the CLI's wiring is under test here, the method in tests/pipeline/test_experiment.py
+MICRO = ["baseline.iterations=60", "baseline.eval_every=30", "gen_neg.iterations=1",
+         "gen_neg.num_samples=400",
+         "classifier.iterations=20", "classifier.batch_size=128", "distill.iterations=10", "ablations=[]",
+         "eval.num_samples=600", "eval.elbo_points=100", "eval.mmd_points=100", "sampling.num_steps=6",
+         "data.num_heldout=200"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def test_train_sample_eval_report(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["train", "checkerboard", "--profile", "tiny", "--run-dir", str(run_dir), "--seed", "3", "--quiet"]
+    assert main(argv + _sets(MICRO)) == 0
+    out = capsys.readouterr().out
+    assert "| baseline |" in out and "| iter1 |" in out and "| distilled |" in out
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["seed"] == 3 and config["classifier"]["iterations"] == 20 and config["ablations"] == []
+
+    assert main(["sample", "--run-dir", str(run_dir), "--model", "iter1", "--num", "50",
+                 "--out", str(tmp_path / "s.npy")]) == 0
+    x = np.load(tmp_path / "s.npy")
+    assert x.shape == (50, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+
+    capsys.readouterr()
+    assert main(["eval", "--run-dir", str(run_dir), "--model", "distilled", "--num", "200"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["model"] == "distilled" and metrics["num_samples"] == 200
+    assert 0 <= metrics["infraction_low"] <= metrics["infraction"] <= metrics["infraction_high"] <= 1
+
+    (run_dir / "report.md").unlink()
+    assert main(["report", "--run-dir", str(run_dir)]) == 0
+    assert "| iter1 |" in (run_dir / "report.md").read_text()
+
+    # resume of a finished run: the saved config is used, nothing is recomputed
+    before = (run_dir / "metrics.jsonl").read_text()
+    assert main(["train", "checkerboard", "--run-dir", str(run_dir), "--resume", "--quiet"]) == 0
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_errors_are_reported_with_exit_status_2(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "checkerboard", "--profile", "tiny", "--run-dir", str(run_dir), "--quiet",
+                 "--set", "classifier.iteratons=5"]) == 2
+    assert "iteratons" in capsys.readouterr().err
+    assert main(["train", "checkerboard", "--profile", "huge", "--run-dir", str(run_dir)]) == 2
+    assert "unknown profile" in capsys.readouterr().err
+    assert main(["train", "checkerboard", "--run-dir", str(tmp_path / "none"), "--resume"]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+    assert main(["report", "--run-dir", str(tmp_path / "none")]) == 2
+    with pytest.raises(SystemExit):
+        main(["bogus"])
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "genneg", "--help"], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    for command in ("train", "sample", "eval", "report", "demo"):
+        assert command in out
