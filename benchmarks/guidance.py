@@ -1,0 +1,273 @@
+"""Benchmark: the price of stacked classifier guidance per sampler step, and what removes it (issue 5).
+
+Networks are the paper's checkerboard size: denoiser and K classifiers are residual MLPs with hidden
+256, 2 residual blocks, embedding 128, data dimension 2 (``genneg.models.mlp``). A sampler step is one
+Heun step (two guided evaluations, ``genneg.diffusion.heun_step``); a full sample is ``--steps`` Heun
+steps on a Karras schedule (the last one Euler). Paths:
+
+  * eager: ``GuidedDenoiser(backend="torch")``, exact autograd (the reference path);
+  * analytic: the same ``D_K`` with the classifier gradient from ``genneg.guidance.analytic`` (batched
+    over K, no autograd, time features once per step);
+  * compile: ``torch.compile`` of the analytic step (the eager step graph-breaks at ``autograd.grad``),
+    on a subset of (K, batch) because every new shape recompiles (compile time reported);
+  * fused: ``GuidedDenoiser(backend="triton")``, one kernel launch per Heun step
+    (``genneg.kernels.fused_mlp_guidance``); CUDA only, skipped with the reason printed elsewhere
+    (the Triton interpreter is a correctness tool, not a performance path).
+
+Reported: median time per step and per full sample, per-classifier overhead as a multiple of the K = 0
+eager step of the same batch (``(t_K − t_0) / (K · t_0)``; the paper measured ≈ 1.5), and speed-up over
+eager. Full samples are measured for small batches; for large ones they are ``steps × per-step`` (marked
+``derived`` in the JSON). Also the cost of an NVTX range when switched off and on.
+
+Floor (FLOPs and bytes per Heun step, batch B, hidden H = 256, NB = 2 blocks, K classifiers):
+  * one hidden layer costs 2·B·H² FLOPs; a network's forward is 2·NB such layers (+ thin input/output
+    layers), its input-gradient backward the same again (no weight gradients). Per evaluation: denoiser
+    forward + K × (forward + backward) = 4·NB·B·H²·(1 + 2K) FLOPs; per Heun step twice that:
+    8·NB·B·H²·(1 + 2K) = 1.05e6·B·(1 + 2K) FLOPs. At B = 1024, K = 5: 1.2e10 FLOPs; B = 8192, K = 8:
+    1.8e11 FLOPs.
+  * bytes: weights (1 + K) × 0.54 MB float32 (read once per step from HBM, then from L2), samples
+    2 × B × 2 × 4 B; the fused kernel keeps activations in a per-tile scratch that stays in L1/L2.
+  * H100 SXM peaks: 495 TFLOP/s dense TF32 tensor cores, 67 TFLOP/s FP32 without them, 3.35 TB/s HBM3.
+    So at B = 1024, K = 5 the floor is 24 µs (TF32) / 0.18 ms (FP32) of arithmetic, and ~3 MB of
+    weights is ~1 µs of HBM traffic: compute-bound for large batches; at B = 1 the step is bound by
+    latency (one launch, 2 × (1 + 2K) × 2·NB dependent layer products per step).
+  Targets (GPU, not measurable here): per-classifier overhead ≤ 0.3× the baseline step; fused ≥ 3×
+  faster than eager at K = 5, B = 1024.
+
+Run:  .venv/bin/python benchmarks/guidance.py [--quick | --full] [--steps 18]
+Writes benchmarks/results/guidance-<cpu|cuda>.json (``-quick`` suffix with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import Timing, machine_info, ratio, time_call, write_results
+from genneg.diffusion import EDMPrecond, heun_step, make_sigmas
+from genneg.guidance import GuidedDenoiser, TimeClassifier
+from genneg.guidance.analytic import AnalyticMLPGuidance
+from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
+from genneg.profiling import nvtx_range, set_nvtx_enabled
+
+SIGMA_DATA = 0.5
+DIM = 2
+
+
+def build(k: int, device: torch.device, hidden: int) -> tuple[EDMPrecond, list[TimeClassifier]]:
+    """Denoiser and K classifiers of the checkerboard size, random weights (timing only)."""
+    torch.manual_seed(0)
+    cfg = ResidualMLPConfig(DIM, DIM, hidden=hidden, num_blocks=2, embedding_dim=128)
+    denoiser = EDMPrecond(ResidualMLP(cfg), SIGMA_DATA).to(device).eval()
+    cls_cfg = ResidualMLPConfig(DIM, 1, hidden=hidden, num_blocks=2, embedding_dim=128)
+    classifiers = [TimeClassifier(ResidualMLP(cls_cfg), SIGMA_DATA).to(device).eval() for _ in range(k)]
+    return denoiser, classifiers
+
+
+class AnalyticGuided:
+    """``D_K`` with the analytic classifier-stack gradient: the CPU/PyTorch fast path under test."""
+
+    def __init__(self, denoiser: EDMPrecond, classifiers: list[TimeClassifier]) -> None:
+        self.denoiser = denoiser
+        self.guidance = AnalyticMLPGuidance(classifiers, [1.0] * len(classifiers)) if classifiers else None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        d = self.denoiser(x, sigma)
+        if self.guidance is None:
+            return d
+        return d + (sigma * sigma)[:, None] * self.guidance.gradient(x, sigma)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_fn(model: Any, x: torch.Tensor, device: torch.device):
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            out = heun_step(model, x, 2.0, 1.6)
+        _sync(device)
+        return out
+
+    return run
+
+
+def sample_fn(model: Any, x: torch.Tensor, sigmas: list[float], device: torch.device):
+    def run() -> torch.Tensor:
+        y = x
+        with torch.no_grad():
+            for s_cur, s_next in itertools.pairwise(sigmas):
+                y = heun_step(model, y, s_cur, s_next)
+        _sync(device)
+        return y
+
+    return run
+
+
+def nvtx_cost(n: int = 200_000) -> dict[str, float]:
+    """Nanoseconds per ``with nvtx_range(...)`` block, off and on, minus an empty loop."""
+
+    def loop(enabled: bool | None) -> float:
+        if enabled is not None:
+            set_nvtx_enabled(enabled)
+        t0 = time.perf_counter()
+        if enabled is None:
+            for _ in range(n):
+                pass
+        else:
+            for _ in range(n):
+                with nvtx_range("bench"):
+                    pass
+        return (time.perf_counter() - t0) / n * 1e9
+
+    empty = min(loop(None) for _ in range(3))
+    off = min(loop(False) for _ in range(3)) - empty
+    on = min(loop(True) for _ in range(3)) - empty
+    set_nvtx_enabled(False)
+    return {"off_ns_per_range": off, "on_ns_per_range": on}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small grid (smoke run)")
+    parser.add_argument("--full", action="store_true", help="every K at every batch (slow on a CPU)")
+    parser.add_argument("--steps", type=int, default=18, help="Heun steps per full sample")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--max-seconds", type=float, default=4.0, help="time budget per measurement")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch (CPU runs)")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # On a CPU, one thread and the process's CPU time: on a shared machine that measures the work and
+    # not the neighbours (wall time is in the JSON too). On a GPU, wall time with synchronisation.
+    use_cpu_time = device.type == "cpu" and args.threads == 1
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+
+    def seconds(t: Timing) -> float:
+        return t.cpu_median_s if use_cpu_time else t.median_s
+
+    batches = [1, 32, 1024, 8192]
+    ks_by_batch = {1: list(range(9)), 32: list(range(9)), 1024: [0, 1, 3, 5, 8], 8192: [0, 1, 5]}
+    compile_cases = {(1, 32), (5, 32), (5, 1024)}
+    sample_batches = {1, 32}
+    if args.full or device.type == "cuda":
+        ks_by_batch = {b: list(range(9)) for b in batches}
+        sample_batches = set(batches)
+    if args.quick:
+        batches = [1, 32, 1024]
+        ks_by_batch = {1: [0, 1, 5], 32: [0, 1, 5], 1024: [0, 1]}
+        compile_cases = {(1, 32)}
+    from genneg.kernels._backend import has_triton
+
+    fused_reason = None
+    if device.type != "cuda":
+        fused_reason = "no CUDA device (the Triton interpreter is for tests, not timing)"
+    elif not has_triton():
+        fused_reason = "triton is not installed"
+    if fused_reason:
+        print(f"fused Triton: skipped: {fused_reason}")
+
+    sigmas = [float(s) for s in make_sigmas("karras", args.steps, 0.002, 80.0)]
+    rows: list[dict[str, Any]] = []
+    print(
+        f"device {device}; Heun step 2.0 -> 1.6; full sample = {args.steps} steps; hidden {args.hidden}; "
+        f"{'CPU time, 1 thread' if use_cpu_time else 'wall time'}"
+    )
+    print(
+        f"{'B':>5} {'K':>2} {'path':>9} {'step ms':>10} {'sample ms':>11} {'overhead/cls':>12} "
+        f"{'vs eager':>8}"
+    )
+    for batch in batches:
+        baseline: Timing | None = None
+        for k in ks_by_batch[batch]:
+            denoiser, classifiers = build(k, device, args.hidden)
+            x = torch.randn(batch, DIM, device=device) * 2.0
+            models: dict[str, Any] = {
+                "eager": GuidedDenoiser(denoiser, classifiers, backend="torch"),
+                "analytic": AnalyticGuided(denoiser, classifiers),
+            }
+            if fused_reason is None:
+                models["fused"] = GuidedDenoiser(denoiser, classifiers, backend="triton")
+            budget = dict(repeats=5, warmup=1 if batch <= 1024 else 0, max_total_s=args.max_seconds)
+            timings: dict[str, Timing] = {}
+            compile_s = None
+            for name, model in models.items():
+                timings[name] = time_call(step_fn(model, x, device), **budget)
+            if (k, batch) in compile_cases:
+                compiled = torch.compile(step_fn(models["analytic"], x, device))
+                t0 = time.perf_counter()
+                compiled()
+                compile_s = time.perf_counter() - t0
+                timings["compile"] = time_call(compiled, **budget)
+            if k == 0:
+                baseline = timings["eager"]
+            for name, t in timings.items():
+                sample = None
+                derived = batch not in sample_batches or name == "compile"
+                if not derived:
+                    fn = sample_fn(models[name], x * 40.0, sigmas, device)
+                    sample = time_call(fn, repeats=3, warmup=0, max_total_s=args.max_seconds)
+                step_s = seconds(t)
+                sample_s = seconds(sample) if sample is not None else step_s * args.steps
+                overhead = None
+                if k > 0 and baseline is not None:
+                    overhead = (step_s - seconds(baseline)) / (k * seconds(baseline))
+                speedup = ratio(timings["eager"], t, cpu=use_cpu_time)
+                row = {
+                    "batch": batch,
+                    "K": k,
+                    "path": name,
+                    "step": t,
+                    "sample": sample,
+                    "sample_median_s": sample_s,
+                    "sample_derived": derived,
+                    "overhead_per_classifier": overhead,
+                    "speedup_vs_eager": speedup,
+                    "compile_time_s": compile_s if name == "compile" else None,
+                }
+                rows.append(row)
+                ov = f"{overhead:12.2f}" if overhead is not None else f"{'-':>12}"
+                mark = "*" if derived else " "
+                note = f"  (compile {compile_s:.1f} s)" if name == "compile" else ""
+                print(
+                    f"{batch:5d} {k:2d} {name:>9} {step_s * 1e3:10.3f} {sample_s * 1e3:10.1f}{mark} "
+                    f"{ov} {speedup:8.2f}{note}"
+                )
+    print("* = steps x per-step (not measured as a whole sample)")
+    nvtx = nvtx_cost()
+    print(f"NVTX range: {nvtx['off_ns_per_range']:.0f} ns off, {nvtx['on_ns_per_range']:.0f} ns on")
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else machine_info()["cpu"]
+    payload = {
+        "benchmark": "guidance",
+        "device": device_name,
+        "machine": machine_info(torch=torch.__version__),
+        "time_measure": "process CPU time, 1 thread" if use_cpu_time else "wall clock",
+        "config": {
+            "threads": args.threads,
+            "hidden": args.hidden,
+            "num_blocks": 2,
+            "dim": DIM,
+            "steps": args.steps,
+            "step_sigmas": [2.0, 1.6],
+            "ks_by_batch": ks_by_batch,
+            "compile_cases": sorted(compile_cases),
+        },
+        "fused_skipped_reason": fused_reason,
+        "nvtx": nvtx,
+        "rows": rows,
+    }
+    name = f"guidance-{device.type}" + ("-quick" if args.quick else "")
+    print(f"wrote {write_results(name, payload)}")
+
+
+if __name__ == "__main__":
+    main()
