@@ -681,3 +681,16 @@ def test_traffic_oracle_bad_construction_and_input(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(ValueError, match="CUDA"):
             TrafficOracle(drivable_map, backend="triton")(torch.as_tensor(boxes))
+
+
+def test_traffic_oracle_without_extension_falls_back_to_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before genneg_ext is built, ``auto`` on the CPU warns and runs the reference; ``cpp`` refuses."""
+    import genneg.oracles.traffic as traffic
+
+    drivable_map, boxes, valid = _oracle_scene()
+    expected = TrafficOracle(drivable_map, backend="torch")(boxes, valid)
+    monkeypatch.setattr(traffic, "_extension_ready", lambda: False)
+    with pytest.warns(RuntimeWarning, match="genneg_ext is not built"):
+        np.testing.assert_array_equal(TrafficOracle(drivable_map)(boxes, valid), expected)
+    with pytest.raises(ImportError, match="genneg_ext"):
+        TrafficOracle(drivable_map, backend="cpp")(boxes, valid)
