@@ -55,6 +55,7 @@ from genneg.guidance.guided import GuidedDenoiser, GuidedEps, guidance_gradient
 from genneg.metrics.parallel import num_parallel_samples
 from genneg.oracles.base import evaluate_oracle, sample_verdicts
 from genneg.planning.inpainting import InpaintCondition, check_condition, ddpm_replace_, edm_replace_
+from genneg.planning.mlp_plan import ResidualMLPDenoiserPlan, supports_mlp_plan
 from genneg.planning.result import SampleResult, StageTimes
 
 __all__ = ["FastSampler", "SamplerConfig", "parallel_samples_for", "success_probability"]
@@ -93,6 +94,10 @@ class SamplerConfig:
         max_rounds: rounds of ``N`` samples tried before giving up (``ok=False, reason="max_rounds"``).
         k_best: rows of :attr:`SampleResult.best`.
         cuda_graphs: capture CUDA graphs on a GPU (ignored elsewhere).
+        fast_paths: use the specialised paths when the model allows: the level-specialised residual-MLP
+            denoiser (:mod:`genneg.planning.mlp_plan`) and the analytic batched guidance gradient
+            (:mod:`genneg.guidance.analytic`). Equal to the generic path to float32 rounding, not bit for
+            bit; False gives the library samplers' results exactly.
         copy_samples: return copies of every sample and verdict (else views of the buffers, overwritten by
             the next call).
     """
@@ -110,6 +115,7 @@ class SamplerConfig:
     max_rounds: int = 1
     k_best: int = 1
     cuda_graphs: bool = True
+    fast_paths: bool = True
     copy_samples: bool = True
 
     def __post_init__(self) -> None:
@@ -192,6 +198,7 @@ class _Workspace:
         self.noise = torch.empty(full, **opts)
         self.fill_noise = torch.empty(full, **opts)
         self.d = torch.empty(full, **opts)
+        self.den = torch.empty(full, **opts)
         self.d_next = torch.empty(full, **opts)
         self.scratch = torch.empty(full, **opts)
         self.known = torch.zeros((1, *shape), **opts)
@@ -317,6 +324,7 @@ class FastSampler:
                 else:
                     self._coefs.append((math.sqrt(1 - ab_t), math.sqrt(ab_t), 0.0, 0.0, 0.0))
         self._mode, self._step_fn, self._net_fn = self._classify(model)
+        self._plan, self._analytic = self._fast_paths(model)
         self._takes_context = self._mode in ("plain", "whole") and not isinstance(
             model, (GuidedDenoiser, GuidedEps)
         )
@@ -360,6 +368,29 @@ class FastSampler:
         if fused is not None:
             return "fused", fused, None
         return "plain", None, model
+
+    def _fast_paths(self, model: Any) -> tuple[ResidualMLPDenoiserPlan | None, Any]:
+        """The level-specialised MLP denoiser and the analytic guidance, where they apply."""
+        if not self.config.fast_paths or self.kind != "edm" or self._mode not in ("plain", "split"):
+            return None, None
+        base = model.denoiser if isinstance(model, GuidedDenoiser) else model
+        plan = None
+        if supports_mlp_plan(base) and len(self.sample_shape) == 1:
+            plan = ResidualMLPDenoiserPlan(base, self.levels, self.num_parallel, self.device)
+        analytic = None
+        if self._mode == "split":
+            from genneg.guidance.analytic import build_analytic_guidance
+
+            active = [(c, s) for c, s in zip(model.classifiers, model.scales) if s != 0.0]
+            analytic = build_analytic_guidance([c for c, _ in active], [s for _, s in active])
+        return plan, analytic
+
+    @property
+    def fast_path(self) -> str:
+        """Which specialised paths run: ``"mlp_plan"``, ``"analytic_guidance"``, both joined by ``+``, or
+        ``"none"``."""
+        names = [n for n, on in (("mlp_plan", self._plan), ("analytic_guidance", self._analytic)) if on]
+        return "+".join(names) or "none"
 
     @property
     def kind(self) -> Literal["edm", "ddpm"]:
@@ -654,7 +685,8 @@ class FastSampler:
         """One round of ``N`` samples into a workspace buffer, or None when the deadline passed."""
         if self.uses_cuda_graphs:
             return self._graph_round(ws, context, conditioned, clock)
-        if self._mode in ("split", "whole"):  # guidance needs autograd, even inside a caller's inference_mode
+        if self._mode == "whole" or (self._mode == "split" and self._analytic is None):
+            # guidance needs autograd, even inside a caller's inference_mode
             with torch.inference_mode(False), torch.no_grad():
                 return self._trajectory(ws, context, conditioned, clock)
         with torch.inference_mode():
@@ -678,15 +710,24 @@ class FastSampler:
         sigma = ws.sigma[level]
         t0 = time.perf_counter()
         if self._mode == "plain":
-            out = self._net_fn(x, sigma, *context)
+            if self._plan is not None:
+                out = self._plan.denoise(x, level, ws.den)
+            else:
+                out = self._net_fn(x, sigma, *context)
             clock.model_ms += 1e3 * (time.perf_counter() - t0)
             return out
         if self._mode == "split":
             guided: GuidedDenoiser = self.model  # type: ignore[assignment]
             with torch.inference_mode():
-                den = guided.denoiser(x, sigma)
+                if self._plan is not None:
+                    den = self._plan.denoise(x, level, ws.den)
+                else:
+                    den = guided.denoiser(x, sigma)
             t1 = time.perf_counter()
-            grad = guidance_gradient(guided.classifiers, x, sigma, guided.scales)
+            if self._analytic is not None:
+                grad = self._analytic.gradient(x, sigma)
+            else:
+                grad = guidance_gradient(guided.classifiers, x, sigma, guided.scales)
             t2 = time.perf_counter()
             with torch.inference_mode():
                 grad.mul_(ws.sigma_sq[level])
