@@ -1,0 +1,548 @@
+"""Benchmark: latency of one planning call (FastSampler) and time to a valid sample, against the naive loop.
+
+Models (said again in the JSON):
+  * checkerboard: the ``tiny`` profile of ``genneg.pipeline`` (denoiser and classifiers residual MLPs,
+    hidden 64, 1 block... as the profile says), trained inside this script into a temporary run directory
+    (about a minute), or any finished run given with ``--run-dir``. Its measured infraction rates give
+    ``N(r, p)``. Models: ``baseline``, ``guided`` (the baseline with the run's whole classifier stack, K =
+    its iterations), ``distilled``.
+  * traffic: scene transformers (``genneg.models.scene_transformer``, width 32, 2 blocks, 16 vehicle slots,
+    32x32 map crop) with RANDOM weights (no traffic run exists in the package yet), DDPM with T = 1000;
+    ``guided`` = ``GuidedEps`` with K = 2 random per-vehicle classifiers, ``distilled`` = a second network
+    of the baseline's architecture (a distilled model costs what the baseline costs, by construction).
+    Calls are conditioned: ego and two seen vehicles fixed, the other present slots sampled.
+
+Measured (per call = one round of N parallel samples, the oracle included; ``max_rounds = 1``):
+  * grid: p50 / p90 / p99 for N in {1, 8, 32, 128} x steps in {10, 25, 50, 100} x model variant
+    (baseline, guided with each guidance backend available: autograd and analytic on the CPU, fused
+    Triton on CUDA, distilled), each cell ``--calls`` calls (500) after 3 warm-up calls, or fewer when
+    a cell would exceed ``--cell-seconds`` (the count is in every row);
+  * naive: the loop a user writes (fresh tensors every call, ``genneg.diffusion.heun_sample``, eager
+    model, reject until valid) against FastSampler on the same model, time to the first valid sample,
+    same N and steps; also the sequential one-at-a-time rejection loop (N = 1);
+  * headline: time to a valid sample with probability p = 0.99999, i.e. one round of N(r, p) samples,
+    baseline vs distilled (and guided), as a ratio, with the N reduction;
+  * breakdown of the headline call: model, guidance, oracle, other; and the floor.
+
+What dominates a call, and the floor (CPU, 1 intra-op thread; figures in the JSON's ``breakdown``):
+  the network. With the level-specialised MLP plan a denoiser call is 1 + 4 x blocks + 2 kernels
+  (``addmm`` and SiLU on (N, hidden) buffers); at N <= 32 each kernel costs its dispatch (~2-5 us), not
+  its FLOPs, so a call of 2 x steps - 1 network evaluations costs about (2 x steps - 1) x 10 kernels x a
+  few us; the Heun update adds 7 elementwise kernels per step and the oracle one batched call per round.
+  The floor is the network alone: ``breakdown.floor_ms`` times ``plan.denoise`` called 2 x steps - 1
+  times back to back; FastSampler's p50 over it is the sampler's own overhead. At N = 128 and above the
+  products' FLOPs take over and the eager and planned paths converge (the time branch, precomputed per
+  level, is the plan's remaining saving). Guided calls add the classifier gradients: one batched
+  analytic forward+backward of the K classifiers per evaluation (CPU), about 2-3 network costs.
+  On a GPU the whole round is one CUDA-graph replay (unmeasured in this session: no GPU).
+
+Noise: this machine is shared (the load average at start and end is in the JSON); each figure is a
+quantile of many calls, and ratios compare runs interleaved in the same minute.
+
+Run:  .venv/bin/python benchmarks/latency.py [--quick] [--run-dir RUN] [--threads 1] [--device cpu]
+Writes benchmarks/results/latency-cpu.json (or latency-cpu-quick.json with --quick; -cuda on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import machine_info, write_results
+from genneg.data.traffic import (
+    RoadNetworkConfig,
+    SceneConfig,
+    TokenNormalisation,
+    generate_road_map,
+    generate_scenes,
+    scenes_to_tokens,
+)
+from genneg.diffusion import DDPMConfig, DDPMSchedule, heun_sample, make_sigmas
+from genneg.guidance import GuidedDenoiser, GuidedEps
+from genneg.io.rundir import RunDir
+from genneg.metrics import num_parallel_samples, reduction
+from genneg.models.scene_transformer import SceneTransformer, SceneTransformerConfig
+from genneg.oracles import TrafficOracle, evaluate_oracle, sample_verdicts
+from genneg.pipeline.experiment import load_model, run_experiment
+from genneg.pipeline.profiles import ExperimentConfig, get_profile
+from genneg.planning.fast_sampler import FastSampler, SamplerConfig
+from genneg.planning.inpainting import InpaintCondition
+from genneg.planning.traffic import SceneContextModel, SceneTokenOracle, scene_condition
+
+P_HEADLINE = 0.99999
+
+
+def quantiles_ms(seconds: list[float]) -> dict[str, float]:
+    """p50 / p90 / p99 / mean of call times, milliseconds."""
+    t = np.asarray(seconds) * 1e3
+    return {
+        "p50_ms": float(np.quantile(t, 0.5)),
+        "p90_ms": float(np.quantile(t, 0.9)),
+        "p99_ms": float(np.quantile(t, 0.99)),
+        "mean_ms": float(t.mean()),
+        "calls": len(seconds),
+    }
+
+
+def time_calls(fn: Callable[[], Any], calls: int, cell_seconds: float, warmup: int = 3) -> list[float]:
+    """Call ``fn`` ``warmup`` times, then up to ``calls`` timed times (at least 20, fewer than ``calls``
+    only when their total would pass ``cell_seconds``)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    for i in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if i >= 19 and time.perf_counter() - start > cell_seconds:
+            break
+    return times
+
+
+# --- checkerboard -------------------------------------------------------------------------------------------
+
+
+def checkerboard_run(run_dir: str | None) -> tuple[Path, float]:
+    """A finished checkerboard run: ``run_dir``, or the tiny profile trained now. Returns (dir, seconds)."""
+    if run_dir is not None:
+        return Path(run_dir), 0.0
+    target = Path(tempfile.mkdtemp(prefix="genneg-latency-run-"))
+    t0 = time.perf_counter()
+    run_experiment(get_profile("tiny"), target, overwrite=True, progress=False)
+    return target, time.perf_counter() - t0
+
+
+def checkerboard_models(run_dir: Path) -> dict[str, Any]:
+    """Baseline, guided stack and distilled model of a run, with their measured infraction rates."""
+    run = RunDir(run_dir, resume=True)
+    config = run.read_config(ExperimentConfig)
+    guided_name = f"iter{config.gen_neg.iterations}"
+    out: dict[str, Any] = {"config": config}
+    for label, name in (("baseline", "baseline"), ("guided", guided_name), ("distilled", "distilled")):
+        task, _, model = load_model(run_dir, name)
+        record = run.records(f"eval/{name}")[-1]
+        out[label] = {
+            "model": model.eval(),
+            "name": name,
+            "rate": float(record["infraction"]),
+            "rate_high": float(record["infraction_high"]),
+        }
+        out["task"] = task
+    return out
+
+
+def checkerboard_variants(models: dict[str, Any], device: torch.device) -> dict[str, tuple[Any, bool]]:
+    """Variant name -> (model, fast_paths). Guidance backends: autograd, analytic; triton on CUDA."""
+    guided: GuidedDenoiser = models["guided"]["model"]
+    variants: dict[str, tuple[Any, bool]] = {
+        "baseline": (models["baseline"]["model"], True),
+        "guided[analytic]": (guided, True),
+        "guided[autograd]": (guided, False),
+        "distilled": (models["distilled"]["model"], True),
+    }
+    if device.type == "cuda":
+        fused = GuidedDenoiser(guided.denoiser, list(guided.classifiers), guided.scales, backend="triton")
+        variants["guided[triton]"] = (fused, True)
+    return variants
+
+
+def make_sampler(
+    model: Any,
+    oracle: Any,
+    shape: tuple[int, ...],
+    n: int,
+    steps: int,
+    edm: Any,
+    fast: bool,
+    device: torch.device,
+    **kw: Any,
+) -> FastSampler:
+    cfg = SamplerConfig(
+        num_parallel=n,
+        num_steps=steps,
+        sigma_min=edm.sigma_min,
+        sigma_max=edm.sigma_max,
+        fast_paths=fast,
+        **kw,
+    )
+    return FastSampler(model, oracle, sample_shape=shape, config=cfg, device=device)
+
+
+def stage_medians(results: list[Any]) -> dict[str, float]:
+    keys = ("model_ms", "guidance_ms", "oracle_ms", "total_ms")
+    med = {k: float(np.median([getattr(r.times, k) for r in results])) for k in keys}
+    med["other_ms"] = med["total_ms"] - med["model_ms"] - med["guidance_ms"] - med["oracle_ms"]
+    return med
+
+
+def grid_rows(
+    task_name: str,
+    variants: dict[str, Callable[[int, int], FastSampler]],
+    ns: list[int],
+    steps_list: list[int],
+    calls: int,
+    cell_seconds: float,
+    condition: Callable[[str], InpaintCondition | None],
+) -> list[dict[str, Any]]:
+    rows = []
+    for name, build in variants.items():
+        for steps in steps_list:
+            for n in ns:
+                sampler = build(n, steps)
+                cond = condition(name)
+                results: list[Any] = []
+                times = time_calls(lambda s=sampler, c=cond, r=results: r.append(s(c)), calls, cell_seconds)
+                row = {
+                    "task": task_name,
+                    "model": name,
+                    "N": n,
+                    "steps": steps,
+                    "fast_path": sampler.fast_path,
+                    "mode": sampler.mode,
+                    **quantiles_ms(times),
+                    "stages": stage_medians(results[-len(times) :]),
+                }
+                rows.append(row)
+                print(
+                    f"  {task_name:12s} {name:18s} N={n:4d} steps={steps:4d}  p50 {row['p50_ms']:9.3f} ms  "
+                    f"p90 {row['p90_ms']:9.3f}  p99 {row['p99_ms']:9.3f}  ({row['calls']} calls)",
+                    flush=True,
+                )
+    return rows
+
+
+def naive_time_to_valid(
+    model: Any, oracle: Any, sigmas: torch.Tensor, n: int, shape: tuple[int, ...], max_rounds: int = 10_000
+) -> torch.Tensor | None:
+    """The loop a user writes: fresh noise, the library sampler, reject until one sample is valid."""
+    for _ in range(max_rounds):
+        x = torch.randn((n, *shape)) * float(sigmas[0])
+        x = heun_sample(model, x, sigmas)
+        valid = sample_verdicts(evaluate_oracle(oracle, x))
+        if bool(valid.any()):
+            return x[valid][0]
+    return None
+
+
+def naive_rows(
+    models: dict[str, Any], steps: int, calls: int, cell_seconds: float, device: torch.device
+) -> list[dict[str, Any]]:
+    task = models["task"]
+    edm = task.edm
+    sigmas = make_sigmas("log_linear", steps, edm.sigma_min, edm.sigma_max)
+    rows = []
+    for label in ("baseline", "distilled"):
+        entry = models[label]
+        n = num_parallel_samples(entry["rate"], P_HEADLINE)
+        fast = make_sampler(
+            entry["model"], task.oracle, task.sample_shape, n, steps, edm, True, device, max_rounds=10_000
+        )
+        exact = make_sampler(
+            entry["model"], task.oracle, task.sample_shape, n, steps, edm, False, device, max_rounds=10_000
+        )
+        cases = {
+            "naive_parallel": lambda m=entry["model"], n=n: naive_time_to_valid(
+                m, task.oracle, sigmas, n, task.sample_shape
+            ),
+            "naive_sequential": lambda m=entry["model"]: naive_time_to_valid(
+                m, task.oracle, sigmas, 1, task.sample_shape
+            ),
+            "fast_exact_path": lambda s=exact: s(),
+            "fast": lambda s=fast: s(),
+        }
+        timings = {k: quantiles_ms(time_calls(f, calls, cell_seconds)) for k, f in cases.items()}
+        row = {
+            "model": label,
+            "N": n,
+            "steps": steps,
+            "rate": entry["rate"],
+            **timings,
+            "speedup_p50_vs_naive_parallel": timings["naive_parallel"]["p50_ms"] / timings["fast"]["p50_ms"],
+            "speedup_p99_vs_naive_parallel": timings["naive_parallel"]["p99_ms"] / timings["fast"]["p99_ms"],
+            "speedup_p50_vs_naive_sequential": timings["naive_sequential"]["p50_ms"]
+            / timings["fast"]["p50_ms"],
+            "speedup_p99_vs_naive_sequential": timings["naive_sequential"]["p99_ms"]
+            / timings["fast"]["p99_ms"],
+        }
+        rows.append(row)
+        print(
+            f"  naive vs fast ({label}, N={n}, steps={steps}): p50 naive "
+            f"{timings['naive_parallel']['p50_ms']:.3f} ms, sequential "
+            f"{timings['naive_sequential']['p50_ms']:.3f} ms, fast (exact path) "
+            f"{timings['fast_exact_path']['p50_ms']:.3f} ms, fast {timings['fast']['p50_ms']:.3f} ms -> "
+            f"{row['speedup_p50_vs_naive_parallel']:.2f}x (p99 {row['speedup_p99_vs_naive_parallel']:.2f}x)",
+            flush=True,
+        )
+    return rows
+
+
+def headline(
+    models: dict[str, Any], steps: int, calls: int, cell_seconds: float, device: torch.device
+) -> dict[str, Any]:
+    """Time to a valid sample with probability p: one round of N(r, p) samples, baseline vs distilled."""
+    task = models["task"]
+    out: dict[str, Any] = {"p": P_HEADLINE, "steps": steps}
+    for label in ("baseline", "guided", "distilled"):
+        entry = models[label]
+        n = num_parallel_samples(entry["rate"], P_HEADLINE)
+        sampler = make_sampler(
+            entry["model"], task.oracle, task.sample_shape, n, steps, task.edm, True, device
+        )
+        results: list[Any] = []
+        times = time_calls(lambda s=sampler, r=results: r.append(s()), calls, cell_seconds)
+        out[label] = {
+            "rate": entry["rate"],
+            "N": n,
+            **quantiles_ms(times),
+            "fast_path": sampler.fast_path,
+            "stages": stage_medians(results[-len(times) :]),
+            "valid_fraction": float(np.mean([r.valid_fraction for r in results])),
+        }
+    b, d = out["baseline"], out["distilled"]
+    out["N_reduction_distilled"] = reduction(d["N"], b["N"])
+    out["time_ratio_baseline_over_distilled_p50"] = b["p50_ms"] / d["p50_ms"]
+    out["time_ratio_baseline_over_distilled_p99"] = b["p99_ms"] / d["p99_ms"]
+    out["time_ratio_baseline_over_guided_p50"] = b["p50_ms"] / out["guided"]["p50_ms"]
+    print(
+        f"  headline p={P_HEADLINE}: baseline r={b['rate']:.4f} N={b['N']} p50 {b['p50_ms']:.3f} ms; "
+        f"distilled r={d['rate']:.4f} N={d['N']} p50 {d['p50_ms']:.3f} ms; "
+        f"N -{100 * out['N_reduction_distilled']:.0f}%, "
+        f"time ratio {out['time_ratio_baseline_over_distilled_p50']:.2f}x",
+        flush=True,
+    )
+    return out
+
+
+def breakdown(models: dict[str, Any], steps: int, device: torch.device) -> dict[str, Any]:
+    """Floor of the headline baseline call: the network alone, called as often as the sampler calls it."""
+    task = models["task"]
+    entry = models["baseline"]
+    n = num_parallel_samples(entry["rate"], P_HEADLINE)
+    sampler = make_sampler(entry["model"], task.oracle, task.sample_shape, n, steps, task.edm, True, device)
+    evals = 2 * steps - 1
+    x = torch.randn((n, *task.sample_shape), device=device)
+    out_buf = torch.empty_like(x)
+    sigma = torch.full((n,), 1.0, device=device)
+    model = entry["model"]
+
+    def plan_floor() -> None:
+        with torch.inference_mode():
+            for i in range(evals):
+                sampler._plan.denoise(x, i % steps, out_buf)
+
+    def eager_floor() -> None:
+        with torch.inference_mode():
+            for _ in range(evals):
+                model(x, sigma)
+
+    plan = quantiles_ms(time_calls(plan_floor, 200, 5.0))
+    eager = quantiles_ms(time_calls(eager_floor, 200, 5.0))
+    call = quantiles_ms(time_calls(lambda: sampler(), 200, 5.0))
+    return {
+        "N": n,
+        "steps": steps,
+        "network_evaluations": evals,
+        "floor_ms": plan["p50_ms"],
+        "eager_network_ms": eager["p50_ms"],
+        "fast_call_p50_ms": call["p50_ms"],
+        "fast_over_floor": call["p50_ms"] / plan["p50_ms"],
+    }
+
+
+# --- traffic ------------------------------------------------------------------------------------------------
+
+
+def traffic_setup(device: torch.device) -> dict[str, Any]:
+    a, cells = 16, 32
+    road = generate_road_map("crossroads", RoadNetworkConfig(), seed=2)
+    scenes = generate_scenes(
+        [road], 8, SceneConfig(max_vehicles=a, min_vehicles=8, proposals_per_scene=128), 0
+    )
+    norm = TokenNormalisation()
+    tokens = torch.from_numpy(
+        scenes_to_tokens(scenes.boxes, scenes.speeds, scenes.valid, scenes.centre_m, norm)
+    )
+    row = int(np.argmax(scenes.valid.sum(axis=1)))
+    valid = torch.from_numpy(scenes.valid[row])
+    known = torch.zeros(a, dtype=torch.bool)
+    known[:3] = True
+    cond = scene_condition(
+        tokens[row], known, valid, road.drivable_map, tuple(scenes.centre_m[row]), norm=norm, map_cells=cells
+    )
+    bare = InpaintCondition(cond.values, cond.mask, (), cond.frame)  # guided: context bound in the model
+    cfg = SceneTransformerConfig(width=32, heads=2, blocks=2)
+    torch.manual_seed(0)
+    eps = SceneTransformer(cfg).to(device).eval()
+    distilled = SceneTransformer(cfg).to(device).eval()
+    clfs = [
+        SceneTransformer(SceneTransformerConfig(width=32, heads=2, blocks=2, head="logit")).to(device).eval()
+        for _ in range(2)
+    ]
+    schedule = DDPMSchedule(DDPMConfig(num_steps=1000))
+    ctx_valid, ctx_map = (c.to(device) for c in cond.context)
+    guided = GuidedEps(
+        SceneContextModel(eps, ctx_valid, ctx_map),
+        schedule,
+        [SceneContextModel(c, ctx_valid, ctx_map) for c in clfs],
+    )
+    oracle = SceneTokenOracle(TrafficOracle(road.drivable_map))
+    return {
+        "A": a,
+        "cond": cond,
+        "bare": bare,
+        "eps": eps,
+        "distilled": distilled,
+        "guided": guided,
+        "schedule": schedule,
+        "oracle": oracle,
+        "config": cfg.to_json(),
+        "map_cells": cells,
+    }
+
+
+def traffic_variants(t: dict[str, Any], device: torch.device) -> dict[str, Callable[[int, int], FastSampler]]:
+    def build(model: Any) -> Callable[[int, int], FastSampler]:
+        def make(n: int, steps: int) -> FastSampler:
+            return FastSampler(
+                model,
+                t["oracle"],
+                sample_shape=(t["A"], 7),
+                config=SamplerConfig(num_parallel=n, num_steps=steps),
+                ddpm_schedule=t["schedule"],
+                device=device,
+            )
+
+        return make
+
+    return {
+        "baseline": build(t["eps"]),
+        "guided[autograd]": build(t["guided"]),
+        "distilled": build(t["distilled"]),
+    }
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small grid, fewer calls (a few minutes)")
+    parser.add_argument("--run-dir", default=None, help="a finished checkerboard run (default: train tiny)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--calls", type=int, default=None, help="timed calls per cell (default 500; quick 100)"
+    )
+    parser.add_argument("--cell-seconds", type=float, default=None, help="time cap per cell")
+    parser.add_argument("--skip-traffic", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    quick = args.quick
+    calls = args.calls or (100 if quick else 500)
+    cell_seconds = args.cell_seconds or (3.0 if quick else 20.0)
+    ns = [1, 32] if quick else [1, 8, 32, 128]
+    steps_list = [10, 25] if quick else [10, 25, 50, 100]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    info = machine_info(torch=torch.__version__, device=device_name, threads=str(args.threads))
+    print(f"device {device_name}, {args.threads} thread(s), load {os.getloadavg()}", flush=True)
+
+    run_dir, train_s = checkerboard_run(args.run_dir)
+    models = checkerboard_models(run_dir)
+    for label in ("baseline", "guided", "distilled"):
+        models[label]["model"].to(device)
+    task = models["task"]
+    run_steps = models["config"].sampling.num_steps
+    print(
+        f"checkerboard run {run_dir} "
+        f"({'trained in ' + format(train_s, '.0f') + ' s' if train_s else 'given'}); "
+        f"rates: " + ", ".join(f"{k} {models[k]['rate']:.4f}" for k in ("baseline", "guided", "distilled")),
+        flush=True,
+    )
+
+    variants = {
+        name: (
+            lambda n, s, m=m, f=f: make_sampler(m, task.oracle, task.sample_shape, n, s, task.edm, f, device)
+        )
+        for name, (m, f) in checkerboard_variants(models, device).items()
+    }
+    print("grid (checkerboard):", flush=True)
+    rows = grid_rows("checkerboard", variants, ns, steps_list, calls, cell_seconds, lambda name: None)
+    print("naive loop vs FastSampler (checkerboard):", flush=True)
+    naive = naive_rows(models, run_steps, calls, cell_seconds, device)
+    head = headline(models, run_steps, calls, cell_seconds, device)
+    floor = breakdown(models, run_steps, device)
+    print(
+        f"  floor: network alone {floor['floor_ms']:.3f} ms for {floor['network_evaluations']} evaluations "
+        f"(eager {floor['eager_network_ms']:.3f} ms); FastSampler call {floor['fast_call_p50_ms']:.3f} ms = "
+        f"{floor['fast_over_floor']:.2f}x the floor",
+        flush=True,
+    )
+
+    traffic: dict[str, Any] = {}
+    if not args.skip_traffic:
+        t = traffic_setup(device)
+        print("grid (traffic, random weights):", flush=True)
+        traffic_rows = grid_rows(
+            "traffic",
+            traffic_variants(t, device),
+            [1, 8] if quick else ns,
+            [10] if quick else steps_list,
+            calls,
+            cell_seconds,
+            lambda name: t["bare"] if name.startswith("guided") else t["cond"],
+        )
+        rows += traffic_rows
+        traffic = {
+            "weights": "random",
+            "vehicle_slots": t["A"],
+            "map_cells": t["map_cells"],
+            "transformer_config": t["config"],
+            "ddpm_steps_T": 1000,
+            "classifiers_K": 2,
+            "headline": "unmeasured: no trained traffic run (rates of random weights are ~1)",
+        }
+
+    payload = {
+        "benchmark": "latency",
+        "quick": quick,
+        "machine": info,
+        "device": device_name,
+        "load_average_end": list(os.getloadavg()),
+        "checkerboard": {
+            "run_dir": str(run_dir),
+            "profile": models["config"].profile,
+            "trained_in_script_s": train_s,
+            "sampler_steps": run_steps,
+            "denoiser": str(models["config"].denoiser),
+            "classifier": str(models["config"].classifier_net),
+            "classifiers_K": models["config"].gen_neg.iterations,
+            "rates": {k: models[k]["rate"] for k in ("baseline", "guided", "distilled")},
+        },
+        "traffic": traffic,
+        "calls_per_cell": calls,
+        "cell_seconds_cap": cell_seconds,
+        "grid": rows,
+        "naive": naive,
+        "headline": head,
+        "breakdown": floor,
+        "gpu": "unmeasured (no GPU in this session)" if device.type != "cuda" else "measured",
+    }
+    name = f"latency-{'cuda' if device.type == 'cuda' else 'cpu'}{'-quick' if quick else ''}"
+    path = write_results(name, payload)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
