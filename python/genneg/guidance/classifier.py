@@ -9,6 +9,9 @@ output, or a transformer with one output per part) with the same EDM input scali
 so that the network sees unit-variance inputs at every noise level. A time-independent classifier (the
 paper's ablation) ignores ``sigma``: it sees ``x / sigma_data`` and ``c_noise = 0``; it is trained on clean
 samples and, during guidance, applied to the one-step estimate ``D(x; sigma)``.
+
+Conditioned samples pass their conditioning tensors on: ``c(x, sigma, **cond)`` calls
+``F(x_in, c_noise, **cond)`` (see :mod:`genneg.guidance.guided`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ class TimeClassifier(nn.Module):
     """Logits of the probability that a noisy sample's clean origin is valid.
 
     Args:
-        net: raw network ``F(x_in (B, *shape), c_noise (B,)) -> (B, 1)``, ``(B,)`` or ``(B, P)``
-            (one logit per part, e.g. per vehicle).
+        net: raw network ``F(x_in (B, *shape), c_noise (B,), **cond) -> (B, 1)``, ``(B,)`` or ``(B, P)``
+            (one logit per part, e.g. per vehicle); ``cond`` only for conditioned samples.
         sigma_data: standard deviation of the data, in data units (same as the denoiser's).
         time_dependent: False for the time-independent ablation: ``sigma`` is ignored.
     """
@@ -40,12 +43,13 @@ class TimeClassifier(nn.Module):
         self.sigma_data = float(sigma_data)
         self.time_dependent = bool(time_dependent)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: torch.Tensor) -> torch.Tensor:
         """Logits of ``P(valid | x_sigma = x)``.
 
         Args:
             x: ``(B, *shape)`` float, noisy samples in variance-exploding coordinates.
             sigma: ``(B,)`` or scalar noise level (data units); ignored when not ``time_dependent``.
+            cond: per-sample conditioning tensors (leading dimension ``B``), passed to the network.
 
         Returns:
             ``(B,)`` logits for single-part samples (a trailing output dimension of 1 is dropped), or
@@ -58,7 +62,7 @@ class TimeClassifier(nn.Module):
         else:
             x_in = x / self.sigma_data
             c_noise = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
-        logits = self.net(x_in, c_noise)
+        logits = self.net(x_in, c_noise, **cond)
         if logits.ndim == 2 and logits.shape[1] == 1:
             logits = logits[:, 0]
         if logits.ndim not in (1, 2) or logits.shape[0] != x.shape[0]:

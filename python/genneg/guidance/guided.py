@@ -14,12 +14,19 @@ classifier (ablation) is applied to the one-step estimate ``D(x; sigma)`` and di
 
 The fused Triton path (``genneg.guidance.fused``) plugs in behind :class:`GuidedDenoiser` when its
 ``backend`` resolves to ``"triton"``; it then also provides ``heun_step`` for the sampler.
+
+Conditioned samples (e.g. a traffic scene on its map crop with its present vehicle slots) carry a
+conditioning dict ``cond`` of tensors with the batch as leading dimension. Every model call passes it on
+as keyword arguments: ``D(x, sigma, **cond)``, ``eps(x_t, t, **cond)``, ``c(x, sigma, **cond)``; each
+callable reads the entries it needs. Unconditioned samples (checkerboard) have no ``cond`` and the calls are
+the plain ``D(x, sigma)``. With ``part_mask_key`` the entry ``cond[part_mask_key]`` (``(B, P)`` bool, True =
+a real part) restricts ``Σ_parts log c`` to real parts (padding slots add nothing).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -50,19 +57,37 @@ def _is_time_dependent(classifier: Any) -> bool:
     return bool(getattr(classifier, "time_dependent", True))
 
 
+def _part_mask(cond: Mapping[str, torch.Tensor], key: str | None, batch: int) -> torch.Tensor | None:
+    """``cond[key]`` checked as a ``(batch, P)`` bool mask, or None without a key."""
+    if key is None:
+        return None
+    if key not in cond:
+        raise ValueError(f"part_mask_key={key!r} but the conditioning has only {sorted(cond)}")
+    mask = cond[key]
+    if mask.dtype != torch.bool or mask.ndim != 2 or mask.shape[0] != batch:
+        raise ValueError(f"cond[{key!r}] must be a bool ({batch}, P) part mask, got {mask.dtype} "
+                         f"{tuple(mask.shape)}")
+    return mask
+
+
 def _guidance_and_estimate(
     classifiers: Sequence[Callable[..., torch.Tensor]],
     scales: Sequence[float],
     x: torch.Tensor,
     classifier_inputs: Callable[[torch.Tensor], tuple[torch.Tensor, Any]],
     clean_estimate: Callable[[torch.Tensor], torch.Tensor] | None,
+    cond: Mapping[str, torch.Tensor] | None = None,
+    part_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``∇_x Σ_k gamma_k Σ_{batch, parts} logsigmoid(logit_k)`` and, if computed, the clean estimate.
 
     ``classifier_inputs(xg)`` maps the differentiable copy of ``x`` to the ``(input, time)`` pair the
     time-dependent classifiers take; ``clean_estimate(xg)`` gives ``x0_hat`` for time-independent ones.
-    Returns the gradient with ``x``'s shape (zeros when every scale is 0) and ``x0_hat`` (or None).
+    ``cond`` is passed to every classifier as keyword arguments; ``part_mask`` ``(B, P)`` bool keeps only
+    the real parts in the sum. Returns the gradient with ``x``'s shape (zeros when every scale is 0) and
+    ``x0_hat`` (or None).
     """
+    cond = {} if cond is None else cond
     # When the caller differentiates through the guided model (e.g. the exact divergence of the PF-ODE
     # likelihood), keep the graph of the guidance gradient; otherwise work on a detached copy.
     keep_graph = torch.is_grad_enabled() and x.requires_grad
@@ -75,7 +100,7 @@ def _guidance_and_estimate(
             if scale == 0.0:
                 continue
             if _is_time_dependent(classifier):
-                logits = classifier(*inputs)
+                logits = classifier(*inputs, **cond)
             else:
                 if clean_estimate is None:
                     raise ValueError(
@@ -84,10 +109,15 @@ def _guidance_and_estimate(
                     )
                 if x0_hat is None:
                     x0_hat = clean_estimate(xg)
-                logits = classifier(x0_hat, inputs[1])
+                logits = classifier(x0_hat, inputs[1], **cond)
             if logits.shape[0] != x.shape[0]:
                 raise ValueError(f"classifier returned {logits.shape[0]} rows for a batch of {x.shape[0]}")
-            term = scale * F.logsigmoid(logits).sum()
+            log_c = F.logsigmoid(logits)
+            if part_mask is not None:
+                if part_mask.shape != logits.shape:
+                    raise ValueError(f"part mask {tuple(part_mask.shape)} != logits {tuple(logits.shape)}")
+                log_c = log_c * part_mask.to(log_c.dtype)
+            term = scale * log_c.sum()
             total = term if total is None else total + term
         if total is None or not total.requires_grad:  # all scales 0, or logits constant in x
             return torch.zeros_like(x), x0_hat
@@ -100,17 +130,22 @@ def guidance_gradient(
     x: torch.Tensor,
     sigma: torch.Tensor | float,
     scales: Sequence[float] | None = None,
-    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    denoiser: Callable[..., torch.Tensor] | None = None,
+    *,
+    cond: Mapping[str, torch.Tensor] | None = None,
+    part_mask_key: str | None = None,
 ) -> torch.Tensor:
     """``Σ_k gamma_k ∇_x Σ_parts log c_k(x, sigma)``, the stack's total guidance (exact autograd).
 
     Args:
-        classifiers: callables ``c(x, sigma) -> logits (B,) or (B, P)`` (e.g. :class:`TimeClassifier`);
-            one with ``time_dependent = False`` is applied to ``D(x; sigma)`` instead of ``x``.
+        classifiers: callables ``c(x, sigma, **cond) -> logits (B,) or (B, P)`` (e.g.
+            :class:`TimeClassifier`); one with ``time_dependent = False`` is applied to ``D(x; sigma)``.
         x: ``(B, *shape)`` float noisy samples (variance-exploding coordinates).
         sigma: ``(B,)`` or scalar noise level.
         scales: ``gamma_k`` per classifier; default all 1.
-        denoiser: ``D(x, sigma)``, needed only for time-independent classifiers.
+        denoiser: ``D(x, sigma, **cond)``, needed only for time-independent classifiers.
+        cond: per-sample conditioning tensors (leading dimension ``B``), passed to every call.
+        part_mask_key: name of the ``(B, P)`` bool entry of ``cond`` marking real parts (module docstring).
 
     Returns:
         ``(B, *shape)`` detached gradient in ``x``'s dtype, zeros when every scale is 0. Works under
@@ -118,8 +153,10 @@ def guidance_gradient(
     """
     scales = _check_scales(classifiers, scales)
     sigma = expand_sigma(sigma, x)
-    clean = None if denoiser is None else (lambda xg: denoiser(xg, sigma))
-    grad, _ = _guidance_and_estimate(classifiers, scales, x, lambda xg: (xg, sigma), clean)
+    cond = {} if cond is None else dict(cond)
+    clean = None if denoiser is None else (lambda xg: denoiser(xg, sigma, **cond))
+    grad, _ = _guidance_and_estimate(classifiers, scales, x, lambda xg: (xg, sigma), clean, cond,
+                                     _part_mask(cond, part_mask_key, x.shape[0]))
     return grad
 
 
@@ -133,9 +170,12 @@ class GuidedDenoiser(nn.Module):
         scales: ``gamma_k``; default all 1 (the method). A scale of 0 removes that classifier's term.
         backend: ``"torch"`` (exact autograd), ``"triton"`` (fused kernels of ``genneg.guidance.fused``)
             or ``"auto"`` (Triton on CUDA when available); resolved per call from the input's device.
+            Conditioned calls (``forward(x, sigma, **cond)`` with a non-empty ``cond``) always take the
+            PyTorch path.
+        part_mask_key: entry of ``cond`` holding the ``(B, P)`` bool mask of real parts, or None.
 
     Attributes:
-        denoiser, classifiers (``nn.ModuleList``), scales (tuple of float), backend.
+        denoiser, classifiers (``nn.ModuleList``), scales (tuple of float), backend, part_mask_key.
         heun_step: None on the PyTorch path; the fused backend's ``heun_step(x, sigma_cur, sigma_next)``
             when the backend resolves to Triton for the model's device (samplers then delegate to it).
 
@@ -149,6 +189,7 @@ class GuidedDenoiser(nn.Module):
         classifiers: Sequence[nn.Module] = (),
         scales: Sequence[float] | None = None,
         backend: Literal["torch", "triton", "auto"] = "torch",
+        part_mask_key: str | None = None,
     ) -> None:
         super().__init__()
         if backend not in ("torch", "triton", "auto"):
@@ -160,31 +201,36 @@ class GuidedDenoiser(nn.Module):
         self.classifiers = nn.ModuleList(classifiers)
         self.scales = _check_scales(classifiers, scales)
         self.backend = backend
+        self.part_mask_key = part_mask_key
         self._fused_cache: dict[str, Any] = {}
 
     def with_classifier(self, classifier: nn.Module, scale: float = 1.0) -> GuidedDenoiser:
         """A new guided denoiser with ``classifier`` stacked on top (the next Gen-neG iteration)."""
         return GuidedDenoiser(
-            self.denoiser, [*self.classifiers, classifier], [*self.scales, scale], backend=self.backend
+            self.denoiser, [*self.classifiers, classifier], [*self.scales, scale], backend=self.backend,
+            part_mask_key=self.part_mask_key,
         )
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, *shape)`` float, ``sigma`` ``(B,)`` or scalar -> ``D_K(x; sigma)`` ``(B, *shape)``.
 
-        The guidance term is detached unless grad mode is on and ``x`` requires grad, in which case its
-        graph is kept (second derivatives, e.g. the PF-ODE divergence); ``D(x; sigma)`` follows the
-        caller's grad mode.
+        ``cond``: per-sample conditioning tensors (leading dimension ``B``) passed to the denoiser and to
+        every classifier. The guidance term is detached unless grad mode is on and ``x`` requires grad, in
+        which case its graph is kept (second derivatives, e.g. the PF-ODE divergence); ``D(x; sigma)``
+        follows the caller's grad mode.
         """
         sigma = expand_sigma(sigma, x)
-        if resolve_backend(self.backend, x.device) == "triton":
+        if not cond and resolve_backend(self.backend, x.device) == "triton":
             fused = self._fused(x.device)
             if fused is not None:
                 return fused(x, sigma)
         outer_grad = torch.is_grad_enabled()
         grad, x0_hat = _guidance_and_estimate(
-            self.classifiers, self.scales, x, lambda xg: (xg, sigma), lambda xg: self.denoiser(xg, sigma)
+            self.classifiers, self.scales, x, lambda xg: (xg, sigma),
+            lambda xg: self.denoiser(xg, sigma, **cond), cond,
+            _part_mask(cond, self.part_mask_key, x.shape[0]),
         )
-        d = x0_hat.detach() if x0_hat is not None and not outer_grad else self.denoiser(x, sigma)
+        d = x0_hat.detach() if x0_hat is not None and not outer_grad else self.denoiser(x, sigma, **cond)
         return d + broadcast_to_sample(sigma.to(grad.dtype) ** 2, x) * grad
 
     @property
@@ -242,6 +288,7 @@ class GuidedEps(nn.Module):
         coordinates: how time-dependent classifiers are called. ``"ddpm"``: ``c(x_t, t)`` with integer
             timesteps. ``"ve"``: ``c(x_t / sqrt(ᾱ_t), sigma_t)`` with ``sigma_t = sqrt((1-ᾱ_t)/ᾱ_t)``
             (a :class:`TimeClassifier` trained in EDM coordinates); the chain rule to ``x_t`` is exact.
+        part_mask_key: entry of ``cond`` holding the ``(B, P)`` bool mask of real parts, or None.
 
     Time-independent classifiers (``time_dependent = False``) see the one-step estimate
     ``x0_hat = (x_t - sqrt(1-ᾱ_t) ε_theta(x_t, t)) / sqrt(ᾱ_t)``.
@@ -254,6 +301,7 @@ class GuidedEps(nn.Module):
         classifiers: Sequence[nn.Module] = (),
         scales: Sequence[float] | None = None,
         coordinates: Literal["ddpm", "ve"] = "ddpm",
+        part_mask_key: str | None = None,
     ) -> None:
         super().__init__()
         if coordinates not in ("ddpm", "ve"):
@@ -263,14 +311,19 @@ class GuidedEps(nn.Module):
         self.classifiers = nn.ModuleList(classifiers)
         self.scales = _check_scales(classifiers, scales)
         self.coordinates = coordinates
+        self.part_mask_key = part_mask_key
 
     def with_classifier(self, classifier: nn.Module, scale: float = 1.0) -> GuidedEps:
         """A new guided ε-model with ``classifier`` stacked on top."""
         return GuidedEps(self.eps_model, self.schedule, [*self.classifiers, classifier],
-                         [*self.scales, scale], coordinates=self.coordinates)
+                         [*self.scales, scale], coordinates=self.coordinates,
+                        part_mask_key=self.part_mask_key)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x_t`` ``(B, *shape)`` float, ``t`` ``(B,)`` int64 timesteps -> guided ε ``(B, *shape)``."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        """``x_t`` ``(B, *shape)`` float, ``t`` ``(B,)`` int64 timesteps -> guided ε ``(B, *shape)``.
+
+        ``cond``: per-sample conditioning tensors (leading dimension ``B``) passed to the ε-model and to
+        every classifier."""
         if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
             raise ValueError(f"t must have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
         alpha_bar = torch.as_tensor(self.schedule.alphas_cumprod, device=x_t.device)[t].to(x_t.dtype)
@@ -290,10 +343,11 @@ class GuidedEps(nn.Module):
         eps_g: list[torch.Tensor] = []
 
         def clean_estimate(xg: torch.Tensor) -> torch.Tensor:
-            eps = self.eps_model(xg, t)
+            eps = self.eps_model(xg, t, **cond)
             eps_g.append(eps)
             return (xg - root_1mab * eps) / root_ab
 
-        grad, _ = _guidance_and_estimate(self.classifiers, self.scales, x_t, inputs, clean_estimate)
-        eps = eps_g[0].detach() if eps_g and not outer_grad else self.eps_model(x_t, t)
+        grad, _ = _guidance_and_estimate(self.classifiers, self.scales, x_t, inputs, clean_estimate, cond,
+                                         _part_mask(cond, self.part_mask_key, x_t.shape[0]))
+        eps = eps_g[0].detach() if eps_g and not outer_grad else self.eps_model(x_t, t, **cond)
         return eps - root_1mab * grad

@@ -15,13 +15,20 @@ rarely infracts: it draws trajectories from a proposal denoiser that infracts mo
 (Euler-ancestral) sampler and weights each by the ratio of the target's and the proposal's transition
 densities (same covariance, different means), self-normalised; the weights flow into the loss of Eq. 9
 through ``BalancedDataset.example_weights`` and into the priors ``pi_pos``, ``pi_neg``.
+
+Conditioned samples (traffic scenes: a map crop and the present vehicle slots per scene) come with a
+conditioning dict of tensors (leading dimension ``n``): ``sample_fn(n)`` then returns ``(x, cond)``, the
+oracle is called as ``oracle(x, **cond)`` and ``part_mask_fn(x, **cond)``, and the kept rows of every
+entry travel with the samples in ``BalancedDataset.cond`` (the classifier is trained on them with their
+conditioning; see :mod:`genneg.guidance.guided`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -41,8 +48,9 @@ __all__ = [
     "draw_imbalanced",
 ]
 
-SampleFn = Callable[[int], torch.Tensor]
-PartMaskFn = Callable[[torch.Tensor], torch.Tensor]
+Cond = dict[str, torch.Tensor]
+SampleFn = Callable[[int], torch.Tensor | tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
+PartMaskFn = Callable[..., torch.Tensor]
 
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -91,6 +99,9 @@ class BalancedDataset:
         example_weights: ``(N,)`` float32 self-normalised importance weights of examples drawn from a
             proposal (SIS, METHOD.md 6), mean 1 within each class; None = all 1 (drawn from the model).
         extra: JSON-serialisable diagnostics (e.g. SIS effective sample sizes).
+        cond: per-sample conditioning tensors, each with leading dimension ``N`` (e.g. traffic:
+            ``{"valid": (N, A) bool, "map": (N, 1, C, C) float32, ...}``), or None for unconditioned
+            samples.
     """
 
     x: torch.Tensor
@@ -103,9 +114,14 @@ class BalancedDataset:
     balanced: bool = True
     example_weights: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    cond: Cond | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         n = self.x.shape[0]
+        for key, value in (self.cond or {}).items():
+            if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != n:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"cond[{key!r}] must be a tensor with {n} rows, got {shape}")
         if self.labels.shape != (n,) or self.labels.dtype != torch.bool:
             raise ValueError(
                 f"labels must be bool ({n},), got {self.labels.dtype} {tuple(self.labels.shape)}")
@@ -144,10 +160,16 @@ class BalancedDataset:
     def to(self, device: torch.device | str) -> BalancedDataset:
         """The same data on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        cond = None if self.cond is None else {k: v.to(device) for k, v in self.cond.items()}
         return BalancedDataset(move(self.x), move(self.labels), move(self.part_labels), self.pi_pos,
                                self.pi_neg, self.num_drawn, part_mask=move(self.part_mask),
                                balanced=self.balanced, example_weights=move(self.example_weights),
-                               extra=self.extra)
+                               extra=self.extra, cond=cond)
+
+    def cond_rows(self, index: torch.Tensor) -> Cond:
+        """The conditioning of the examples ``index`` (``(B,)`` int64): ``{name: value[index]}``, empty for
+        unconditioned samples."""
+        return {} if self.cond is None else {k: v[index] for k, v in self.cond.items()}
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write to ``path`` (``*.safetensors`` plus a JSON sidecar with the priors), atomically."""
@@ -160,9 +182,12 @@ class BalancedDataset:
             tensors["part_mask"] = self.part_mask
         if self.example_weights is not None:
             tensors["example_weights"] = self.example_weights
+        for key, value in (self.cond or {}).items():
+            tensors[f"cond.{key}"] = value
         save_checkpoint(path, tensors, {"kind": "balanced_dataset", "pi_pos": self.pi_pos,
                                         "pi_neg": self.pi_neg, "num_drawn": self.num_drawn,
-                                        "balanced": self.balanced, "extra": self.extra})
+                                        "balanced": self.balanced, "extra": self.extra,
+                                        "cond_keys": sorted(self.cond) if self.cond is not None else None})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> BalancedDataset:
@@ -173,9 +198,11 @@ class BalancedDataset:
         if meta.get("kind") != "balanced_dataset":
             raise ValueError(f"{path} is not a balanced dataset (kind={meta.get('kind')!r})")
         get = lambda k: tensors[k].to(device) if k in tensors else None  # noqa: E731
+        keys = meta.get("cond_keys")
+        cond = None if keys is None else {k: tensors[f"cond.{k}"].to(device) for k in keys}
         return cls(get("x"), get("labels"), get("part_labels"), float(meta["pi_pos"]), float(meta["pi_neg"]),
                    int(meta["num_drawn"]), part_mask=get("part_mask"), balanced=bool(meta["balanced"]),
-                   example_weights=get("example_weights"), extra=dict(meta["extra"]))
+                   example_weights=get("example_weights"), extra=dict(meta["extra"]), cond=cond)
 
 
 def _wilson_upper(successes: int, trials: int) -> float:
@@ -190,17 +217,18 @@ def _wilson_upper(successes: int, trials: int) -> float:
 
 
 def _label_batch(
-    x: torch.Tensor, oracle: Callable[[Any], Any], part_mask_fn: PartMaskFn | None
+    x: torch.Tensor, oracle: Callable[..., Any], part_mask_fn: PartMaskFn | None, cond: Cond | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(sample labels (n,), part labels (n, P) or None, part mask (n, P) or None)`` for one batch."""
-    verdicts = evaluate_oracle(oracle, x)
+    cond = cond or {}
+    verdicts = evaluate_oracle(functools.partial(oracle, **cond) if cond else oracle, x)
     if verdicts.ndim == 1:
         if part_mask_fn is not None:
             raise ValueError("part_mask_fn given but the oracle returned one verdict per sample")
         return verdicts, None, None
     mask = None
     if part_mask_fn is not None:
-        mask = torch.as_tensor(part_mask_fn(x), device=x.device).to(torch.bool)
+        mask = torch.as_tensor(part_mask_fn(x, **cond), device=x.device).to(torch.bool)
         if mask.shape != verdicts.shape:
             raise ValueError(
                 f"part mask shape {tuple(mask.shape)} != oracle verdicts {tuple(verdicts.shape)}")
@@ -208,16 +236,32 @@ def _label_batch(
     return labels, verdicts, mask
 
 
-def _draw(sample_fn: SampleFn, n: int) -> torch.Tensor:
-    x = sample_fn(n)
+def _draw(sample_fn: SampleFn, n: int) -> tuple[torch.Tensor, Cond | None]:
+    """``sample_fn(n)`` checked: ``(x (n, ...), cond or None)``."""
+    out = sample_fn(n)
+    x, cond = (out[0], dict(out[1])) if isinstance(out, tuple) else (out, None)
     if not isinstance(x, torch.Tensor) or x.shape[0] != n:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"sample_fn({n}) must return a tensor with {n} rows, got {shape}")
-    return x.detach()
+    for key, value in (cond or {}).items():
+        if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != n:
+            raise ValueError(f"sample_fn({n}) returned cond[{key!r}] without {n} rows")
+    return x.detach(), cond
 
 
 def _cat(chunks: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if not chunks or chunks[0] is None else torch.cat(chunks)  # type: ignore[arg-type]
+
+
+def _cat_cond(chunks: list[Cond | None]) -> Cond | None:
+    """Row-wise concatenation of conditioning dicts (None when unconditioned)."""
+    if not chunks or chunks[0] is None:
+        return None
+    return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}  # type: ignore[index]
+
+
+def _cond_rows(cond: Cond | None, index: torch.Tensor) -> Cond | None:
+    return None if cond is None else {k: v[index] for k, v in cond.items()}
 
 
 def draw_balanced(
@@ -234,15 +278,16 @@ def draw_balanced(
     """Draw from the model until ``num_total / 2`` valid and ``num_total / 2`` invalid samples are kept.
 
     Args:
-        sample_fn: ``sample_fn(n) -> (n, *sample_shape)`` samples of the current model; it carries its
-            own seeded generator, so a seeded ``sample_fn`` gives the same set every time.
-        oracle: ``oracle(x) -> bool (n,) or (n, P)``, True = valid; tensors or NumPy (see
+        sample_fn: ``sample_fn(n) -> (n, *sample_shape)`` samples of the current model, or ``(x, cond)``
+            for conditioned samples; it carries its own seeded generator, so a seeded ``sample_fn`` gives
+            the same set every time.
+        oracle: ``oracle(x, **cond) -> bool (n,) or (n, P)``, True = valid; tensors or NumPy (see
             :func:`genneg.oracles.base.evaluate_oracle`).
         num_total: examples to keep, even: ``num_total / 2`` per class.
         batch_size: samples per call of ``sample_fn``.
         max_draws: most samples to draw; default ``100 · num_total``.
-        part_mask_fn: ``(n, *sample_shape) -> bool (n, P)``, True = a real part (padding is ignored);
-            only for per-part oracles.
+        part_mask_fn: ``part_mask_fn(x (n, *sample_shape), **cond) -> bool (n, P)``, True = a real part
+            (padding is ignored); only for per-part oracles.
         generator: if given, shuffles the kept examples (their order is otherwise positives first).
         progress: show a progress bar.
 
@@ -253,13 +298,13 @@ def draw_balanced(
         InfractionBudgetError: as soon as the estimated draws needed exceed ``max_draws``.
         ValueError: bad sizes, or ``sample_fn``/``oracle`` returning the wrong shapes.
     """
-    return _collect_balanced(lambda n: (_draw(sample_fn, n), None), oracle, num_total, batch_size=batch_size,
+    return _collect_balanced(lambda n: (*_draw(sample_fn, n), None), oracle, num_total, batch_size=batch_size,
                              max_draws=max_draws, part_mask_fn=part_mask_fn, generator=generator,
                              progress=progress, desc="balanced data")
 
 
 def _collect_balanced(
-    draw: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
+    draw: Callable[[int], tuple[torch.Tensor, Cond | None, torch.Tensor | None]],
     oracle: Callable[[Any], Any],
     num_total: int,
     *,
@@ -270,8 +315,8 @@ def _collect_balanced(
     progress: bool,
     desc: str,
 ) -> BalancedDataset:
-    """The loop of :func:`draw_balanced`; ``draw(n)`` also returns ``(n,)`` float64 log importance
-    weights of the samples (target over proposal), or None when they come from the model itself."""
+    """The loop of :func:`draw_balanced`; ``draw(n)`` returns ``(x, cond or None, log_w)``: ``log_w`` the
+    ``(n,)`` float64 log importance weights (target over proposal), or None when drawn from the model."""
     if num_total < 2 or num_total % 2:
         raise ValueError(f"num_total must be an even number >= 2, got {num_total}")
     if batch_size < 1:
@@ -289,8 +334,8 @@ def _collect_balanced(
     try:
         while kept[True] < need or kept[False] < need:
             n = min(batch_size, budget - drawn)
-            x, log_w = draw(n)
-            labels, part_labels, mask = _label_batch(x, oracle, part_mask_fn)
+            x, cond, log_w = draw(n)
+            labels, part_labels, mask = _label_batch(x, oracle, part_mask_fn, cond)
             weighted = log_w is not None
             if log_w is None:
                 log_w = torch.zeros(n, dtype=torch.float64, device=x.device)
@@ -305,7 +350,7 @@ def _collect_balanced(
                 if idx.numel():
                     chunks[cls].append((x[idx], log_w[idx],
                                         None if part_labels is None else part_labels[idx],
-                                        None if mask is None else mask[idx]))
+                                        None if mask is None else mask[idx], _cond_rows(cond, idx)))
                     kept[cls] += idx.numel()
                     bar.update(idx.numel())
             bar.set_postfix(infraction=f"{negatives / drawn:.4f}", drawn=drawn)
@@ -318,6 +363,7 @@ def _collect_balanced(
         x_all.device)
     part_labels_all = _cat([c[2] for c in parts])
     mask_all = _cat([c[3] for c in parts])
+    cond_all = _cat_cond([c[4] for c in parts])
     weights_all = None
     extra: dict[str, Any] = {}
     if weighted:
@@ -339,8 +385,10 @@ def _collect_balanced(
         part_labels_all = None if part_labels_all is None else part_labels_all[perm]
         mask_all = None if mask_all is None else mask_all[perm]
         weights_all = None if weights_all is None else weights_all[perm]
+        cond_all = _cond_rows(cond_all, perm)
     return BalancedDataset(x_all, labels_all, part_labels_all, 1.0 - pi_neg, pi_neg, drawn,
-                           part_mask=mask_all, balanced=True, example_weights=weights_all, extra=extra)
+                           part_mask=mask_all, balanced=True, example_weights=weights_all, extra=extra,
+                           cond=cond_all)
 
 
 def _check_budget(drawn: int, negatives: int, kept: dict[bool, int], need: int, budget: int) -> None:
@@ -388,14 +436,16 @@ def draw_imbalanced(
     labels: list[torch.Tensor] = []
     part_labels: list[torch.Tensor | None] = []
     masks: list[torch.Tensor | None] = []
+    conds: list[Cond | None] = []
     drawn = 0
     with tqdm(total=num_total, disable=not progress, desc="imbalanced data", unit="sample",
               leave=False) as bar:
         while drawn < num_total:
             n = min(batch_size, num_total - drawn)
-            x = _draw(sample_fn, n)
-            lab, parts, mask = _label_batch(x, oracle, part_mask_fn)
+            x, cond = _draw(sample_fn, n)
+            lab, parts, mask = _label_batch(x, oracle, part_mask_fn, cond)
             xs.append(x)
+            conds.append(cond)
             labels.append(lab)
             part_labels.append(parts)
             masks.append(mask)
@@ -408,7 +458,7 @@ def draw_imbalanced(
                          "a classifier needs both classes")
     pi_neg = negatives / num_total
     return BalancedDataset(torch.cat(xs), labels_all, _cat(part_labels), 1.0 - pi_neg, pi_neg, num_total,
-                           part_mask=_cat(masks), balanced=False)
+                           part_mask=_cat(masks), balanced=False, cond=_cat_cond(conds))
 
 
 def ancestral_trajectories(
@@ -496,9 +546,10 @@ def draw_balanced_sis(
     gen_device = generator.device if generator is not None else torch.device(device)
     sigma_max = float(sigmas[0])
 
-    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(n: int) -> tuple[torch.Tensor, None, torch.Tensor]:
         x = torch.randn((n, *sample_shape), generator=generator, device=gen_device).to(device) * sigma_max
-        return ancestral_trajectories(target, proposal, x, sigmas, generator=generator)
+        x0, log_w = ancestral_trajectories(target, proposal, x, sigmas, generator=generator)
+        return x0, None, log_w
 
     return _collect_balanced(draw, oracle, num_total, batch_size=batch_size, max_draws=max_draws,
                              part_mask_fn=part_mask_fn, generator=generator, progress=progress,

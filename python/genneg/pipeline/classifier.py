@@ -10,6 +10,7 @@ model's priors ``pi_pos = 1 - r``, ``pi_neg = r``. Each example therefore gets t
 computed from logits with ``logsigmoid`` (``log c = logsigmoid(l)``, ``log(1 - c) = logsigmoid(-l)``),
 sigma drawn log-uniformly on ``[sigma_min, sigma_max]`` as in the baseline's training. Multi-part samples
 (traffic) have one logit and one label per part; padded parts are masked; the weight stays per sample.
+Conditioned samples are classified with their conditioning: ``c(x, sigma, **dataset.cond_rows(idx))``.
 
 Modes (``ClassifierConfig.mode``):
 
@@ -201,7 +202,7 @@ def train_classifier(
     evaluates the classifier at ``x0 + sigma eps`` (at ``x0`` in ``time_independent`` mode).
 
     Args:
-        classifier: ``c(x (B, ...), sigma (B,)) -> logits (B,) or (B, P)`` with attribute
+        classifier: ``c(x (B, ...), sigma (B,), **cond) -> logits (B,) or (B, P)`` with attribute
             ``time_dependent`` (a :class:`genneg.guidance.TimeClassifier`); its device is used.
         dataset: oracle-labelled samples with the model's priors.
         config: iterations, batch, optimiser, mode.
@@ -247,7 +248,7 @@ def train_classifier(
             x = x0 + broadcast_to_sample(sigma.to(x0.dtype), x0) * eps
         else:
             x, sigma = x0, torch.ones(b, device=device)
-        logits = classifier(x, sigma)
+        logits = classifier(x, sigma, **data.cond_rows(idx))
         if logits.ndim == 2 and data.part_labels is None:
             raise ValueError(f"classifier returned per-part logits {tuple(logits.shape)} but the set has no "
                              "part labels")

@@ -9,12 +9,21 @@ the guided teacher ``D_K``::
 
 with ``x0`` from the training set (the paper) or from the teacher's own samples
 (``DistillConfig.x0_source``). The student then samples at the baseline's cost.
+
+For DDPM ε-models (traffic) the same objective in ε form (:func:`distillation_loss_eps`)::
+
+    L(psi) = E_t E_x0 E_eps ||eps_psi(x_t, t) - stopgrad(eps_K(x_t, t))||²,   t ~ U{0..T-1},
+
+the weighting of :func:`genneg.diffusion.ddpm.ddpm_loss` (since ``D = x - sigma eps`` in VE coordinates,
+this is Eq. 12 with ``lambda(sigma) = 1 / sigma²`` at the schedule's levels). :func:`train_distilled`
+picks the form from its noise argument (an ``EDMConfig`` or a ``DDPMSchedule``). Conditioned samples pass
+their conditioning (``cond``, rows aligned with ``x0``) to student and teacher.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,11 +31,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from genneg.diffusion.ddpm import DDPMSchedule
 from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.edm import EDMConfig, edm_loss_weight
 from genneg.pipeline.classifier import lr_factor
 
-__all__ = ["DistillConfig", "distillation_loss", "distillation_x0", "train_distilled"]
+__all__ = ["DistillConfig", "distillation_loss", "distillation_loss_eps", "distillation_x0",
+           "train_distilled"]
 
 
 @dataclass(frozen=True)
@@ -88,12 +99,13 @@ def distillation_x0(
 
 
 def distillation_loss(
-    student: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    teacher: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    student: Callable[..., torch.Tensor],
+    teacher: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     edm_config: EDMConfig,
     *,
     generator: torch.Generator | None = None,
+    cond: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Eq. 12 on one batch: ``mean_i lambda(sigma_i) ||D_psi(x_i; sigma_i) - D_K(x_i; sigma_i)||²``.
 
@@ -102,14 +114,16 @@ def distillation_loss(
     differentiated.
 
     Args:
-        student, teacher: denoisers ``D(x (B, ...), sigma (B,)) -> (B, ...)``.
+        student, teacher: denoisers ``D(x (B, ...), sigma (B,), **cond) -> (B, ...)``.
         x0: ``(B, *shape)`` float clean samples.
         edm_config: noise range and ``sigma_data`` (data units).
         generator: random source of sigma and noise (its device is where they are drawn).
+        cond: conditioning tensors of the ``B`` samples (leading dimension ``B``), or None.
 
     Returns:
         scalar loss (squared error summed over sample dimensions, averaged over the batch).
     """
+    cond = {} if cond is None else dict(cond)
     gen_device = generator.device if generator is not None else x0.device
     b = x0.shape[0]
     log_min, log_max = math.log(edm_config.sigma_min), math.log(edm_config.sigma_max)
@@ -118,39 +132,81 @@ def distillation_loss(
     eps = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
     x = x0 + broadcast_to_sample(sigma.to(x0.dtype), x0) * eps
     with torch.no_grad():
-        target = teacher(x, sigma)
-    err = (student(x, sigma) - target).pow(2).flatten(1).sum(dim=1)
+        target = teacher(x, sigma, **cond)
+    err = (student(x, sigma, **cond) - target).pow(2).flatten(1).sum(dim=1)
     return (edm_loss_weight(sigma, edm_config.sigma_data).to(err.dtype) * err).mean()
+
+
+def distillation_loss_eps(
+    student: Callable[..., torch.Tensor],
+    teacher: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    schedule: DDPMSchedule,
+    *,
+    generator: torch.Generator | None = None,
+    cond: Mapping[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Eq. 12 in ε form on one batch: ``mean_i ||eps_psi(x_t, t) - eps_K(x_t, t)||²``, ``t ~ U{0..T-1}``.
+
+    Args:
+        student, teacher: ε-models ``eps(x_t (B, ...), t (B,) int64, **cond) -> (B, ...)``; the teacher
+            (e.g. a :class:`genneg.guidance.GuidedEps`) runs under ``torch.no_grad``.
+        x0: ``(B, *shape)`` float clean samples.
+        schedule: the DDPM schedule of both models.
+        generator: random source of ``t`` and noise (its device is where they are drawn).
+        cond: conditioning tensors of the ``B`` samples, or None.
+
+    Returns:
+        scalar loss (squared error summed over sample dimensions, averaged over the batch).
+    """
+    cond = {} if cond is None else dict(cond)
+    gen_device = generator.device if generator is not None else x0.device
+    b = x0.shape[0]
+    t = torch.randint(schedule.num_steps, (b,), generator=generator, device=gen_device).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
+    x_t = schedule.add_noise(x0, t, eps)
+    with torch.no_grad():
+        target = teacher(x_t, t, **cond)
+    return (student(x_t, t, **cond) - target).pow(2).flatten(1).sum(dim=1).mean()
 
 
 def train_distilled(
     student: nn.Module,
-    teacher: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    teacher: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     config: DistillConfig,
-    edm_config: EDMConfig,
+    edm_config: EDMConfig | DDPMSchedule,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    cond: Mapping[str, torch.Tensor] | None = None,
 ) -> list[float]:
     """Train ``student`` in place to match ``teacher`` (Eq. 12) with Adam.
 
     Args:
-        student: the baseline-shaped denoiser to train (start it from the baseline's weights).
-        teacher: the guided denoiser ``D_K`` (not trained).
+        student: the baseline-shaped denoiser (or ε-model) to train (start it from the baseline's weights).
+        teacher: the guided denoiser ``D_K`` (or guided ε-model ``eps_K``), not trained.
         x0: ``(N, *shape)`` pool of clean samples (:func:`distillation_x0`), moved to the student's device.
         config: iterations, batch size, optimiser.
-        edm_config: noise range and ``sigma_data``.
+        edm_config: an ``EDMConfig`` (noise range and ``sigma_data``: :func:`distillation_loss`) or a
+            ``DDPMSchedule`` (ε form: :func:`distillation_loss_eps`).
         generator: random source of indices, sigma and noise.
         progress: show a progress bar.
+        cond: conditioning tensors of the pool (leading dimension ``N``), or None.
 
     Returns:
         the loss of every step, ``config.iterations`` floats.
     """
-    if getattr(teacher, "denoiser", None) is student:
-        raise ValueError("the student is the teacher's own base denoiser: train a copy (copy.deepcopy)")
+    for attr in ("denoiser", "eps_model"):
+        if getattr(teacher, attr, None) is student:
+            raise ValueError(f"the student is the teacher's own base model ({attr}): train a copy "
+                             "(copy.deepcopy)")
     device = next(iter(student.parameters())).device
     pool = x0.to(device)
+    pool_cond = {k: v.to(device) for k, v in (cond or {}).items()}
+    for key, value in pool_cond.items():
+        if value.shape[0] != pool.shape[0]:
+            raise ValueError(f"cond[{key!r}] has {value.shape[0]} rows for a pool of {pool.shape[0]}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
     losses = torch.empty(config.iterations, dtype=torch.float32, device=device)
@@ -162,7 +218,14 @@ def train_distilled(
             group["lr"] = config.lr * lr_factor(step, config.iterations, config.lr_schedule,
                                                 config.lr_min_fraction, config.warmup)
         idx = torch.randint(pool.shape[0], (config.batch_size,), generator=generator, device=gen_device)
-        loss = distillation_loss(student, teacher, pool[idx.to(device)], edm_config, generator=generator)
+        idx = idx.to(device)
+        batch_cond = {k: v[idx] for k, v in pool_cond.items()}
+        if isinstance(edm_config, DDPMSchedule):
+            loss = distillation_loss_eps(student, teacher, pool[idx], edm_config, generator=generator,
+                                         cond=batch_cond)
+        else:
+            loss = distillation_loss(student, teacher, pool[idx], edm_config, generator=generator,
+                                     cond=batch_cond)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
