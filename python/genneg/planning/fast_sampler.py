@@ -42,6 +42,7 @@ import itertools
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,7 +288,8 @@ class FastSampler:
         self._calls = itertools.count()
         self._generator = torch.Generator(device=self.device)
         self._workspace: _Workspace | None = None
-        self._graphs: dict[Any, tuple[Any, torch.Tensor, float]] = {}
+        # condition layout -> (graph, output buffer, replay ms, static context), or None: capture failed
+        self._graphs: dict[Any, tuple[Any, torch.Tensor, float, tuple[torch.Tensor, ...]] | None] = {}
         if ddpm_schedule is None:
             sigmas = make_sigmas(
                 config.schedule, config.num_steps, config.sigma_min, config.sigma_max, config.rho
@@ -850,9 +852,20 @@ class FastSampler:
         """One round as a CUDA-graph replay (captured on first use per condition layout). The noise is
         drawn into static buffers first; the deadline check predicts the replay from its measured time."""
         key = (conditioned, tuple((tuple(c.shape), c.dtype) for c in context))
-        entry = self._graphs.get(key)
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = self._capture(ws, context, conditioned)
+            except RuntimeError as err:  # an op that cannot be captured (a host sync in a kernel launcher)
+                warnings.warn(
+                    f"FastSampler: CUDA graph capture failed ({err}); running eagerly",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self._graphs[key] = None
+        entry = self._graphs[key]
         if entry is None:
-            entry = self._capture(ws, context, conditioned, key)
+            with torch.inference_mode():
+                return self._trajectory(ws, context, conditioned, clock)
         graph, out, replay_ms, static_ctx = entry
         if time.perf_counter() + replay_ms / 1e3 >= clock.deadline_s:
             return None
@@ -883,7 +896,7 @@ class FastSampler:
         if conditioned:
             ws.step_fill_noise.normal_(generator=g)
 
-    def _capture(self, ws: _Workspace, context: tuple[torch.Tensor, ...], conditioned: bool, key: Any) -> Any:
+    def _capture(self, ws: _Workspace, context: tuple[torch.Tensor, ...], conditioned: bool) -> Any:
         """Warm up on a side stream, capture one whole round, measure one replay (milliseconds)."""
         static_ctx = tuple(c.clone().contiguous() for c in context)
         ctx_views = tuple(c for c in static_ctx)
@@ -912,6 +925,4 @@ class FastSampler:
         graph.replay()
         torch.cuda.synchronize(self.device)
         replay_ms = 1e3 * (time.perf_counter() - t0)
-        entry = (graph, out, replay_ms, static_ctx)
-        self._graphs[key] = entry
-        return entry
+        return graph, out, replay_ms, static_ctx
