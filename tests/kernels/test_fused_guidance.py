@@ -305,16 +305,19 @@ def test_build_fused_guidance_refuses_time_independent():
 # --------------------------------------------------------------------------- analytic gradient, NVTX
 
 
-@pytest.mark.parametrize(("k", "parts", "shared_sigma"), [(1, 1, True), (3, 1, False), (8, 2, True)])
-def test_analytic_gradient_matches_autograd(k, parts, shared_sigma):
+@pytest.mark.parametrize(
+    ("k", "parts", "shared_sigma", "batch"),
+    [(1, 1, True, 7), (3, 1, False, 7), (8, 2, True, 7), (3, 1, False, 600), (2, 1, True, 600)],
+)
+def test_analytic_gradient_matches_autograd(k, parts, shared_sigma, batch):
     hiddens, blocks = [16, 40, 24, 16, 16, 32, 16, 16], [1, 2, 0, 1, 2, 1, 1, 2]
     classifiers = [
         TimeClassifier(_mlp(3, parts, hiddens[i], blocks[i], seed=i), SIGMA_DATA) for i in range(k)
     ]
     scales = [1.0 + 0.1 * i for i in range(k)]
-    x, sigma = _inputs(7, 3)
+    x, sigma = _inputs(batch, 3)  # batch 600: row chunks of 256 plus a ragged one
     if shared_sigma:
-        sigma = torch.full((7,), 0.7)
+        sigma = torch.full((batch,), 0.7)
     analytic = AnalyticMLPGuidance(classifiers, scales)
     _assert_close(analytic.gradient(x, sigma), guidance_gradient(classifiers, x, sigma, scales))
     assert build_analytic_guidance([TimeClassifier(nn.Linear(3, 1), SIGMA_DATA)], [1.0]) is None

@@ -92,6 +92,7 @@ class AnalyticMLPGuidance:
                 self.w_out[i, :, :hi] = n.output_fc.weight
                 self.b_out[i, 0] = n.output_fc.bias
         self.hidden = h
+        self.rows_per_chunk = 256
         self.sigma_data = torch.tensor([float(c.sigma_data) for c in classifiers], **z)
         self.scales = torch.tensor([float(s) for s in scales], **z)
 
@@ -118,10 +119,19 @@ class AnalyticMLPGuidance:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         sigma = expand_sigma(sigma, x)
-        if sigma.numel() > 0 and bool((sigma == sigma[0]).all()):
-            t = self._time_features(sigma[:1])  # shared noise level: one row, broadcast
-        else:
-            t = self._time_features(sigma)
+        shared = sigma.numel() > 0 and bool((sigma == sigma[0]).all())
+        t = self._time_features(sigma[:1] if shared else sigma)  # shared noise level: one row, broadcast
+        if x.shape[0] <= self.rows_per_chunk:
+            return self._gradient(x, sigma, t)
+        # row chunks keep the (K, rows, H) activations in cache (measured: large batches ran slower
+        # than autograd without this)
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[0], self.rows_per_chunk):
+            rows = slice(start, start + self.rows_per_chunk)
+            out[rows] = self._gradient(x[rows], sigma[rows], t if shared else t[:, rows])
+        return out
+
+    def _gradient(self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c_in = torch.rsqrt(sigma[None, :, None] ** 2 + self.sigma_data[:, None, None] ** 2)  # (K, B, 1)
         x_in = c_in * x[None]  # (K, B, D)
         h = torch.baddbmm(t, x_in, self.w_in.transpose(1, 2))

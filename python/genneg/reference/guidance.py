@@ -9,9 +9,13 @@ backward pass. The combine-and-update twins are the textbook formulas of METHOD.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
+
+if TYPE_CHECKING:  # the twin never imports Triton at run time
+    from genneg.kernels.fused_mlp_guidance import PackedMLPStack
 
 __all__ = [
     "ddpm_guided_eps",
@@ -26,7 +30,7 @@ __all__ = [
 # ------------------------------------------------------------------------- fused MLP guidance (kernel 1)
 
 
-def _unpack(stack, index: int) -> dict[str, torch.Tensor]:
+def _unpack(stack: PackedMLPStack, index: int) -> dict[str, torch.Tensor]:
     """Views of network ``index`` (0 = denoiser) in ``stack.weights``."""
     hp, dp, nb = stack.hidden_pad, stack.dim_pad, stack.num_blocks
     op = dp if index == 0 else stack.parts_pad
@@ -62,7 +66,7 @@ def _mlp(
     return F.silu(h) @ views["w_out"].T + views["b_out"]
 
 
-def _denoise(x: torch.Tensor, sigma: torch.Tensor, tb: torch.Tensor, stack,
+def _denoise(x: torch.Tensor, sigma: torch.Tensor, tb: torch.Tensor, stack: PackedMLPStack,
              denoised: torch.Tensor | None) -> torch.Tensor:
     """``x`` ``(B, D)``, ``sigma`` ``(B,)``, ``tb`` ``(B, N, HP)`` -> ``D_K`` ``(B, D)``."""
     d, dp = stack.dim, stack.dim_pad
@@ -88,7 +92,7 @@ def _denoise(x: torch.Tensor, sigma: torch.Tensor, tb: torch.Tensor, stack,
 
 
 def mlp_guided_denoise(
-    x: torch.Tensor, sigma: torch.Tensor, stack, denoised: torch.Tensor | None = None
+    x: torch.Tensor, sigma: torch.Tensor, stack: PackedMLPStack, denoised: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Twin of ``genneg.kernels.fused_mlp_guidance.mlp_guided_denoise`` (autograd gradients).
 
@@ -102,7 +106,7 @@ def mlp_guided_step(
     x: torch.Tensor,
     sigma_cur: float,
     sigma_next: float,
-    stack,
+    stack: PackedMLPStack,
     method: str = "heun",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
