@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from genneg.models.mlp import ResidualMLP
+from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
 from torch import nn
 
 __all__ = ["PackedMLPStack", "mlp_guided_denoise", "mlp_guided_step", "pack_mlp_stack"]
@@ -67,6 +67,7 @@ class PackedMLPStack:
         hidden_pad, dim_pad, parts_pad, num_blocks: ``HP``, ``DP``, ``PP``, ``NB``.
         sigma_data_denoiser, sigma_data_classifier: EDM data scales (data units).
         allow_tf32: let ``tl.dot`` use TF32 tensor cores on a GPU (ignored by the interpreter).
+        has_denoiser: False when network 0 is a zero placeholder (the denoiser runs elsewhere).
     """
 
     weights: torch.Tensor
@@ -86,6 +87,7 @@ class PackedMLPStack:
     sigma_data_denoiser: float
     sigma_data_classifier: float
     allow_tf32: bool = False
+    has_denoiser: bool = True
 
     @property
     def den_size(self) -> int:
@@ -145,7 +147,7 @@ def _pack_net(net: ResidualMLP, hp: int, dp: int, op: int, nb: int) -> torch.Ten
 
 @torch.no_grad()
 def pack_mlp_stack(
-    denoiser_net: nn.Module,
+    denoiser_net: nn.Module | None,
     classifier_nets: list[nn.Module],
     scales: list[float],
     *,
@@ -156,7 +158,9 @@ def pack_mlp_stack(
     """Pack a denoiser MLP and K classifier MLPs into one buffer (once, when the stack is built).
 
     Args:
-        denoiser_net: the ``ResidualMLP`` inside ``EDMPrecond`` (``dim_in == dim_out == D``).
+        denoiser_net: the ``ResidualMLP`` inside ``EDMPrecond`` (``dim_in == dim_out == D``), or None
+            when the denoiser runs elsewhere (then :func:`mlp_guided_denoise` needs ``denoised`` and
+            :func:`mlp_guided_step` is unavailable; a zero placeholder of the smallest size is packed).
         classifier_nets: K ``ResidualMLP`` with ``dim_in == D`` and the same ``dim_out = P`` (parts).
         scales: K guidance scales ``γ_k``.
         sigma_data_denoiser, sigma_data_classifier: EDM data scales of the denoiser and the classifiers.
@@ -166,7 +170,19 @@ def pack_mlp_stack(
         TypeError: a network is not a ``ResidualMLP``.
         ValueError: mismatched dimensions or scales.
     """
-    den = _check_mlp(denoiser_net, "the denoiser's network")
+    if denoiser_net is None:
+        if not classifier_nets:
+            raise ValueError("need a denoiser network or at least one classifier network")
+        first = _check_mlp(classifier_nets[0], "classifier 0's network")
+        dim = first.config.dim_in
+        with torch.random.fork_rng(devices=[]):  # the placeholder's init must not move the caller's RNG
+            den = ResidualMLP(ResidualMLPConfig(dim, dim, hidden=16, num_blocks=0, embedding_dim=2))
+        den = den.to(first.input_fc.weight.device)
+        with torch.no_grad():
+            for p in den.parameters():
+                p.zero_()
+    else:
+        den = _check_mlp(denoiser_net, "the denoiser's network")
     dim = den.config.dim_in
     if den.config.dim_out != dim:
         raise ValueError(f"denoiser network maps {dim} -> {den.config.dim_out}; must be {dim} -> {dim}")
@@ -208,6 +224,7 @@ def pack_mlp_stack(
         gammas=gammas, dim=dim, parts=parts, num_classifiers=len(nets), hidden_pad=hp, dim_pad=dp,
         parts_pad=pp, num_blocks=nb, sigma_data_denoiser=float(sigma_data_denoiser),
         sigma_data_classifier=float(sigma_data_classifier), allow_tf32=allow_tf32,
+        has_denoiser=denoiser_net is not None,
     )
 
 
@@ -481,6 +498,8 @@ def mlp_guided_denoise(
         if denoised.shape != x.shape:
             raise ValueError(f"denoised has shape {tuple(denoised.shape)}, x has {tuple(x.shape)}")
         denoised = denoised.contiguous()
+    elif not stack.has_denoiser:
+        raise ValueError("this stack was packed without a denoiser network: pass denoised=D(x; sigma)")
     sigma = sigma.to(device=x.device, dtype=torch.float32).contiguous()
     tb = stack.time_features(sigma).contiguous()  # (B, N, HP): per-row noise levels
     n_hp = tb.shape[1] * tb.shape[2]
@@ -514,6 +533,8 @@ def mlp_guided_step(
     _check_x(x, stack)
     if method not in ("heun", "euler"):
         raise ValueError(f"method must be 'heun' or 'euler', got {method!r}")
+    if not stack.has_denoiser:
+        raise ValueError("this stack was packed without a denoiser network; use mlp_guided_denoise")
     if not (sigma_cur > 0 and 0 <= sigma_next < sigma_cur) or not math.isfinite(sigma_cur):
         raise ValueError(f"need sigma_cur > sigma_next >= 0, got {sigma_cur}, {sigma_next}")
     if not x.is_contiguous():

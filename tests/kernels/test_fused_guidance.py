@@ -18,11 +18,13 @@ import math
 import genneg.reference.guidance as ref
 import pytest
 import torch
-from genneg.diffusion import EDMPrecond, heun_sample, make_sigmas
+from genneg.diffusion import EDMPrecond, heun_sample, heun_step, make_sigmas
 from genneg.guidance import GuidedDenoiser, GuidedEps, TimeClassifier, guidance_gradient
 from genneg.guidance.analytic import AnalyticMLPGuidance, build_analytic_guidance
 from genneg.guidance.fused import (
     FusedCombineGuidance,
+    FusedGuidedEps,
+    FusedMLPClassifierGuidance,
     FusedMLPGuidance,
     build_fused_guidance,
     fused_ddpm_ancestral_sample,
@@ -252,6 +254,33 @@ def _sample(guided: GuidedDenoiser, backend: str, x: torch.Tensor, sigmas: torch
     return heun_sample(run, x.clone(), sigmas)
 
 
+class Wrapped(nn.Module):
+    """A network that is not a ``ResidualMLP`` (so it cannot be packed), computing the same function."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.inner = net
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        return self.inner(x_in, c_noise)
+
+
+def test_mlp_classifiers_with_unfusable_denoiser():
+    """Denoiser in PyTorch, MLP classifiers in the kernel: D_K and the Heun step equal the torch path."""
+    guided = _guided(3, 24, 2)
+    mixed = GuidedDenoiser(EDMPrecond(Wrapped(guided.denoiser.net), SIGMA_DATA), guided.classifiers,
+                           guided.scales, backend="triton")
+    fused = build_fused_guidance(mixed)
+    assert isinstance(fused, FusedMLPClassifierGuidance) and not fused.stack.has_denoiser
+    x, sigma = _inputs(7, 3)
+    torch_path = GuidedDenoiser(mixed.denoiser, mixed.classifiers, mixed.scales, backend="torch")
+    with torch.no_grad():
+        _assert_close(fused(x, sigma), torch_path(x, sigma))
+        _assert_close(fused.heun_step(x, 3.0, 2.0), heun_step(torch_path, x, 3.0, 2.0))
+    with pytest.raises(ValueError, match="without a denoiser"):
+        mlp_kernels.mlp_guided_step(x, 3.0, 2.0, fused.stack)
+
+
 def test_fused_sampling_equals_torch():
     """Heun sampling from the same noise: fused one-launch MLP path and combine path vs PyTorch."""
     guided = _guided(2, 32, 3)
@@ -262,14 +291,7 @@ def test_fused_sampling_equals_torch():
     # 6 Heun steps compound per-step rounding (10x the one-step tolerance); samples are O(1) at the end
     _assert_close(_sample(guided, "triton", x, sigmas), torch_samples, rel=1e-4)
 
-    class Wrapped(nn.Module):  # a classifier network that is not a ResidualMLP -> combine path
-        def __init__(self, net: nn.Module) -> None:
-            super().__init__()
-            self.inner = net
-
-        def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-            return self.inner(x_in, c_noise)
-
+    # classifier networks that are not ResidualMLPs -> the combine-and-update path
     wrapped = GuidedDenoiser(guided.denoiser, [TimeClassifier(Wrapped(c.net), SIGMA_DATA)
                                                for c in guided.classifiers], guided.scales, backend="triton")
     assert isinstance(build_fused_guidance(wrapped), FusedCombineGuidance)
@@ -292,6 +314,21 @@ def test_fused_ddpm_sampling_equals_torch():
                                      generator=torch.Generator().manual_seed(1))
     got = fused_ddpm_ancestral_sample(guided, x_T, num_steps=10, generator=torch.Generator().manual_seed(1))
     _assert_close(got, expected, rel=1e-4)
+
+    class StepClassifier(nn.Module):  # "ddpm" coordinates: c(x_t, t) with integer timesteps
+        def __init__(self, net: ResidualMLP) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(x_t, t.to(torch.float32) / 50.0)[:, 0]
+
+    step_guided = GuidedEps(eps_model, schedule, [StepClassifier(_mlp(2, 1, 16, 1, seed=s)) for s in (4, 5)],
+                            [1.0, 3.0], coordinates="ddpm")
+    t = torch.tensor([49, 30, 10, 0, 5, 20, 40, 1, 2])
+    with torch.no_grad():
+        expected_eps = step_guided(x_T, t)
+    _assert_close(FusedGuidedEps(step_guided)(x_T, t), expected_eps)
 
 
 def test_build_fused_guidance_refuses_time_independent():

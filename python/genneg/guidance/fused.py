@@ -6,6 +6,8 @@
   time-dependent ``TimeClassifier(ResidualMLP)``: the whole guided step (denoiser forward, K classifier
   forward + analytic backward passes, guidance, Euler/Heun update) is ONE kernel launch
   (``genneg.kernels.fused_mlp_guidance``);
+- :class:`FusedMLPClassifierGuidance` when only the classifiers are residual MLPs: the denoiser runs in
+  PyTorch and one launch per evaluation does the K classifiers and the guidance;
 - :class:`FusedCombineGuidance` for other time-dependent classifiers (large networks): the K input
   gradients come from one batched autograd backward (:func:`stack_input_gradients`) and one kernel
   (``genneg.kernels.fused_guidance_update``) combines them and applies the update;
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FusedCombineGuidance",
     "FusedGuidedEps",
+    "FusedMLPClassifierGuidance",
     "FusedMLPGuidance",
     "build_fused_guidance",
     "fused_ddpm_ancestral_sample",
@@ -104,6 +107,41 @@ class FusedMLPGuidance:
             )
 
 
+class FusedMLPClassifierGuidance:
+    """MLP classifiers fused, denoiser elsewhere: ``D_K`` is one PyTorch denoiser call plus one kernel
+    launch (the K classifiers' forward + analytic backward and the guidance); Heun's arithmetic in PyTorch.
+
+    Args:
+        denoiser: ``D(x (B, D), sigma (B,)) -> (B, D)``.
+        stack: ``PackedMLPStack`` packed without a denoiser network (``has_denoiser`` False).
+    """
+
+    def __init__(self, denoiser: Callable[..., torch.Tensor], stack: Any) -> None:
+        from genneg.kernels import fused_mlp_guidance
+
+        self._kernels = fused_mlp_guidance
+        self.denoiser = denoiser
+        self.stack = stack
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """``x`` ``(B, D)`` float32, ``sigma`` ``(B,)`` or scalar -> ``D_K(x; σ)`` ``(B, D)``."""
+        sigma = expand_sigma(sigma, x)
+        x = x.contiguous()
+        with nvtx_range("guidance.denoiser"), torch.no_grad():
+            denoised = self.denoiser(x, sigma).to(torch.float32).contiguous()
+        with nvtx_range("guidance.fused_mlp.classifiers"):
+            return self._kernels.mlp_guided_denoise(x, sigma, self.stack, denoised=denoised)
+
+    def heun_step(self, x: torch.Tensor, sigma_cur: float, sigma_next: float) -> torch.Tensor:
+        """One Heun step (Euler when ``sigma_next == 0``), as ``genneg.diffusion.heun_step``."""
+        d = (x - self(x, sigma_cur)) / sigma_cur
+        x_next = x + (sigma_next - sigma_cur) * d
+        if sigma_next > 0:
+            d_next = (x_next - self(x_next, sigma_next)) / sigma_next
+            x_next = x + (sigma_next - sigma_cur) * 0.5 * (d + d_next)
+        return x_next
+
+
 class FusedCombineGuidance:
     """``D_K`` and the guided Heun step for any time-dependent classifiers: network passes in PyTorch
     (one batched backward for the stack), combination and update in one kernel per stage.
@@ -163,27 +201,31 @@ def _mlp_stack_or_none(guided: Any, classifiers: Sequence[nn.Module], scales: Se
     from genneg.models.mlp import ResidualMLP
 
     denoiser = guided.denoiser
-    if not isinstance(denoiser, EDMPrecond) or not isinstance(denoiser.net, ResidualMLP):
-        return None
+    den_net = denoiser.net if isinstance(denoiser, EDMPrecond) else None
+    if not isinstance(den_net, ResidualMLP):
+        den_net = None  # the denoiser runs in PyTorch; the classifiers may still be fused
     nets = [getattr(c, "net", None) for c in classifiers]
-    if not all(isinstance(n, ResidualMLP) for n in nets):
+    if not all(isinstance(n, ResidualMLP) for n in nets) or (den_net is None and not nets):
         return None
     sigma_datas = {float(c.sigma_data) for c in classifiers}
     if len(sigma_datas) > 1:
         return None
-    dim = denoiser.net.config.dim_in
+    dim = den_net.config.dim_in if den_net is not None else nets[0].config.dim_in
     if any(n.config.dim_in != dim for n in nets) or len({n.config.dim_out for n in nets}) > 1:
         return None
     from genneg.kernels.fused_mlp_guidance import pack_mlp_stack
 
+    sd_den = float(denoiser.sigma_data) if den_net is not None else 1.0
     return pack_mlp_stack(
-        denoiser.net, nets, list(scales), sigma_data_denoiser=denoiser.sigma_data,
-        sigma_data_classifier=sigma_datas.pop() if sigma_datas else denoiser.sigma_data,
+        den_net, nets, list(scales), sigma_data_denoiser=sd_den,
+        sigma_data_classifier=sigma_datas.pop() if sigma_datas else sd_den,
         allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
     )
 
 
-def build_fused_guidance(guided: Any) -> FusedMLPGuidance | FusedCombineGuidance | None:
+def build_fused_guidance(
+    guided: Any,
+) -> FusedMLPGuidance | FusedMLPClassifierGuidance | FusedCombineGuidance | None:
     """The fused backend for a :class:`~genneg.guidance.GuidedDenoiser` (reads ``.denoiser``,
     ``.classifiers``, ``.scales``), or None when the stack cannot be fused.
 
@@ -197,7 +239,9 @@ def build_fused_guidance(guided: Any) -> FusedMLPGuidance | FusedCombineGuidance
     scales = [s for _, s in pairs]
     stack = _mlp_stack_or_none(guided, classifiers, scales)
     if stack is not None:
-        return FusedMLPGuidance(stack)
+        if stack.has_denoiser:
+            return FusedMLPGuidance(stack)
+        return FusedMLPClassifierGuidance(guided.denoiser, stack)
     return FusedCombineGuidance(guided.denoiser, classifiers, scales)
 
 

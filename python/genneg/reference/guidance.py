@@ -98,6 +98,8 @@ def mlp_guided_denoise(
 
     ``x`` ``(B, D)`` float32, ``sigma`` ``(B,)`` float32, ``denoised`` ``(B, D)`` or None -> ``(B, D)``.
     """
+    if denoised is None and not stack.has_denoiser:
+        raise ValueError("this stack was packed without a denoiser network: pass denoised=D(x; sigma)")
     sigma = sigma.to(torch.float32)
     return _denoise(x, sigma, stack.time_features(sigma), stack, denoised)
 
@@ -112,6 +114,8 @@ def mlp_guided_step(
 ) -> torch.Tensor:
     """Twin of ``genneg.kernels.fused_mlp_guidance.mlp_guided_step``: ``(B, D)`` -> ``(B, D)`` at
     ``sigma_next`` (Heun, or Euler when ``method == "euler"`` or ``sigma_next == 0``)."""
+    if not stack.has_denoiser:
+        raise ValueError("this stack was packed without a denoiser network; use mlp_guided_denoise")
     batch = x.shape[0]
     s_cur = torch.full((batch,), sigma_cur, dtype=torch.float32, device=x.device)
     tb_cur = stack.time_features(s_cur[:1]).expand(batch, -1, -1)
