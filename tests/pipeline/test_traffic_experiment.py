@@ -1,0 +1,164 @@
+"""The traffic Gen-neG experiment end to end (tiny profile), its oracle, ε-model padding and r-ELBO."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from genneg.diffusion.ddpm import ddpm_loss
+from genneg.io.rundir import RunDir
+from genneg.metrics import num_parallel_samples
+from genneg.pipeline.traffic import (
+    SceneSet,
+    TrafficExperimentConfig,
+    TrafficTask,
+    get_traffic_profile,
+    run_traffic,
+    scene_r_elbo,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    run_dir = tmp_path_factory.mktemp("traffic") / "run"
+    rows = run_traffic(get_traffic_profile("tiny"), run_dir, progress=False)
+    return run_dir, rows
+
+
+@pytest.fixture(scope="module")
+def task(tiny_run: tuple[Path, list[dict]]) -> TrafficTask:
+    return TrafficTask(get_traffic_profile("tiny"), tiny_run[0] / "data")
+
+
+def test_tiny_run_reports_every_model(tiny_run: tuple[Path, list[dict]]) -> None:
+    run_dir, rows = tiny_run
+    names = [r["model"] for r in rows]
+    assert names == ["baseline", "ablation_time_independent", "ablation_no_is", "ablation_imbalanced",
+                     "iter1", "iter2", "distilled"]
+    report = (run_dir / "report.md").read_text()
+    for label in ("baseline", "time-independent guidance", "w/o IS", "imbalanced", "Gen-neG iteration 1",
+                  "Gen-neG iteration 2", "distilled"):
+        assert re.search(rf"^\| {re.escape(label)} \|", report, flags=re.M), label
+    for png in ("scenes_baseline.png", "scenes_iter2.png", "scenes_distilled.png", "guided_vs_baseline.png"):
+        assert (run_dir / png).stat().st_size > 1000
+        assert f"]({png})" in report
+    assert (run_dir / "data" / "train" / "tokens.npy").is_file()  # written once, memory-mapped
+
+
+def test_tiny_run_metrics_are_consistent(tiny_run: tuple[Path, list[dict]]) -> None:
+    _, rows = tiny_run
+    by = {r["model"]: r for r in rows}
+    base = by["baseline"]
+    p = get_traffic_profile("tiny").eval.p
+    for r in rows:
+        # a scene infracts iff it has a collision or an offroad vehicle
+        assert max(r["collision"], r["offroad"]) <= r["infraction"] + 1e-12
+        assert r["infraction"] <= r["collision"] + r["offroad"] + 1e-12
+        assert r["infraction_low"] <= r["infraction"] <= r["infraction_high"]
+        assert 0.0 <= r["infraction_vehicle"] <= r["infraction"] + 1e-12
+        assert r["num_scenes"] == get_traffic_profile("tiny").eval.num_scenes
+        if r["infraction"] < 1:
+            assert r["n_parallel"] == num_parallel_samples(r["infraction"], p)
+        if r["model"] != "baseline" and r["n_parallel"] and base["n_parallel"]:
+            assert r["reduction"] == pytest.approx(1 - r["n_parallel"] / base["n_parallel"])
+        assert math.isfinite(r["r_elbo"]) or r["model"] == "ablation_time_independent"
+        assert r["sample_seconds_per_batch"] > 0
+    # the stack carries its classifiers' parameters; the distilled student is baseline-sized
+    clf = by["iter1"]["parameters"] - base["parameters"]
+    assert clf > 0 and by["iter2"]["parameters"] == base["parameters"] + 2 * clf
+    assert by["distilled"]["parameters"] == base["parameters"]
+
+
+def test_resume_reloads_every_stage(tiny_run: tuple[Path, list[dict]]) -> None:
+    run_dir, rows = tiny_run
+    before = RunDir(run_dir, resume=True).completed_stages()
+    again = run_traffic(get_traffic_profile("tiny"), run_dir, resume=True, progress=False)
+    assert RunDir(run_dir, resume=True).completed_stages() == before
+    assert [r["infraction"] for r in again] == [r["infraction"] for r in rows]
+    changed = dataclasses.replace(get_traffic_profile("tiny"), seed=1)
+    with pytest.raises(Exception, match="config differs"):
+        run_traffic(changed, run_dir, resume=True, progress=False)
+
+
+def test_training_scenes_pass_the_oracle_and_overlaps_do_not(task: TrafficTask) -> None:
+    train = task.train
+    assert bool(task.oracle(train.tokens, **train.cond).all())
+    # put the second vehicle of a two-vehicle scene onto the first: both collide
+    counts = train.cond["valid"].sum(1)
+    i = int(torch.nonzero(counts >= 2)[0])
+    tokens = train.tokens[i : i + 1].clone()
+    tokens[0, 1] = tokens[0, 0]
+    cond = {k: v[i : i + 1] for k, v in train.cond.items()}
+    v = task.oracle.details(tokens, **cond)
+    assert bool(v.collision[0, 0]) and bool(v.collision[0, 1])
+    # a vehicle far outside its window is offroad; a non-finite token counts as both infractions
+    tokens = train.tokens[i : i + 1].clone()
+    tokens[0, 0, :2] = 50.0
+    tokens[0, 1, 0] = float("nan")
+    v = task.oracle.details(tokens, **cond)
+    assert bool(v.offroad[0, 0]) and bool(v.offroad[0, 1]) and bool(v.collision[0, 1])
+    assert not bool((v.collision | v.offroad)[0, ~cond["valid"][0]].any())  # padding never infracts
+
+
+def test_eps_model_is_exact_at_padding(task: TrafficTask) -> None:
+    model = task.new_eps_model()
+    batch = task.train.rows(torch.arange(16))
+    valid = batch.cond["valid"]
+    assert bool((~valid).any())
+    t = torch.randint(task.schedule.num_steps, (16,), generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(batch.tokens.shape, generator=torch.Generator().manual_seed(1))
+    x_t = task.schedule.add_noise(batch.tokens, t, eps)
+    with torch.no_grad():
+        out = model(x_t, t, **batch.cond)
+    # padding tokens are 0, so x_t = sqrt(1 - ab) eps there: the model returns eps (float32 rounding)
+    torch.testing.assert_close(out[~valid], eps[~valid], rtol=1e-5, atol=1e-5)
+    # hence the DDPM loss equals the loss summed over real vehicles only
+    g = torch.Generator().manual_seed(3)
+    full = ddpm_loss(lambda x, tt: model(x, tt, **batch.cond), batch.tokens, task.schedule, generator=g)
+    g = torch.Generator().manual_seed(3)
+    tt = torch.randint(task.schedule.num_steps, (16,), generator=g)
+    e = torch.randn(batch.tokens.shape, generator=g)
+    x_t = task.schedule.add_noise(batch.tokens, tt, e)
+    masked = ((model(x_t, tt, **batch.cond) - e).pow(2).sum(-1) * valid).sum(1).mean()
+    torch.testing.assert_close(full, masked, rtol=1e-5, atol=1e-6)
+
+
+def test_scene_r_elbo_binds_each_scene_to_its_conditioning(task: TrafficTask) -> None:
+    # an ε-model that is exact iff it is handed the conditioning of the row's own scene: r-ELBO = 0
+    scenes = task.heldout.rows(torch.arange(7))
+    x0 = scenes.tokens
+    alpha_bar = task.schedule.alphas_cumprod.to(torch.float32)
+
+    def exact(x_t: torch.Tensor, t: torch.Tensor, *, scene_id: torch.Tensor, **context) -> torch.Tensor:
+        ab = alpha_bar[t][:, None, None]
+        return (x_t - ab.sqrt() * x0[scene_id]) / (1 - ab).sqrt()
+
+    cond = dict(scenes.cond, scene_id=torch.arange(7))
+    value = scene_r_elbo(exact, SceneSet(x0, cond), task.schedule, num_timesteps=3, seed=5, batch_scenes=4)
+    assert value.shape == (7,)
+    assert float(value.abs().max()) < 1e-4  # float32 rounding of x_t, amplified by 1/sqrt(1 - ab) <= 100
+    shuffled = dict(cond, scene_id=torch.arange(7).roll(1))
+    wrong = scene_r_elbo(exact, SceneSet(x0, shuffled), task.schedule, num_timesteps=3, seed=5)
+    assert float(wrong.max()) < -1e-2
+
+
+def test_profiles() -> None:
+    for name in ("tiny", "quick", "paper"):
+        config = get_traffic_profile(name)
+        assert isinstance(config, TrafficExperimentConfig) and config.profile == name
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_traffic_profile("huge")
+    with pytest.raises(ValueError, match="unknown ablation"):
+        dataclasses.replace(get_traffic_profile("tiny"), ablations=("nope",))
