@@ -94,18 +94,24 @@ def quantiles_ms(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def time_calls(fn: Callable[[], Any], calls: int, cell_seconds: float, warmup: int = 3) -> list[float]:
-    """Call ``fn`` ``warmup`` times, then up to ``calls`` timed times (at least 20, fewer than ``calls``
-    only when their total would pass ``cell_seconds``)."""
-    for _ in range(warmup):
+def time_calls(
+    fn: Callable[[], Any], calls: int, cell_seconds: float, warmup: int = 3, min_calls: int = 5
+) -> list[float]:
+    """Call ``fn`` ``warmup`` times (once when a call takes more than a tenth of ``cell_seconds``), then up
+    to ``calls`` timed times: at least ``min_calls``, fewer than ``calls`` only when their total would
+    pass ``cell_seconds`` (the count is reported with every figure)."""
+    for i in range(warmup):
+        t0 = time.perf_counter()
         fn()
+        if i == 0 and time.perf_counter() - t0 > cell_seconds / 10:
+            break
     times: list[float] = []
     start = time.perf_counter()
     for i in range(calls):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        if i >= 19 and time.perf_counter() - start > cell_seconds:
+        if i + 1 >= min_calls and time.perf_counter() - start > cell_seconds:
             break
     return times
 
@@ -490,6 +496,33 @@ def main() -> None:
         flush=True,
     )
 
+    name = f"latency-{'cuda' if device.type == 'cuda' else 'cpu'}{'-quick' if quick else ''}"
+    payload: dict[str, Any] = {
+        "benchmark": "latency",
+        "quick": quick,
+        "complete": False,
+        "machine": info,
+        "device": device_name,
+        "checkerboard": {
+            "run_dir": str(run_dir),
+            "profile": models["config"].profile,
+            "trained_in_script_s": train_s,
+            "sampler_steps": run_steps,
+            "denoiser": str(models["config"].denoiser),
+            "classifier": str(models["config"].classifier_net),
+            "classifiers_K": models["config"].gen_neg.iterations,
+            "rates": {k: models[k]["rate"] for k in ("baseline", "guided", "distilled")},
+        },
+        "calls_per_cell": calls,
+        "cell_seconds_cap": cell_seconds,
+        "grid": rows,
+        "naive": naive,
+        "headline": head,
+        "breakdown": floor,
+        "gpu": "unmeasured (no GPU in this session)" if device.type != "cuda" else "measured",
+    }
+    write_results(name, payload)  # checkerboard done: keep it even if the traffic grid is interrupted
+
     traffic: dict[str, Any] = {}
     if not args.skip_traffic:
         t = traffic_setup(device)
@@ -514,32 +547,7 @@ def main() -> None:
             "headline": "unmeasured: no trained traffic run (rates of random weights are ~1)",
         }
 
-    payload = {
-        "benchmark": "latency",
-        "quick": quick,
-        "machine": info,
-        "device": device_name,
-        "load_average_end": list(os.getloadavg()),
-        "checkerboard": {
-            "run_dir": str(run_dir),
-            "profile": models["config"].profile,
-            "trained_in_script_s": train_s,
-            "sampler_steps": run_steps,
-            "denoiser": str(models["config"].denoiser),
-            "classifier": str(models["config"].classifier_net),
-            "classifiers_K": models["config"].gen_neg.iterations,
-            "rates": {k: models[k]["rate"] for k in ("baseline", "guided", "distilled")},
-        },
-        "traffic": traffic,
-        "calls_per_cell": calls,
-        "cell_seconds_cap": cell_seconds,
-        "grid": rows,
-        "naive": naive,
-        "headline": head,
-        "breakdown": floor,
-        "gpu": "unmeasured (no GPU in this session)" if device.type != "cuda" else "measured",
-    }
-    name = f"latency-{'cuda' if device.type == 'cuda' else 'cpu'}{'-quick' if quick else ''}"
+    payload.update({"traffic": traffic, "complete": True, "load_average_end": list(os.getloadavg())})
     path = write_results(name, payload)
     print(f"wrote {path}")
 

@@ -368,3 +368,11 @@ def test_cuda_graph_round(kind, conditioned, denoiser, eps_model, schedule, orac
         graphed(cond, seed=seed)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == before
+
+
+def test_warmup_and_seeded_calls_do_not_shift_the_seed_counter(denoiser, oracle) -> None:
+    plain, busy = _edm(denoiser, oracle), _edm(denoiser, oracle)
+    busy.warmup()
+    busy(seed=123)
+    assert torch.equal(plain().samples, busy().samples)
+    assert busy(seed=busy.seed + 1).seed == busy.seed + 1

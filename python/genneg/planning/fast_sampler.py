@@ -244,7 +244,8 @@ class FastSampler:
         config: :class:`SamplerConfig`.
         ddpm_schedule: the ε-model's schedule; None for an EDM denoiser.
         device: where buffers live (default: the model's parameters' device, else CPU).
-        seed: base seed; call ``i`` without ``seed=`` uses ``seed + i``.
+        seed: base seed; the ``i``-th call without ``seed=`` (counting from 0, calls with an explicit
+            seed and :meth:`warmup` not counted) uses ``seed + i``.
         preallocate: False allocates fresh buffers at every call (same arithmetic, same results; for
             tests and for measuring what preallocation saves).
 
@@ -529,7 +530,8 @@ class FastSampler:
 
         Args:
             condition: what is fixed (:class:`~genneg.planning.inpainting.InpaintCondition`), or None.
-            seed: reseeds the sampler's generator (default: ``self.seed + call index``).
+            seed: reseeds the sampler's generator (default: ``self.seed + i`` for the ``i``-th call
+                without a seed).
             deadline_ms: milliseconds from entry (default ``config.deadline_ms``; ``math.inf`` = none).
 
         Returns:
@@ -558,8 +560,7 @@ class FastSampler:
             raise ValueError("this sampler's oracle judges samples against a condition; pass condition=")
         deadline_s = math.inf if deadline_ms is None else t_enter + deadline_ms / 1e3
         with self._lock:
-            call_index = next(self._calls)
-            seed = self.seed + call_index if seed is None else int(seed)
+            seed = self.seed + next(self._calls) if seed is None else int(seed)
             return self._call(condition, seed, deadline_s, t_enter)
 
     # the call ------------------------------------------------------------------------------------------
