@@ -14,7 +14,7 @@ from genneg.cli import main
 
 # a very small run: the CLI's wiring is under test here, the method in tests/pipeline/test_experiment.py
 MICRO = ["baseline.iterations=60", "baseline.eval_every=30", "gen_neg.iterations=1",
-         "gen_neg.num_samples=400",
+         "gen_neg.num_samples=400", "gen_neg.budget_policy=shrink", "gen_neg.max_draws=400",
          "classifier.iterations=20", "classifier.batch_size=128", "distill.iterations=10", "ablations=[]",
          "eval.num_samples=600", "eval.elbo_points=100", "eval.mmd_points=100", "sampling.num_steps=6",
          "data.num_heldout=200"]
@@ -40,6 +40,10 @@ def test_train_sample_eval_report(tmp_path, capsys):
     assert "| baseline |" in out and "| iter1 |" in out and "| distilled |" in out
     config = json.loads((run_dir / "config.json").read_text())
     assert config["seed"] == 3 and config["classifier"]["iterations"] == 20 and config["ablations"] == []
+    # 400 draws cannot hold 200 examples of the rare class: the "shrink" policy keeps a smaller balanced set
+    data = next(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if '"iter1/data"' in line)
+    assert data["shrunk"] and data["num_drawn"] == 400 and data["num_pos"] == data["num_neg"] < 200
 
     assert main(["sample", "--run-dir", str(run_dir), "--model", "iter1", "--num", "50",
                  "--out", str(tmp_path / "s.npy")]) == 0

@@ -138,16 +138,16 @@ def _demo(args: argparse.Namespace) -> int:
     from genneg.pipeline.report import format_table
 
     config = apply_overrides(dataclasses.replace(get_profile(args.profile), seed=args.seed), args.overrides)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     rows = run_experiment(config, args.run_dir, resume=args.resume, overwrite=not args.resume,
                           progress=not args.quiet)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     print(format_table(rows, config.eval.p))
     print(f"report: {(args.run_dir / 'report.md').resolve()}")
     for name in ("samples.png", "classifiers.png", "progress.png"):
         if (args.run_dir / name).is_file():
             print(f"plot:   {(args.run_dir / name).resolve()}")
-    print(f"wall time: {seconds:.0f} s")
+    print(f"wall time: {seconds:.0f} s (CPU time of this process: {cpu_seconds:.0f} s)")
     return 0
 
 

@@ -52,7 +52,7 @@ from genneg.io.rundir import RunDir, stage_generator, stage_seed
 from genneg.metrics import infraction_rate, mmd, num_parallel_samples, reduction
 from genneg.models.mlp import ResidualMLP
 from genneg.oracles.base import evaluate_oracle, sample_verdicts
-from genneg.pipeline.balanced import BalancedDataset, draw_balanced, draw_imbalanced
+from genneg.pipeline.balanced import BalancedDataset, InfractionBudgetError, draw_balanced, draw_imbalanced
 from genneg.pipeline.baseline import heldout_elbo, train_denoiser
 from genneg.pipeline.classifier import train_classifier
 from genneg.pipeline.distill import distillation_x0, train_distilled
@@ -379,20 +379,57 @@ class _Runner:
         def body(g: torch.Generator) -> dict[str, Any]:
             sample_fn = self._pool_sampler(model, pool_name, g)
             if balanced:
-                dataset = draw_balanced(sample_fn, self.task.oracle, cfg.gen_neg.num_samples,
-                                        batch_size=cfg.sampling.batch_size, max_draws=cfg.gen_neg.max_draws,
-                                        generator=g, progress=self.progress)
+                dataset = self._draw_balanced(sample_fn, g)
             else:
                 dataset = draw_imbalanced(sample_fn, self.task.oracle, cfg.gen_neg.num_samples,
                                           batch_size=cfg.sampling.batch_size, progress=self.progress)
             dataset.save(path)
             info = {"pi_neg": dataset.pi_neg, "num_drawn": dataset.num_drawn, "num_pos": dataset.num_pos,
-                    "num_neg": dataset.num_neg, "balanced": balanced}
+                    "num_neg": dataset.num_neg, "balanced": balanced,
+                    "shrunk": bool(dataset.extra.get("shrunk", False))}
             self.run.log(stage, {"kind": "data", **info})
             return info
 
         self.stage(stage, body)
         return BalancedDataset.load(path, device=self.task.device)
+
+    def _draw_balanced(self, sample_fn: Callable[[int], torch.Tensor], g: torch.Generator) -> BalancedDataset:
+        """``draw_balanced``; with ``gen_neg.budget_policy == "shrink"``, a model too rare in negatives for
+        the budget gets a smaller balanced set from exactly ``max_draws`` draws instead of an error."""
+        cfg = self.config.gen_neg
+        drawn: list[torch.Tensor] = []
+
+        def recording(n: int) -> torch.Tensor:
+            x = sample_fn(n)
+            drawn.append(x)
+            return x
+
+        try:
+            return draw_balanced(recording, self.task.oracle, cfg.num_samples,
+                                 batch_size=self.config.sampling.batch_size, max_draws=cfg.max_draws,
+                                 generator=g, progress=self.progress)
+        except InfractionBudgetError as err:
+            if cfg.budget_policy != "shrink":
+                raise
+            self._say(f"balanced data: {err}; shrinking the set to what {cfg.max_draws} draws hold")
+        total = sum(x.shape[0] for x in drawn)
+        while total < cfg.max_draws:
+            n = min(self.config.sampling.batch_size, cfg.max_draws - total)
+            drawn.append(sample_fn(n))
+            total += n
+        x = torch.cat(drawn)
+        valid = sample_verdicts(evaluate_oracle(self.task.oracle, x))
+        per_class = min(int(valid.sum()), int((~valid).sum()), cfg.num_samples // 2)
+        if per_class < 1:
+            raise InfractionBudgetError(float((~valid).float().mean()), cfg.max_draws, drawn=total,
+                                        needed=math.inf, label="negative" if valid.all() else "positive",
+                                        rate_upper=1.0, missing=cfg.num_samples // 2)
+        pos = torch.nonzero(valid).flatten()[:per_class]
+        neg = torch.nonzero(~valid).flatten()[:per_class]
+        keep = torch.cat([pos, neg])[torch.randperm(2 * per_class, generator=g).to(x.device)]
+        pi_neg = float((~valid).float().mean())
+        return BalancedDataset(x=x[keep], labels=valid[keep], part_labels=None, pi_pos=1.0 - pi_neg,
+                               pi_neg=pi_neg, num_drawn=total, balanced=True, extra={"shrunk": True})
 
     def classifier(self, stage: str, name: str, dataset: BalancedDataset, mode: str) -> nn.Module:
         cfg, task = self.config, self.task

@@ -79,6 +79,10 @@ class GenNegConfig:
         max_draws: most model samples drawn to collect them (else ``InfractionBudgetError``).
         guidance_scale: ``gamma`` of every classifier (1 is the method).
         distill_init: the student starts from the baseline's weights or from a fresh initialisation.
+        budget_policy: when ``num_samples / 2`` negatives would need more than ``max_draws`` draws:
+            ``"raise"`` (``InfractionBudgetError``, the paper's fixed-size sets) or ``"shrink"`` (draw
+            exactly ``max_draws`` and keep every negative with as many positives; the priors still come
+            from every draw, so the importance weights stay right).
     """
 
     iterations: int = 5
@@ -86,6 +90,7 @@ class GenNegConfig:
     max_draws: int = 20_000_000
     guidance_scale: float = 1.0
     distill_init: Literal["baseline", "random"] = "baseline"
+    budget_policy: Literal["raise", "shrink"] = "raise"
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.num_samples < 2 or self.num_samples % 2:
@@ -177,11 +182,11 @@ def _quick() -> ExperimentConfig:
         baseline=BaselineConfig(iterations=3000, batch_size=0, lr=2e-3, lr_schedule="cosine", warmup=100,
                                 eval_every=250, eval_num_sigmas=32),
         sampling=SamplingConfig(num_steps=32, batch_size=20_000),
-        gen_neg=GenNegConfig(iterations=3, num_samples=4000, max_draws=300_000),
+        gen_neg=GenNegConfig(iterations=3, num_samples=4000, max_draws=80_000, budget_policy="shrink"),
         classifier=ClassifierConfig(iterations=1500, batch_size=2048, lr=2e-3),
         ablations=("no_is",),
         distill=DistillConfig(iterations=1500, batch_size=1000, lr=2e-4, x0_source="train"),
-        eval=EvalConfig(num_samples=20_000, elbo_points=2000, elbo_num_sigmas=64, mmd_points=2000),
+        eval=EvalConfig(num_samples=30_000, elbo_points=2000, elbo_num_sigmas=64, mmd_points=2000),
     )
 
 

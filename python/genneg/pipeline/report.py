@@ -49,15 +49,19 @@ def _num(x: Any, fmt: str) -> str:
 
 def format_table(rows: Sequence[Mapping[str, Any]], p: float) -> str:
     """A Markdown table of :func:`eval_rows` output; ``p`` is the success probability of ``N(r, p)``."""
-    header = ("| model | infraction (95% CI) | held-out ELBO (nats) | MMD² | "
+    header = ("| model | infraction (95% CI) | held-out ELBO (nats) | ΔELBO vs baseline | MMD² | "
               f"N(r, {p:g}) | reduction vs baseline | sampling (ms / 1k) |")
-    lines = [header, "|" + "---|" * 7]
+    lines = [header, "|" + "---|" * 8]
+    base_elbo = next((r.get("elbo") for r in rows if r.get("group") == "baseline"), None)
     for r in rows:
+        delta = "—" if base_elbo is None or r.get("group") == "baseline" or r.get("elbo") is None else (
+            f"{r['elbo'] - base_elbo:+.3f}")
         infraction = f"{_pct(r['infraction'])} [{_pct(r['infraction_low'])}, {_pct(r['infraction_high'])}]"
         reduction = "—" if r.get("group") == "baseline" else _num(
             None if r.get("reduction") is None else 100 * r["reduction"], ".0f") + "%"
         lines.append(
-            f"| {r['model']} | {infraction} | {_num(r.get('elbo'), '.3f')} | {_num(r.get('mmd'), '.2e')} | "
+            f"| {r['model']} | {infraction} | {_num(r.get('elbo'), '.3f')} | {delta} | "
+            f"{_num(r.get('mmd'), '.2e')} | "
             f"{r.get('n_parallel', 'n/a')} | {reduction} | {_num(r.get('sample_ms_per_1k'), '.0f')} |"
         )
     return "\n".join(lines) + "\n"
