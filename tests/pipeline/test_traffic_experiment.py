@@ -162,3 +162,23 @@ def test_profiles() -> None:
         get_traffic_profile("huge")
     with pytest.raises(ValueError, match="unknown ablation"):
         dataclasses.replace(get_traffic_profile("tiny"), ablations=("nope",))
+
+
+def test_box_map_samples_read_the_crop_at_box_points(task: TrafficTask) -> None:
+    from genneg.pipeline.traffic import box_map_samples
+
+    train = task.train
+    samples = box_map_samples(train.tokens, train.cond["map_raster"], task.norm)
+    valid = train.cond["valid"]
+    assert samples.shape == (*valid.shape, 5)
+    assert bool((samples[..., 0][valid] > 0).all())  # every training vehicle's centre is on the road
+    # a crop that is drivable only in the left half: a point's reading follows its x
+    tokens = torch.zeros(1, 2, 7)
+    tokens[0, :, 2] = 1.0  # heading +x
+    tokens[0, 0, 0], tokens[0, 1, 0] = -0.5, 0.5
+    crop = torch.zeros(1, 1, 16, 16)
+    crop[..., :8] = 1.0
+    out = box_map_samples(tokens, crop, task.norm)
+    assert torch.equal(out[0, 0], torch.ones(5)) and torch.equal(out[0, 1], -torch.ones(5))
+    tokens[0, 0, 0] = 3.0  # outside the crop: not drivable
+    assert torch.equal(box_map_samples(tokens, crop, task.norm)[0, 0], -torch.ones(5))

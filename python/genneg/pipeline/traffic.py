@@ -104,6 +104,7 @@ __all__ = [
     "sample_scenes",
     "scene_r_elbo",
     "train_scene_baseline",
+    "train_traffic_command",
     "write_traffic_report",
 ]
 
@@ -171,12 +172,19 @@ class TrafficModelConfig:
             ``[σ_0, min(σ_{T-1}, classifier_sigma_max)]`` (VE units; tokens have unit scale, so above ~10
             a scene is indistinguishable from noise and training there is wasted); at larger ``σ`` the
             classifier sees this level's time input.
+        classifier_shrinkage: time-dependent classifiers see ``x_VE / (σ² + 1)`` (the posterior mean of
+            unit-variance Gaussian data, "Wiener" preconditioning) instead of ``x_VE / sqrt(σ² + 1)`` (see
+            :class:`SceneLogitNet`).
+        classifier_map_samples: the classifier's tokens also carry the drivable raster sampled at each
+            box's centre and corners (:func:`box_map_samples`; token width 12 instead of 7).
     """
 
     denoiser: SceneTransformerConfig = field(default_factory=SceneTransformerConfig)
     classifier: SceneTransformerConfig = field(default_factory=SceneTransformerConfig)
     classifier_time_scale: float = 250.0
     classifier_sigma_max: float = 20.0
+    classifier_shrinkage: bool = True
+    classifier_map_samples: bool = True
 
     def __post_init__(self) -> None:
         if not self.classifier_sigma_max > 0 or not self.classifier_time_scale > 0:
@@ -317,11 +325,11 @@ def _quick() -> TrafficExperimentConfig:
         model=TrafficModelConfig(denoiser=_net(64, 4, 2, "eps", channels),
                                  classifier=_net(48, 4, 2, "logit", channels)),
         ddpm=DDPMConfig(),
-        baseline=SceneTrainingConfig(iterations=5000, batch_size=64, lr=1e-3, warmup=100, eval_every=1000,
+        baseline=SceneTrainingConfig(iterations=4000, batch_size=64, lr=1e-3, warmup=100, eval_every=1000,
                                      eval_scenes=128, eval_timesteps=8),
         gen_neg=TrafficGenNegConfig(iterations=2, num_samples=1024, max_draws=40_000, sample_steps=40,
                                     sample_batch_size=256),
-        classifier=ClassifierConfig(iterations=800, batch_size=64, lr=1e-3, grad_clip=1.0),
+        classifier=ClassifierConfig(iterations=2000, batch_size=64, lr=1e-3, grad_clip=1.0),
         ablations=TRAFFIC_ABLATIONS,
         distill=DistillConfig(iterations=400, batch_size=64, lr=3e-4, grad_clip=1.0),
         eval=TrafficEvalConfig(num_scenes=512, r_elbo_scenes=256, r_elbo_timesteps=8, render_scenes=8),
@@ -403,24 +411,76 @@ class SceneLogitNet(nn.Module):
     """The per-vehicle classifier network ``F(x_in (B, A, 7), c_noise (B,), **cond) -> (B, A)`` logits.
 
     The same transformer as the ε-model with one logit per vehicle (zero at padding); wrap it in a
-    :class:`~genneg.guidance.TimeClassifier` with ``sigma_data = 1``. Its time input is
-    ``clamp(c_noise, max=ln(sigma_max) / 4) · time_scale`` (``c_noise = ln σ / 4``; 0 for a
-    time-independent classifier).
+    :class:`~genneg.guidance.TimeClassifier` with ``sigma_data = 1``, which hands it
+    ``x_in = x_VE / sqrt(σ² + 1)`` (the DDPM ``x_t``) and ``c_noise = ln σ / 4``. Its time input is
+    ``clamp(c_noise, max=ln(sigma_max) / 4) · time_scale``.
+
+    With ``shrinkage`` the transformer reads ``x_in / sqrt(σ² + 1) = x_VE / (σ² + 1)``, the posterior mean
+    of ``x0`` for unit-variance Gaussian data. Why: the guided one-step estimate moves by
+    ``σ² ∇_{x_VE} log c``; for the Bayes-optimal classifier that shift is bounded by the data's spread
+    (it is a difference of conditional means), but a network whose input gradient is O(1) at every noise
+    level (nothing in Eq. 9 penalises input sensitivity where labels are unpredictable) moves it by
+    ``O(σ)`` when it reads ``x_VE / sqrt(σ² + 1)``, and by ``O(1)`` when it reads ``x_VE / (σ² + 1)``. A
+    time-independent classifier (``shrinkage=False``) reads its input as given.
+
+    With ``map_samples`` (the token normalisation) each token is extended by :func:`box_map_samples`: the
+    drivable raster at the box's centre and corners, so that the classifier sees the road at the
+    resolution of the crop (the transformer's map tokens are 8 cells wide).
     """
 
-    def __init__(self, config: SceneTransformerConfig, time_scale: float, sigma_max: float) -> None:
+    def __init__(self, config: SceneTransformerConfig, time_scale: float, sigma_max: float,
+                 shrinkage: bool = False, map_samples: TokenNormalisation | None = None) -> None:
         super().__init__()
         if config.head != "logit":
             raise ValueError(f"SceneLogitNet needs head='logit', got {config.head!r}")
+        expected = 7 + (MAP_SAMPLES if map_samples is not None else 0)
+        if config.token_dim != expected:
+            raise ValueError(f"SceneLogitNet needs token_dim={expected}, got {config.token_dim}")
         self.net = SceneTransformer(config)
         self.time_scale = float(time_scale)
         self.c_noise_max = math.log(sigma_max) / 4
+        self.shrinkage = bool(shrinkage)
+        self.map_samples = map_samples
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, *, valid: torch.Tensor,
                 map_raster: torch.Tensor, **context: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, A)``; other conditioning entries are ignored (as in :class:`SceneEpsModel`)."""
-        c_noise = c_noise.to(x_in.dtype).clamp(max=self.c_noise_max)
-        return self.net(x_in, c_noise * self.time_scale, valid, map_raster)
+        c_noise = c_noise.to(x_in.dtype)
+        if self.shrinkage:
+            x_in = x_in * torch.rsqrt(1 + torch.exp(8 * c_noise))[:, None, None]  # / sqrt(σ² + 1)
+        if self.map_samples is not None:
+            x_in = torch.cat([x_in, box_map_samples(x_in, map_raster, self.map_samples)], dim=-1)
+        return self.net(x_in, c_noise.clamp(max=self.c_noise_max) * self.time_scale, valid, map_raster)
+
+
+MAP_SAMPLES = 5
+
+
+def box_map_samples(tokens: torch.Tensor, map_raster: torch.Tensor, norm: TokenNormalisation) -> torch.Tensor:
+    """The drivable crop read at each box's centre and four corners (bilinear, differentiable in the token).
+
+    Args:
+        tokens: ``(B, A, 7)`` normalised tokens (scene frame; the crop spans the window ``[-1, 1]²``).
+        map_raster: ``(B, 1, C, C)`` float crop, 1 = drivable (row = y, as :func:`crop_maps`).
+        norm: the token normalisation (box sizes in metres -> normalised units).
+
+    Returns:
+        ``(B, A, 5)`` in ``[-1, 1]``: ``2 · drivable - 1``; points outside the crop read -1 (not drivable).
+    """
+    cx, cy = tokens[..., 0], tokens[..., 1]
+    heading = torch.sqrt(tokens[..., 2] ** 2 + tokens[..., 3] ** 2).clamp_min(1e-3)
+    cos_h, sin_h = tokens[..., 2] / heading, tokens[..., 3] / heading
+    scale = 2 * norm.position_scale_m
+    half_l = ((tokens[..., 4] * norm.length_std_m + norm.length_mean_m) / scale).clamp_min(0)
+    half_w = ((tokens[..., 5] * norm.width_std_m + norm.width_mean_m) / scale).clamp_min(0)
+    points = [torch.stack([cx, cy], dim=-1)]
+    for a, b in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+        points.append(torch.stack([cx + a * half_l * cos_h - b * half_w * sin_h,
+                                   cy + a * half_l * sin_h + b * half_w * cos_h], dim=-1))
+    grid = torch.stack(points, dim=2)  # (B, A, 5, 2) as (x, y) in [-1, 1]
+    drivable = nn.functional.grid_sample(map_raster.to(tokens.dtype), grid, mode="bilinear",
+                                         padding_mode="zeros", align_corners=False)
+    return 2 * drivable[:, 0] - 1
 
 
 def _parameters(module: nn.Module) -> int:
@@ -731,8 +791,12 @@ class TrafficTask:
     def new_classifier(self, time_dependent: bool) -> TimeClassifier:
         """A fresh per-vehicle classifier (time-independent for the ablation). Its output layer starts at
         zero: ``c = 1/2`` everywhere, no guidance until it has learned something."""
-        cfg = dataclasses.replace(self.config.model.classifier, head="logit")
-        net = SceneLogitNet(cfg, self.config.model.classifier_time_scale, self.classifier_noise.sigma_max)
+        model = self.config.model
+        cfg = dataclasses.replace(model.classifier, head="logit",
+                                  token_dim=7 + (MAP_SAMPLES if model.classifier_map_samples else 0))
+        net = SceneLogitNet(cfg, model.classifier_time_scale, self.classifier_noise.sigma_max,
+                            shrinkage=time_dependent and model.classifier_shrinkage,
+                            map_samples=self.norm if model.classifier_map_samples else None)
         last = net.net.decoder[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -1190,3 +1254,39 @@ def run_traffic(config: TrafficExperimentConfig, run_dir: str | Path, *, resume:
         return _eval_rows(run.records())
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def train_traffic_command(
+    run_dir: Path,
+    *,
+    profile: str | None = None,
+    seed: int | None = None,
+    overrides: Sequence[str] = (),
+    threads: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> int:
+    """``genneg train traffic``: run (or resume) a traffic profile, print the table; returns 0.
+
+    On ``resume`` the saved config is used (a different ``profile`` is refused); ``overrides`` are
+    ``key.sub=value`` strings (:func:`genneg.io.config.apply_overrides`).
+    """
+    from genneg.io.config import apply_overrides
+
+    if resume and (run_dir / "config.json").is_file():
+        config = RunDir(run_dir, resume=True).read_config(TrafficExperimentConfig)
+        if profile is not None and profile != config.profile:
+            raise ValueError(f"{run_dir} was run with profile '{config.profile}', not '{profile}'")
+    else:
+        config = get_traffic_profile(profile or "quick")
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    if threads is not None:
+        config = dataclasses.replace(config, num_threads=threads)
+    config = apply_overrides(config, list(overrides))
+    start = time.perf_counter()
+    rows = run_traffic(config, run_dir, resume=resume, overwrite=overwrite, progress=not quiet)
+    print(format_traffic_table(rows, config.eval.p))
+    print(f"report: {run_dir / 'report.md'}  ({time.perf_counter() - start:.0f} s)")
+    return 0
