@@ -16,7 +16,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.sta
 fi
 echo "[setup] installing build and dev dependencies"
 pip_install "scikit-build-core>=0.10" "pybind11>=2.12" ninja "numpy>=1.24" "safetensors>=0.4" "tqdm>=4.60" \
-  "matplotlib>=3.7" "pyyaml>=6" "pytest>=7" "hypothesis>=6" "shapely>=2.0" "ruff>=0.5" "triton>=3.0"
+  "matplotlib>=3.7" "pyyaml>=6" "pytest>=7" "hypothesis>=6" "shapely>=2.0" "ruff>=0.5" "triton>=3.0" "nvtx>=0.2"
 echo "[setup] building and installing genneg (editable)"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . 2>&1 \
   | grep -v '^WARNING: Location' || true

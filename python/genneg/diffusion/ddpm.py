@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.samplers import StepCallback
+from genneg.profiling import nvtx_range
 
 __all__ = [
     "DDPMConfig",
@@ -247,7 +248,8 @@ def ddpm_ancestral_sample(
         ab_t = abars[t]
         ab_s = abars[steps[i + 1]] if i + 1 < len(steps) else 1.0
         t_batch = torch.full((B,), t, dtype=torch.int64, device=x.device)
-        eps = eps_model(x, t_batch)
+        with nvtx_range("sampler.ddpm_eps"):
+            eps = eps_model(x, t_batch)
         x0_hat = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
         if i + 1 < len(steps):
             alpha = ab_t / ab_s

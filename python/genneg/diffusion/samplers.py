@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genneg.diffusion.denoiser import Denoiser, expand_sigma
+from genneg.profiling import nvtx_range
 
 __all__ = ["StepCallback", "euler_step", "heun_sample", "heun_step"]
 
@@ -74,7 +75,8 @@ def heun_sample(
     if len(levels) < 2 or levels[-1] != 0.0 or any(a <= b for a, b in pairwise(levels)):
         raise ValueError("sigmas must be strictly decreasing and end in 0")
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
-        x = heun_step(denoiser, x, levels[i], levels[i + 1])
+        with nvtx_range("sampler.heun_step"):
+            x = heun_step(denoiser, x, levels[i], levels[i + 1])
         if callback is not None:
             callback(i, x, levels[i], levels[i + 1])
     return x

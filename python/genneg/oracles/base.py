@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from genneg.profiling import nvtx_range
+
 __all__ = ["Oracle", "evaluate_oracle", "sample_verdicts"]
 
 
@@ -42,10 +44,11 @@ def evaluate_oracle(oracle: Callable[[Any], Any], x: torch.Tensor) -> torch.Tens
         ValueError: if the oracle's answer does not have ``N`` rows or is not boolean-like.
     """
     n = x.shape[0]
-    try:
-        out = oracle(x)
-    except (TypeError, AttributeError):  # a NumPy-only oracle handed a tensor
-        out = oracle(x.detach().cpu().numpy())
+    with nvtx_range("oracle"):
+        try:
+            out = oracle(x)
+        except (TypeError, AttributeError):  # a NumPy-only oracle handed a tensor
+            out = oracle(x.detach().cpu().numpy())
     if isinstance(out, np.ndarray) or not isinstance(out, torch.Tensor):
         out = torch.as_tensor(np.asarray(out))
     if out.ndim not in (1, 2) or out.shape[0] != n:
