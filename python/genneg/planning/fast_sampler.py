@@ -12,11 +12,16 @@ and required success probability ``p``, ``N = N(r, p) = ceil(log(1 - p) / log r)
 - **No autograd bookkeeping.** Network calls run under ``torch.inference_mode``; only the classifier
   gradients of guidance run with autograd (under ``no_grad`` with a local ``enable_grad``, on buffers
   created outside inference mode, since inference tensors can never enter autograd).
+- **Specialised paths on the CPU** (``SamplerConfig.fast_paths``): an ``EDMPrecond(ResidualMLP)``
+  denoiser runs as :class:`~genneg.planning.mlp_plan.ResidualMLPDenoiserPlan` (time branch and
+  preconditioning precomputed per noise level, ~15 kernels per call instead of ~40 eager operations), and
+  a residual-MLP classifier stack's guidance as the analytic batched gradient
+  (:mod:`genneg.guidance.analytic`, no autograd, so the guided call stays in inference mode).
 - **Reproducible.** One ``torch.Generator`` per sampler, reseeded at every call (``seed=`` or a counter),
-  so a call is a function of its seed; the arithmetic is the library samplers' op for op
-  (``genneg.diffusion.heun_sample``, ``genneg.diffusion.ddpm_ancestral_sample``,
-  ``genneg.planning.inpainting``), so results are equal bit for bit to theirs and to this sampler's own
-  ``preallocate=False`` mode.
+  so a call is a function of its seed. With ``fast_paths=False`` the arithmetic is the library samplers'
+  op for op (``genneg.diffusion.heun_sample``, ``genneg.diffusion.ddpm_ancestral_sample``,
+  ``genneg.planning.inpainting``): results are equal bit for bit to theirs; with the fast paths they agree
+  to float32 rounding. Either way they are equal bit for bit to this sampler's ``preallocate=False`` mode.
 - **CUDA graphs** on a GPU (models without autograd guidance: plain, distilled, fused-guidance steps): one
   graph per condition layout captured on first use; the noise is drawn into static buffers before each
   replay. Never used off CUDA.
