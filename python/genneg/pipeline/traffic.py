@@ -331,7 +331,7 @@ def _quick() -> TrafficExperimentConfig:
                                     sample_batch_size=256),
         classifier=ClassifierConfig(iterations=2000, batch_size=64, lr=1e-3, grad_clip=1.0),
         ablations=TRAFFIC_ABLATIONS,
-        distill=DistillConfig(iterations=400, batch_size=64, lr=3e-4, grad_clip=1.0),
+        distill=DistillConfig(iterations=1500, batch_size=64, lr=3e-4, grad_clip=1.0),
         eval=TrafficEvalConfig(num_scenes=512, r_elbo_scenes=256, r_elbo_timesteps=8, render_scenes=8),
     )
 
@@ -1135,6 +1135,9 @@ def format_traffic_table(rows: Sequence[dict[str, Any]], p: float) -> str:
     def pct(x: float | None, digits: int = 1) -> str:
         return "n/a" if x is None else f"{100 * x:.{digits}f}%"
 
+    def num(x: float | None) -> str:
+        return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
     header = ("| model | collision (scene / vehicle) | offroad (scene / vehicle) "
               "| infraction per scene (95% CI) | infraction per vehicle | r-ELBO / vehicle "
               f"| N(r, {p:g}) | reduction | s / batch | parameters |")
@@ -1147,7 +1150,8 @@ def format_traffic_table(rows: Sequence[dict[str, Any]], p: float) -> str:
             f"| {label} | {pct(r['collision'])} / {pct(r['collision_vehicle'], 2)} | "
             f"{pct(r['offroad'])} / {pct(r['offroad_vehicle'], 2)} | "
             f"{pct(r['infraction'])} [{pct(r['infraction_low'])}, {pct(r['infraction_high'])}] | "
-            f"{pct(r['infraction_vehicle'], 2)} | {r['r_elbo']:.3f} | {r.get('n_parallel', 'n/a')} | {red} | "
+            f"{pct(r['infraction_vehicle'], 2)} | {num(r['r_elbo'])} | {r.get('n_parallel') or 'n/a'} | "
+            f"{red} | "
             f"{'n/a' if secs is None else f'{secs:.2f}'} (batch {r.get('batch_size')}) | "
             f"{r['parameters']:,} |")
     return "\n".join(lines) + "\n"
