@@ -394,8 +394,9 @@ class _Runner:
         return BalancedDataset.load(path, device=self.task.device)
 
     def _draw_balanced(self, sample_fn: Callable[[int], torch.Tensor], g: torch.Generator) -> BalancedDataset:
-        """``draw_balanced``; with ``gen_neg.budget_policy == "shrink"``, a model too rare in negatives for
-        the budget gets a smaller balanced set from exactly ``max_draws`` draws instead of an error."""
+        """``draw_balanced``; with ``gen_neg.budget_policy == "shrink"``, a model too rare in one class for
+        the budget gets, instead of an error, every example of that class among exactly ``max_draws``
+        draws and ``N/2`` of the other (the loss weights ``pi_y / f_y`` follow the actual mix)."""
         cfg = self.config.gen_neg
         drawn: list[torch.Tensor] = []
 
@@ -419,15 +420,17 @@ class _Runner:
             total += n
         x = torch.cat(drawn)
         valid = sample_verdicts(evaluate_oracle(self.task.oracle, x))
-        per_class = min(int(valid.sum()), int((~valid).sum()), cfg.num_samples // 2)
-        if per_class < 1:
+        half = cfg.num_samples // 2
+        pos = torch.nonzero(valid).flatten()[:half]
+        neg = torch.nonzero(~valid).flatten()[:half]
+        if pos.numel() == 0 or neg.numel() == 0:
             raise InfractionBudgetError(float((~valid).float().mean()), cfg.max_draws, drawn=total,
-                                        needed=math.inf, label="negative" if valid.all() else "positive",
-                                        rate_upper=1.0, missing=cfg.num_samples // 2)
-        pos = torch.nonzero(valid).flatten()[:per_class]
-        neg = torch.nonzero(~valid).flatten()[:per_class]
-        keep = torch.cat([pos, neg])[torch.randperm(2 * per_class, generator=g).to(x.device)]
+                                        needed=math.inf, label="negative" if neg.numel() == 0 else "positive",
+                                        rate_upper=1.0, missing=half)
+        keep = torch.cat([pos, neg])
+        keep = keep[torch.randperm(keep.numel(), generator=g).to(x.device)]
         pi_neg = float((~valid).float().mean())
+        # up to N/2 of each class; the importance weights pi_y / f_y correct for the actual class mix
         return BalancedDataset(x=x[keep], labels=valid[keep], part_labels=None, pi_pos=1.0 - pi_neg,
                                pi_neg=pi_neg, num_drawn=total, balanced=True, extra={"shrunk": True})
 

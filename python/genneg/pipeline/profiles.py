@@ -81,8 +81,8 @@ class GenNegConfig:
         distill_init: the student starts from the baseline's weights or from a fresh initialisation.
         budget_policy: when ``num_samples / 2`` negatives would need more than ``max_draws`` draws:
             ``"raise"`` (``InfractionBudgetError``, the paper's fixed-size sets) or ``"shrink"`` (draw
-            exactly ``max_draws`` and keep every negative with as many positives; the priors still come
-            from every draw, so the importance weights stay right).
+            exactly ``max_draws``, keep every example of the rare class and ``N/2`` of the other; the
+            priors come from every draw and the weights ``pi_y / f_y`` from the actual mix).
     """
 
     iterations: int = 5
@@ -182,10 +182,10 @@ def _quick() -> ExperimentConfig:
         baseline=BaselineConfig(iterations=3000, batch_size=0, lr=2e-3, lr_schedule="cosine", warmup=100,
                                 eval_every=250, eval_num_sigmas=32),
         sampling=SamplingConfig(num_steps=32, batch_size=20_000),
-        gen_neg=GenNegConfig(iterations=3, num_samples=4000, max_draws=80_000, budget_policy="shrink"),
+        gen_neg=GenNegConfig(iterations=3, num_samples=8000, max_draws=80_000, budget_policy="shrink"),
         classifier=ClassifierConfig(iterations=1500, batch_size=2048, lr=2e-3),
         ablations=("no_is",),
-        distill=DistillConfig(iterations=1500, batch_size=1000, lr=2e-4, x0_source="train"),
+        distill=DistillConfig(iterations=1500, batch_size=1000, lr=1e-3, x0_source="train"),
         eval=EvalConfig(num_samples=30_000, elbo_points=2000, elbo_num_sigmas=64, mmd_points=2000),
     )
 
