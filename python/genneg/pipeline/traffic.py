@@ -312,7 +312,23 @@ def _net(width: int, heads: int, blocks: int, head: str, channels: tuple[int, in
 
 
 def _paper() -> TrafficExperimentConfig:
-    return TrafficExperimentConfig(profile="paper")
+    """METHOD.md 8 at the scale a single GPU trains in hours (the paper's data set is not public)."""
+    channels = (32, 64, 128)
+    return TrafficExperimentConfig(
+        profile="paper",
+        data=TrafficDataConfig(num_maps=48, num_train=50_000, num_heldout=2000, window_m=48.0,
+                               max_vehicles=32, min_vehicles=8, proposals_per_scene=256, crop_cells=64),
+        model=TrafficModelConfig(denoiser=_net(128, 8, 4, "eps", channels),
+                                 classifier=_net(128, 8, 4, "logit", channels)),
+        ddpm=DDPMConfig(),
+        baseline=SceneTrainingConfig(iterations=100_000, batch_size=256, lr=3e-4, warmup=1000,
+                                     eval_every=5000, eval_scenes=512, eval_timesteps=16),
+        gen_neg=TrafficGenNegConfig(iterations=3, num_samples=20_000, max_draws=2_000_000, sample_steps=100,
+                                    sample_batch_size=512),
+        classifier=ClassifierConfig(iterations=20_000, batch_size=256, lr=3e-4, grad_clip=1.0),
+        distill=DistillConfig(iterations=20_000, batch_size=256, lr=1e-4, grad_clip=1.0),
+        eval=TrafficEvalConfig(num_scenes=4096, r_elbo_scenes=1024, r_elbo_timesteps=16, render_scenes=8),
+    )
 
 
 def _quick() -> TrafficExperimentConfig:
@@ -1157,9 +1173,13 @@ def format_traffic_table(rows: Sequence[dict[str, Any]], p: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_traffic_report(run: RunDir, plots: Sequence[str] = ()) -> Path:
-    """(Re)write ``report.md`` of a traffic run from its records."""
+def write_traffic_report(run: RunDir, plots: Sequence[str] | None = None) -> Path:
+    """(Re)write ``report.md`` of a traffic run from its records; ``plots``: PNG names to embed (default:
+    the renders found in the run directory)."""
     config = run.read_config(TrafficExperimentConfig)
+    if plots is None:
+        plots = [p.name for p in sorted(run.root.glob("scenes_*.png"))]
+        plots += ["guided_vs_baseline.png"] if (run.root / "guided_vs_baseline.png").is_file() else []
     rows = _eval_rows(run.records())
     if not rows:
         raise ValueError(f"{run.root}: no evaluation records to report")
