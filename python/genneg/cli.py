@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--resume", action="store_true")
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--skip-oracle-demo", action="store_true",
+                      help="skip the traffic-oracle timing demo that runs first")
+
+    carla = sub.add_parser("fetch-carla-maps", add_help=False,
+                           help="build drivable maps of the CARLA towns shipped in the torchdrivesim wheel "
+                                "(see: genneg fetch-carla-maps --help)")
+    carla.add_argument("args", nargs="*", help="handed to the map builder's own parser")
     return parser
 
 
@@ -138,6 +145,10 @@ def _demo(args: argparse.Namespace) -> int:
     from genneg.pipeline.report import format_table
 
     config = apply_overrides(dataclasses.replace(get_profile(args.profile), seed=args.seed), args.overrides)
+    if not args.skip_oracle_demo:
+        from genneg.oracles.demo import format_oracle_demo, run_oracle_demo
+
+        print(format_oracle_demo(run_oracle_demo(args.run_dir, seed=args.seed)), flush=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     rows = run_experiment(config, args.run_dir, resume=args.resume, overwrite=not args.resume,
                           progress=not args.quiet)
@@ -158,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``genneg`` (and ``python -m genneg``); returns the exit status."""
     from genneg.io.rundir import RunStateError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fetch-carla-maps"]:  # its own parser takes every remaining argument, --help included
+        from genneg.data.traffic.carla import main as carla_main
+
+        return carla_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
