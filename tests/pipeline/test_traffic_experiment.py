@@ -182,3 +182,25 @@ def test_box_map_samples_read_the_crop_at_box_points(task: TrafficTask) -> None:
     assert torch.equal(out[0, 0], torch.ones(5)) and torch.equal(out[0, 1], -torch.ones(5))
     tokens[0, 0, 0] = 3.0  # outside the crop: not drivable
     assert torch.equal(box_map_samples(tokens, crop, task.norm)[0, 0], -torch.ones(5))
+
+
+def test_dihedral_augment_moves_tokens_and_crop_together(tiny_run: tuple[Path, list[dict]],
+                                                         task: TrafficTask) -> None:
+    from genneg.pipeline.balanced import BalancedDataset
+    from genneg.pipeline.traffic import box_map_samples, dihedral_augment
+
+    data = BalancedDataset.load(tiny_run[0] / "iter1" / "data" / "dataset.safetensors")
+    aug = dihedral_augment(data)
+    n = len(data)
+    assert len(aug) == 8 * n and aug.pi_neg == data.pi_neg
+    assert torch.equal(aug.labels, data.labels.repeat(8)) and torch.equal(aug.x[:n], data.x)
+    reads = box_map_samples(aug.x, aug.cond["map_raster"], task.norm).reshape(8, n, -1, 5)
+    mask = data.part_mask
+    for k in range(8):
+        # the centre reads the same cell in every copy; the corners are the same set, in another order
+        torch.testing.assert_close(reads[k, ..., 0][mask], reads[0, ..., 0][mask])
+        corners = reads[:, ..., 1:].sort(-1).values
+        torch.testing.assert_close(corners[k][mask], corners[0][mask])
+    # eight distinct copies of a scene whose vehicle is off-centre
+    i, j = (mask & (data.x[..., :2].abs().sum(-1) > 0.1)).nonzero()[0].tolist()
+    assert len({tuple(aug.x[k * n + i, j, :4].tolist()) for k in range(8)}) == 8

@@ -97,6 +97,7 @@ __all__ = [
     "TrafficModelConfig",
     "TrafficTask",
     "TrafficTokenOracle",
+    "dihedral_augment",
     "evaluate_traffic_model",
     "format_traffic_table",
     "get_traffic_profile",
@@ -228,6 +229,8 @@ class TrafficGenNegConfig:
         guidance_scale: ``gamma`` of every classifier (1 is the method).
         sample_steps: ancestral sampling steps (evenly spaced subsequence of the DDPM's ``T``).
         sample_batch_size: scenes per sampler call.
+        augment: train every classifier on the 8 dihedral copies of each labelled scene
+            (:func:`dihedral_augment`).
     """
 
     iterations: int = 3
@@ -236,6 +239,7 @@ class TrafficGenNegConfig:
     guidance_scale: float = 1.0
     sample_steps: int = 100
     sample_batch_size: int = 256
+    augment: bool = True
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.num_samples < 2 or self.num_samples % 2:
@@ -345,7 +349,7 @@ def _quick() -> TrafficExperimentConfig:
                                      eval_scenes=128, eval_timesteps=8),
         gen_neg=TrafficGenNegConfig(iterations=2, num_samples=1024, max_draws=40_000, sample_steps=40,
                                     sample_batch_size=256),
-        classifier=ClassifierConfig(iterations=2000, batch_size=64, lr=1e-3, grad_clip=1.0),
+        classifier=ClassifierConfig(iterations=3000, batch_size=64, lr=1e-3, grad_clip=1.0),
         ablations=TRAFFIC_ABLATIONS,
         distill=DistillConfig(iterations=1500, batch_size=64, lr=3e-4, grad_clip=1.0),
         eval=TrafficEvalConfig(num_scenes=512, r_elbo_scenes=256, r_elbo_timesteps=8, render_scenes=8),
@@ -601,6 +605,52 @@ class TrafficTokenOracle:
         """``(n, A)`` bool, True = the vehicle is present and fine, or absent."""
         v = self.details(tokens, **cond)
         return ~(v.collision | v.offroad)
+
+
+def dihedral_augment(dataset: BalancedDataset) -> BalancedDataset:
+    """The 8 images of every scene under the symmetries of the square window (rotations by multiples of
+    90° and reflections), tokens and map crop transformed together.
+
+    The oracle's verdicts are invariant under rigid motions of the world (map and vehicles together), so
+    each copy keeps its scene's labels, weights and priors; it is a scene in a rotated or mirrored world,
+    and the crop is the exact image of the original crop (a square raster). The oracle-only entries of the
+    conditioning (``centre_m``, ``map_index``) are copied unchanged: the classifier does not read them.
+
+    Args:
+        dataset: labelled scenes ``x (N, A, 7)`` with ``cond["map_raster"] (N, 1, C, C)``.
+
+    Returns:
+        ``8 N`` examples (the originals first); ``num_drawn`` is raised to at least ``8 N``.
+    """
+    if dataset.cond is None or "map_raster" not in dataset.cond:
+        raise ValueError("dihedral_augment needs scenes with a map_raster conditioning entry")
+    xs, crops = [dataset.x], [dataset.cond["map_raster"]]
+    for flip in (False, True):
+        x, crop = dataset.x, dataset.cond["map_raster"]
+        if flip:  # x -> -x: cos h -> -cos h; columns reversed
+            x = x * torch.tensor([-1, 1, -1, 1, 1, 1, 1], dtype=x.dtype, device=x.device)
+            crop = crop.flip(-1)
+            xs.append(x)
+            crops.append(crop)
+        for _ in range(3):  # (x, y) -> (-y, x), (cos, sin) -> (-sin, cos); crop'[i, j] = crop[C-1-j, i]
+            x = torch.cat([-x[..., 1:2], x[..., 0:1], -x[..., 3:4], x[..., 2:3], x[..., 4:]], dim=-1)
+            crop = torch.rot90(crop, k=-1, dims=(-2, -1))
+            xs.append(x)
+            crops.append(crop)
+    repeat = len(xs)
+
+    def tile(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.repeat(repeat, *([1] * (t.ndim - 1)))
+
+    valid = dataset.part_mask if dataset.part_mask is not None else dataset.cond.get("valid")
+    x_all = torch.cat(xs) * tile(valid)[..., None] if valid is not None else torch.cat(xs)
+    cond = {k: tile(v) for k, v in dataset.cond.items()}
+    cond["map_raster"] = torch.cat(crops)
+    return BalancedDataset(x_all, tile(dataset.labels), tile(dataset.part_labels), dataset.pi_pos,
+                           dataset.pi_neg, max(dataset.num_drawn, repeat * len(dataset)),
+                           part_mask=tile(dataset.part_mask), balanced=dataset.balanced,
+                           example_weights=tile(dataset.example_weights),
+                           extra={**dataset.extra, "dihedral_copies": repeat}, cond=cond)
 
 
 def _part_mask(x: torch.Tensor, *, valid: torch.Tensor, **context: torch.Tensor) -> torch.Tensor:
@@ -1048,7 +1098,8 @@ class _TrafficRunner:
         def body(g: torch.Generator) -> dict[str, Any]:
             torch.manual_seed(stage_seed(cfg.seed, f"{stage}/init"))
             classifier = task.new_classifier(time_dependent)
-            history = train_classifier(classifier, dataset, dataclasses.replace(cfg.classifier, mode=mode),
+            data = dihedral_augment(dataset) if cfg.gen_neg.augment else dataset
+            history = train_classifier(classifier, data, dataclasses.replace(cfg.classifier, mode=mode),
                                        task.classifier_noise, generator=g, progress=self.progress)
             tail = history[-max(1, len(history) // 10):]
             info = {"mode": mode, "time_dependent": time_dependent, "final_loss": float(np.mean(tail))}
