@@ -4,6 +4,7 @@
 
     genneg train checkerboard --profile quick --run-dir runs/cb --seed 0 --set classifier.iterations=500
     genneg train checkerboard --run-dir runs/cb --resume        # continue a killed run
+    genneg train traffic --profile quick --run-dir runs/traffic   # traffic scenes (Table 1 report)
     genneg sample --run-dir runs/cb --model iter3 --num 10000 --out samples.npy
     genneg eval --run-dir runs/cb --model distilled --num 20000
     genneg report --run-dir runs/cb
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run (or resume) a named experiment stage by stage")
-    train.add_argument("experiment", help="experiment name, e.g. 'checkerboard'")
+    train.add_argument("experiment", help="experiment name: 'checkerboard' or 'traffic'")
     train.add_argument("--profile", default=None, help="tiny | quick | paper (default: quick; on --resume "
                        "the saved config is used)")
     train.add_argument("--run-dir", required=True, type=Path, help="run directory")
@@ -75,12 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _experiment_of(run_dir: Path) -> str | None:
+    """The ``experiment`` saved in a run directory's ``config.json``, or None when there is none."""
+    path = run_dir / "config.json"
+    return json.loads(path.read_text()).get("experiment") if path.is_file() else None
+
+
+def _refuse_traffic(args: argparse.Namespace) -> None:
+    if _experiment_of(args.run_dir) == "traffic":
+        raise ValueError(f"'genneg {args.command}' reads checkerboard runs; {args.run_dir} is a traffic run "
+                         "(its report.md holds every model's evaluation; see genneg.pipeline.traffic)")
+
+
 def _train(args: argparse.Namespace) -> int:
     from genneg.io.config import apply_overrides
     from genneg.io.rundir import RunDir
     from genneg.pipeline.experiment import run_experiment
     from genneg.pipeline.profiles import ExperimentConfig, get_profile
     from genneg.pipeline.report import format_table
+
+    if args.experiment == "traffic":
+        from genneg.pipeline.traffic import train_traffic_command
+
+        if args.resume and _experiment_of(args.run_dir) not in (None, "traffic"):
+            raise SystemExit(f"genneg: {args.run_dir} holds a '{_experiment_of(args.run_dir)}' run, not "
+                             "'traffic'")
+        return train_traffic_command(args.run_dir, profile=args.profile, seed=args.seed,
+                                     overrides=args.overrides, threads=args.threads, resume=args.resume,
+                                     overwrite=args.overwrite, quiet=args.quiet)
 
     if args.resume and (args.run_dir / "config.json").is_file():
         config = RunDir(args.run_dir, resume=True).read_config(ExperimentConfig)
@@ -110,6 +133,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     from genneg.pipeline.experiment import load_model
 
+    _refuse_traffic(args)
     task, _, model = load_model(args.run_dir, args.model)
     generator = torch.Generator(device=task.device).manual_seed(args.seed)
     x = task.sample(model, args.num, generator, progress=True)
@@ -122,6 +146,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from genneg.pipeline.experiment import evaluate_model, load_model
 
+    _refuse_traffic(args)
     task, config, model = load_model(args.run_dir, args.model)
     metrics, _, _ = evaluate_model(task, model, config, num_samples=args.num, progress=True)
     print(json.dumps({"model": args.model, **metrics}, indent=2))
@@ -132,7 +157,12 @@ def _report(args: argparse.Namespace) -> int:
     from genneg.io.rundir import RunDir
     from genneg.pipeline.experiment import write_run_report
 
-    path = write_run_report(RunDir(args.run_dir, resume=True))
+    if _experiment_of(args.run_dir) == "traffic":
+        from genneg.pipeline.traffic import write_traffic_report
+
+        path = write_traffic_report(RunDir(args.run_dir, resume=True))
+    else:
+        path = write_run_report(RunDir(args.run_dir, resume=True))
     print(path.read_text())
     print(f"report: {path}")
     return 0

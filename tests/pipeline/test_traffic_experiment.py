@@ -204,3 +204,20 @@ def test_dihedral_augment_moves_tokens_and_crop_together(tiny_run: tuple[Path, l
     # eight distinct copies of a scene whose vehicle is off-centre
     i, j = (mask & (data.x[..., :2].abs().sum(-1) > 0.1)).nonzero()[0].tolist()
     assert len({tuple(aug.x[k * n + i, j, :4].tolist()) for k in range(8)}) == 8
+
+
+def test_cli_train_traffic_resume_report_and_refusals(tiny_run: tuple[Path, list[dict]],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from genneg.cli import main
+
+    run_dir, _ = tiny_run
+    assert main(["train", "traffic", "--run-dir", str(run_dir), "--resume", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| Gen-neG iteration 2 |" in out and "report:" in out
+    assert main(["report", "--run-dir", str(run_dir)]) == 0
+    assert "# Gen-neG on traffic scenes (tiny profile)" in capsys.readouterr().out
+    assert main(["eval", "--run-dir", str(run_dir)]) == 2
+    assert "traffic run" in capsys.readouterr().err
+    assert main(["train", "traffic", "--run-dir", str(run_dir), "--resume", "--profile", "quick",
+                 "--quiet"]) == 2
+    assert "profile 'tiny'" in capsys.readouterr().err
