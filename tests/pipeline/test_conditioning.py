@@ -172,11 +172,11 @@ def test_eps_distillation_with_cond() -> None:
 
     student = Student()
     before = float(distillation_loss_eps(student, teacher, x0, SCHEDULE, cond=cond,
-                                         generator=torch.Generator().manual_seed(0)))
+                                         generator=torch.Generator().manual_seed(0)).detach())
     train_distilled(student, teacher, x0, DistillConfig(iterations=80, batch_size=32, lr=0.05), SCHEDULE,
                     generator=torch.Generator().manual_seed(6), cond=cond)
     after = float(distillation_loss_eps(student, teacher, x0, SCHEDULE, cond=cond,
-                                        generator=torch.Generator().manual_seed(0)))
+                                        generator=torch.Generator().manual_seed(0)).detach())
     assert after < before
     with pytest.raises(ValueError, match="rows"):
         train_distilled(Student(), teacher, x0, DistillConfig(iterations=1), SCHEDULE,
