@@ -51,6 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Timing, machine_info, ratio, time_call, write_results
+
 from genneg.diffusion import EDMPrecond, heun_step, make_sigmas
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.guidance.analytic import AnalyticMLPGuidance

@@ -59,6 +59,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import machine_info, write_results
+
 from genneg.data.traffic import (
     RoadNetworkConfig,
     SceneConfig,

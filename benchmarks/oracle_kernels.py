@@ -66,9 +66,8 @@ def _sync(device: torch.device) -> Callable[[], None]:
 
 
 def run(num_scenes: int, quick: bool) -> dict[str, Any]:
-    from genneg.reference import traffic_oracle as reference
-
     import genneg_ext
+    from genneg.reference import traffic_oracle as reference
 
     boxes_np, valid_np, drivable_np = make_inputs(num_scenes, seed=0)
     repeats = 3 if quick else 7

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from genneg.data.traffic import (
     RoadNetworkConfig,
     SceneConfig,

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
 from torch import nn
+
+from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
 
 __all__ = ["PackedMLPStack", "mlp_guided_denoise", "mlp_guided_step", "pack_mlp_stack"]
 

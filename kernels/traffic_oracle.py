@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+
 from genneg.kernels._backend import interpreter_enabled
 from genneg.reference.traffic_oracle import HALF_PI, validate_boxes, validate_margin, validate_raster
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
+
 from genneg.cli import main
 
 # a very small run: the CLI's wiring is under test here, the method in tests/pipeline/test_experiment.py
@@ -19,13 +18,6 @@ MICRO = ["baseline.iterations=60", "baseline.eval_every=30", "gen_neg.iterations
          "eval.num_samples=600", "eval.elbo_points=100", "eval.mmd_points=100", "sampling.num_steps=6",
          "data.num_heldout=200"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _sets(overrides: list[str]) -> list[str]:

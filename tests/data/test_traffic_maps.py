@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from genneg.data.traffic import (
     carla_maps_from_wheel,
     fetch_carla_maps,

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from genneg.data.traffic import ROAD_KINDS, RoadNetworkConfig, generate_road_map, generate_road_maps
 from genneg.data.traffic.raster import rasterise_polygons, rasterise_polylines, rasterise_triangles
 from genneg.oracles.drivable_map import DrivableMap

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from genneg.data.traffic import (
     ROAD_KINDS,
     RoadNetworkConfig,

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from genneg.diffusion import (
     EDMConfig,
     EDMPrecond,
@@ -15,7 +17,6 @@ from genneg.diffusion import (
     make_sigmas,
     sample_sigma_log_uniform,
 )
-from torch import nn
 
 SIGMAS = torch.tensor([0.002, 0.05, 0.3, 1.0, 7.5, 80.0], dtype=torch.float64)
 

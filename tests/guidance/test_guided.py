@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from torch import nn
+
 from genneg.diffusion import EDMPrecond, heun_sample, log_linear_sigmas
 from genneg.guidance import GuidedDenoiser, GuidedEps, TimeClassifier, guidance_gradient
 from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
-from torch import nn
 
 SIGMA_DATA = 0.5
 

@@ -2,6 +2,7 @@
 which includes the Jacobian of the guidance gradient (a second derivative of the classifiers)."""
 
 import torch
+
 from genneg.diffusion import EDMPrecond
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.metrics import denoiser_divergence

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+from torch import nn
+
 from genneg.io import checkpoint_exists, load_checkpoint, metadata_path, save_checkpoint
 from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
-from torch import nn
 
 
 def test_module_round_trip(tmp_path):

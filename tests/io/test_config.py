@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
+
 from genneg.io import apply_overrides, config_from_dict, config_from_json, config_to_dict, config_to_json
 
 

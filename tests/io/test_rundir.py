@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+
 from genneg.io import RunDir, RunStateError, stage_generator, stage_seed
 
 

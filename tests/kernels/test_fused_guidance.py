@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 
-import genneg.reference.guidance as ref
 import pytest
 import torch
+from torch import nn
+
+import genneg.reference.guidance as ref
 from genneg.diffusion import EDMPrecond, heun_sample, heun_step, make_sigmas
 from genneg.guidance import GuidedDenoiser, GuidedEps, TimeClassifier, guidance_gradient
 from genneg.guidance.analytic import AnalyticMLPGuidance, build_analytic_guidance
@@ -34,7 +36,6 @@ from genneg.kernels import fused_guidance_update as update_kernels
 from genneg.kernels import fused_mlp_guidance as mlp_kernels
 from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
 from genneg.profiling import nvtx_enabled, nvtx_range, set_nvtx_enabled
-from torch import nn
 
 SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 0.5
 REL = 1e-5  # see module docstring

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from genneg.kernels._backend import has_triton, interpreter_enabled
 from genneg.reference import traffic_oracle as reference
 

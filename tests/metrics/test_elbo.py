@@ -6,6 +6,7 @@ from itertools import pairwise
 
 import pytest
 import torch
+
 from genneg.data.checkerboard import sample_checkerboard
 from genneg.diffusion import DDPMConfig, DDPMSchedule, EDMConfig, EDMPrecond, edm_loss
 from genneg.metrics import (

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from genneg.metrics import RateEstimate, infraction_rate, wilson_interval
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from genneg.diffusion import EDMConfig, EDMPrecond
 from genneg.metrics import denoiser_divergence, gaussian_denoiser, gaussian_log_density, pf_ode_log_likelihood
 from genneg.models import ResidualMLP, ResidualMLPConfig

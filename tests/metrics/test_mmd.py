@@ -4,6 +4,7 @@ from itertools import pairwise
 
 import pytest
 import torch
+
 from genneg.metrics import DEFAULT_BANDWIDTHS, mmd
 
 

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from genneg.metrics import num_parallel_samples, reduction
 
 

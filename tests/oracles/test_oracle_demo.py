@@ -1,6 +1,7 @@
 """The oracle demo flags what an independent per-pair check flags, and writes its picture."""
 
 import numpy as np
+
 from genneg.oracles.demo import format_oracle_demo, run_oracle_demo
 
 

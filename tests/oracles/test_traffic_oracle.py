@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from genneg.kernels._backend import has_triton, interpreter_enabled
 from genneg.oracles import DrivableMap, TrafficOracle, evaluate_oracle, sample_verdicts
 from genneg.reference import traffic_oracle as reference
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 shapely = pytest.importorskip("shapely")
 

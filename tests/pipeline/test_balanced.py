@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from genneg.data.checkerboard import CheckerboardConfig, CheckerboardOracle
 from genneg.diffusion import log_linear_sigmas
 from genneg.pipeline.balanced import (
@@ -19,15 +20,6 @@ from genneg.pipeline.balanced import (
     draw_imbalanced,
 )
 from genneg.pipeline.classifier import sample_weights
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensor ops run fastest (and steadiest on a shared 2-core machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _uniform_source(seed: int, dim: int = 2):

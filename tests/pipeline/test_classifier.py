@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+
 from genneg.diffusion.edm import EDMConfig
 from genneg.guidance import TimeClassifier
 from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
@@ -35,14 +36,6 @@ PI_NEG = float((WEIGHTS * torch.special.ndtr(-MEANS / STDS)).sum())  # P(x0 < 0)
 EDM = EDMConfig(sigma_min=0.02, sigma_max=5.0, sigma_data=0.7)
 EVAL_SIGMAS = (0.05, 0.3, 1.0, 3.0)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest (and steadiest on a shared 2-core machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _sample_mixture(n: int, generator: torch.Generator) -> torch.Tensor:

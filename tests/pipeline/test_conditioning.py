@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from genneg.diffusion.ddpm import DDPMConfig, DDPMSchedule
 from genneg.diffusion.edm import EDMConfig
 from genneg.guidance import GuidedDenoiser, GuidedEps, TimeClassifier, guidance_gradient
 from genneg.pipeline.balanced import BalancedDataset, draw_balanced, draw_imbalanced
 from genneg.pipeline.classifier import ClassifierConfig, train_classifier
 from genneg.pipeline.distill import DistillConfig, distillation_loss_eps, train_distilled
-from torch import nn
 
 SCHEDULE = DDPMSchedule(DDPMConfig(num_steps=50))
 

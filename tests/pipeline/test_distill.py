@@ -6,22 +6,16 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from genneg.diffusion.edm import EDMConfig, EDMPrecond, edm_loss_weight
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
 from genneg.pipeline.distill import DistillConfig, distillation_loss, distillation_x0, train_distilled
-from torch import nn
 
 EDM = EDMConfig(sigma_min=0.02, sigma_max=5.0, sigma_data=0.7)
 DATA_STD = 0.7
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class GaussianDenoiser(nn.Module):

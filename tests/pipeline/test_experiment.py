@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
+
 from genneg.io import RunDir, RunStateError
 from genneg.pipeline.experiment import load_model, model_names, run_experiment
 from genneg.pipeline.profiles import get_profile
@@ -16,13 +15,6 @@ from genneg.pipeline.report import eval_rows
 
 TIMING_FIELDS = {"sample_seconds", "sample_ms_per_1k"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from genneg.diffusion.ddpm import ddpm_loss
 from genneg.io.rundir import RunDir
 from genneg.metrics import num_parallel_samples
@@ -20,14 +21,6 @@ from genneg.pipeline.traffic import (
     run_traffic,
     scene_r_elbo,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

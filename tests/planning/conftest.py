@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from genneg.data.checkerboard import CheckerboardOracle
 from genneg.diffusion import DDPMConfig, DDPMSchedule, EDMPrecond
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
-from torch import nn
 
 
 def _mlp(dim_out: int, seed: int) -> ResidualMLP:
@@ -56,12 +57,3 @@ def eps_model(schedule: DDPMSchedule) -> nn.Module:
 def oracle() -> CheckerboardOracle:
     return CheckerboardOracle()
 
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Latency tests run with one intra-op thread (as a planner pins its sampler): on a loaded 2-core
-    machine, two OpenMP threads on tiny tensors spend their time waiting for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -11,11 +11,12 @@ import time
 
 import pytest
 import torch
+from torch import nn
+
 from genneg.diffusion import ddpm_ancestral_sample, heun_sample, make_sigmas
 from genneg.planning.fast_sampler import FastSampler, SamplerConfig, parallel_samples_for, success_probability
 from genneg.planning.inpainting import fix_coordinates
 from genneg.planning.result import SampleResult
-from torch import nn
 
 
 def _edm(model: nn.Module, oracle, **kw) -> FastSampler:

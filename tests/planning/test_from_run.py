@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from genneg.guidance import GuidedDenoiser
 from genneg.io.checkpoint import save_checkpoint
 from genneg.io.rundir import RunDir

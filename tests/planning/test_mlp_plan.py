@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from genneg.diffusion import EDMPrecond, make_sigmas
 from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
 from genneg.planning.mlp_plan import ResidualMLPDenoiserPlan, supports_mlp_plan
