@@ -24,10 +24,10 @@ from genneg.pipeline.classifier import (
     ClassifierConfig,
     classifier_loss,
     importance_weights,
-    lr_factor,
     sample_weights,
     train_classifier,
 )
+from genneg.pipeline.optim import lr_factor
 
 WEIGHTS = torch.tensor([0.75, 0.25], dtype=torch.float64)
 MEANS = torch.tensor([0.8, -0.6], dtype=torch.float64)

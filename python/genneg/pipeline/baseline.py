@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genneg.diffusion.edm import EDMConfig, edm_loss
+from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
 __all__ = ["BaselineConfig", "TrainResult", "heldout_elbo", "train_denoiser"]
 
@@ -100,14 +101,6 @@ def heldout_elbo(
     return float(values.mean())
 
 
-def _lr_factor(config: BaselineConfig, step: int) -> float:
-    if config.warmup and step < config.warmup:
-        return (step + 1) / config.warmup
-    if config.lr_schedule == "constant" or config.iterations <= config.warmup:
-        return 1.0
-    t = (step - config.warmup) / max(1, config.iterations - config.warmup)
-    return config.lr_min_fraction + (1 - config.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * t))
-
 
 def train_denoiser(
     denoiser: nn.Module,
@@ -153,15 +146,11 @@ def train_denoiser(
     denoiser.train()
     bar = tqdm(range(config.iterations), disable=not progress, desc="baseline", leave=False)
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * _lr_factor(config, step)
+        set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
+                          config.lr_min_fraction, config.warmup)
         x0 = train_x if batch == n else train_x[torch.randint(n, (batch,), generator=generator)]
         loss = edm_loss(denoiser, x0, edm_config, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, loss, denoiser.parameters(), config.grad_clip)
         loss_sum += float(loss.detach())
         loss_count += 1
         last = step + 1 == config.iterations

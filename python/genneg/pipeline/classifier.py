@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.edm import EDMConfig
 from genneg.pipeline.balanced import BalancedDataset
+from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
 __all__ = [
     "ClassifierConfig",
     "classifier_loss",
     "importance_weights",
-    "lr_factor",
     "sample_weights",
     "train_classifier",
 ]
@@ -85,15 +85,6 @@ class ClassifierConfig:
             raise ValueError(
                 f"need lr > 0, 0 <= lr_min_fraction <= 1, weight_decay >= 0, grad_clip >= 0: {self}")
 
-
-def lr_factor(step: int, iterations: int, schedule: str, min_fraction: float, warmup: int) -> float:
-    """Learning-rate multiplier at ``step`` (0-based): linear warm-up, then constant or cosine decay."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, iterations - warmup)
-    return min_fraction + (1 - min_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def importance_weights(labels: torch.Tensor, pi_pos: float, pi_neg: float) -> torch.Tensor:
@@ -236,9 +227,8 @@ def train_classifier(
     bar = tqdm(range(config.iterations), disable=not progress, desc=f"classifier ({config.mode})",
                leave=False)
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config.iterations, config.lr_schedule,
-                                                config.lr_min_fraction, config.warmup)
+        set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
+                          config.lr_min_fraction, config.warmup)
         idx = torch.randint(n, (b,), generator=generator, device=gen_device).to(device)
         x0 = data.x[idx]
         if time_dependent:
@@ -254,11 +244,7 @@ def train_classifier(
                              "part labels")
         mask = data.part_mask[idx] if data.part_mask is not None else None
         loss = classifier_loss(logits, targets[idx], weights[idx], mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(classifier.parameters(), config.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, loss, classifier.parameters(), config.grad_clip)
         losses[step] = loss.detach()
         if progress and (step % 50 == 0 or step == config.iterations - 1):
             bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from genneg.diffusion.ddpm import DDPMSchedule
 from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.edm import EDMConfig, edm_loss_weight
-from genneg.pipeline.classifier import lr_factor
+from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
 __all__ = ["DistillConfig", "distillation_loss", "distillation_loss_eps", "distillation_x0",
            "train_distilled"]
@@ -214,9 +214,8 @@ def train_distilled(
     student.train()
     bar = tqdm(range(config.iterations), disable=not progress, desc="distillation", leave=False)
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config.iterations, config.lr_schedule,
-                                                config.lr_min_fraction, config.warmup)
+        set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
+                          config.lr_min_fraction, config.warmup)
         idx = torch.randint(pool.shape[0], (config.batch_size,), generator=generator, device=gen_device)
         idx = idx.to(device)
         batch_cond = {k: v[idx] for k, v in pool_cond.items()}
@@ -226,11 +225,7 @@ def train_distilled(
         else:
             loss = distillation_loss(student, teacher, pool[idx], edm_config, generator=generator,
                                      cond=batch_cond)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, loss, student.parameters(), config.grad_clip)
         losses[step] = loss.detach()
         if progress and (step % 50 == 0 or step == config.iterations - 1):
             bar.set_postfix(loss=f"{loss.item():.4f}")

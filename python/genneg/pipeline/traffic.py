@@ -82,8 +82,9 @@ from genneg.metrics import infraction_rate, num_parallel_samples, r_elbo, reduct
 from genneg.models.scene_transformer import SceneTransformer, SceneTransformerConfig
 from genneg.oracles.traffic import TrafficOracle, TrafficVerdicts
 from genneg.pipeline.balanced import BalancedDataset, draw_balanced, draw_imbalanced
-from genneg.pipeline.classifier import ClassifierConfig, lr_factor, train_classifier
+from genneg.pipeline.classifier import ClassifierConfig, train_classifier
 from genneg.pipeline.distill import DistillConfig, train_distilled
+from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
 __all__ = [
     "TRAFFIC_PROFILES",
@@ -793,17 +794,12 @@ def train_scene_baseline(
     eps_model.train()
     bar = tqdm(range(config.iterations), disable=not progress, desc="baseline (DDPM)", leave=False)
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config.iterations, config.lr_schedule,
-                                                config.lr_min_fraction, config.warmup)
+        set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
+                          config.lr_min_fraction, config.warmup)
         idx = torch.randint(len(train), (config.batch_size,), generator=generator).to(device)
         batch = train.rows(idx)
         loss = ddpm_loss(_bind(eps_model, batch.cond), batch.tokens, schedule, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(eps_model.parameters(), config.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, loss, eps_model.parameters(), config.grad_clip)
         losses.append(float(loss.detach()))
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
