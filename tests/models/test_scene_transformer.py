@@ -171,3 +171,53 @@ def test_config_validation_and_json():
         net(x.float(), t, valid.int(), maps.float())
     with pytest.raises(ValueError, match="map_raster"):
         net(x.float(), t, valid, maps[:, :, :4, :4].float())
+
+
+def test_noise_faded_encoding_is_the_expectation_over_the_noise():
+    """``sinusoidal_embedding(v, noise_std=s)`` equals ``E_n sinusoidal_embedding(v + n)``, n ~ N(0, s²)."""
+    from genneg.models.scene_transformer import sinusoidal_embedding
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    s = torch.tensor([0.02, 0.1], dtype=torch.float64)
+    noisy = v[:, None] + s[:, None] * torch.randn(2, 200_000, generator=g, dtype=torch.float64)
+    monte_carlo = sinusoidal_embedding(noisy, 16, 0.05, 8.0).mean(dim=1)
+    faded = sinusoidal_embedding(v, 16, 0.05, 8.0, noise_std=s)
+    torch.testing.assert_close(faded, monte_carlo, atol=5e-3, rtol=0)
+    # the finest wavelength (0.05) is gone under noise 0.1; the coarsest (8) is untouched
+    assert faded[1, 7].abs() < 1e-6 and faded[1, 15].abs() < 1e-6
+    torch.testing.assert_close(faded[:, [0, 8]], sinusoidal_embedding(v, 16, 0.05, 8.0)[:, [0, 8]],
+                               atol=5e-3, rtol=0)
+
+
+def test_position_noise_std_zero_changes_nothing_and_large_noise_flattens_fine_features(model):
+    x, t, valid, maps = _inputs()
+    plain = model(x, t, valid, maps)
+    zero = model(x, t, valid, maps, position_noise_std=torch.zeros(3, dtype=x.dtype))
+    torch.testing.assert_close(zero, plain, rtol=1e-12, atol=1e-12)
+    # a shift of one vehicle far below every encoded wavelength: with the encodings faded by a large
+    # noise the output moves much less than without (only the raw token and the coarse features remain)
+    x2 = x.clone()
+    x2[0, 0, 0] += 0.002
+    big = torch.full((3,), 0.5, dtype=x.dtype)
+    moved_plain = (model(x2, t, valid, maps) - plain)[0].abs().sum()
+    moved_faded = (model(x2, t, valid, maps, position_noise_std=big)
+                   - model(x, t, valid, maps, position_noise_std=big))[0].abs().sum()
+    assert moved_faded < 0.5 * moved_plain
+
+
+def test_relative_values_are_translation_invariant_inputs():
+    x, t, _, _ = _inputs()
+    model = SceneTransformer(SMALL).double()
+    pair = model.pair_features(x, model.time_embedding(t))
+    shifted = x.clone()
+    shifted[..., :2] += torch.tensor([0.4, -0.1], dtype=x.dtype)
+    pair_s = model.pair_features(shifted, model.time_embedding(t))
+    torch.testing.assert_close(model.directed_pair_features(shifted, pair_s),
+                               model.directed_pair_features(x, pair), rtol=1e-9, atol=1e-9)
+    # and they carry the direction: mirroring the scene flips the sign of the displacement part
+    mirrored = x.clone()
+    mirrored[..., 0] = -x[..., 0]
+    dx = slice(pair.shape[-1], 2 * pair.shape[-1])
+    torch.testing.assert_close(model.directed_pair_features(mirrored, pair)[..., dx],
+                               -model.directed_pair_features(x, pair)[..., dx])

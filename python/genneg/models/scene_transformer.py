@@ -12,6 +12,10 @@ Architecture:
    (noisy) token positions are embedded sinusoidally, projected and **summed with a projection of the time
    embedding**, passed through SiLU (shared by all blocks); each block maps it linearly to one bias per
    head that is added to the self-attention logits.
+   Relative **values** (Shaw et al. 2018): each attended neighbour also contributes
+   ``W_v [f_ij, f_ij Δx_ij, f_ij Δy_ij]``, with ``f_ij`` those pair features and ``Δ_ij = p_i - p_j`` the
+   displacement from the neighbour, so a vehicle learns where its neighbours are, not only how much to
+   attend to them (a bias alone gives no direction to move away from a too-close neighbour).
 4. Map encoder: a small strided CNN on the raster crop → ``(H/8) × (W/8)`` map tokens plus a projected 2-D
    sinusoidal encoding of their cell centres in the same normalised frame.
 5. ``blocks`` × [self-attention over vehicles (key padding mask) → cross-attention to map tokens → MLP],
@@ -58,6 +62,7 @@ class SceneTransformerConfig:
             normalised units (1 = half a window).
         map_channels: channels of the three stride-2 convolutions of the map encoder.
         map_extent: the map crop spans ``[-map_extent, map_extent]²`` in normalised units.
+        relative_values: add the relative-position values to self-attention (module docstring, 3).
         head: ``"eps"`` (ε-prediction, ``token_dim`` outputs) or ``"logit"`` (one logit per vehicle).
     """
 
@@ -74,6 +79,7 @@ class SceneTransformerConfig:
     max_wavelength: float = 8.0
     map_channels: tuple[int, int, int] = (16, 32, 64)
     map_extent: float = 1.0
+    relative_values: bool = True
     head: str = "eps"
 
     def __post_init__(self) -> None:
@@ -104,7 +110,8 @@ class SceneTransformerConfig:
 
 
 def sinusoidal_embedding(
-    values: torch.Tensor, dim: int, min_wavelength: float, max_wavelength: float
+    values: torch.Tensor, dim: int, min_wavelength: float, max_wavelength: float,
+    noise_std: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[sin(2π v / λ_k), cos(2π v / λ_k)]`` for ``dim / 2`` wavelengths ``λ_k`` geometric in
     ``[min_wavelength, max_wavelength]``.
@@ -112,6 +119,10 @@ def sinusoidal_embedding(
     Args:
         values: ``(...)`` float tensor.
         dim: even number of output features.
+        noise_std: optional std of Gaussian noise on ``values`` (broadcastable to ``values``). Each
+            feature is then multiplied by ``exp(-2π² noise_std² / λ_k²)``, its expectation over that noise
+            (``E sin(2π(v + n)/λ) = sin(2π v/λ) exp(-2π² s²/λ²)``): features finer than the noise carry no
+            information and are faded out, so they add no input gradient either.
 
     Returns:
         ``(..., dim)`` tensor of ``values``' dtype (float32 for integer input).
@@ -122,6 +133,10 @@ def sinusoidal_embedding(
     wavelength = max_wavelength * (min_wavelength / max_wavelength) ** k
     angle = values.to(dtype)[..., None] * (2 * math.pi / wavelength)
     out = torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+    if noise_std is not None:
+        std = torch.broadcast_to(noise_std.to(dtype), values.shape)[..., None]
+        fade = torch.exp(-2 * math.pi**2 * (std / wavelength) ** 2)
+        out = out * torch.cat([fade, fade], dim=-1)
     return out.to(values.dtype) if values.is_floating_point() else out
 
 
@@ -135,16 +150,19 @@ def _time_embedding(t: torch.Tensor, dim: int, max_period: float) -> torch.Tenso
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
-def _position_embedding(xy: torch.Tensor, cfg: SceneTransformerConfig) -> torch.Tensor:
-    """``(..., 2)`` normalised positions -> ``(..., position_embed_dim)``."""
+def _position_embedding(xy: torch.Tensor, cfg: SceneTransformerConfig,
+                        noise_std: torch.Tensor | None = None) -> torch.Tensor:
+    """``(..., 2)`` normalised positions -> ``(..., position_embed_dim)``; ``noise_std`` as in
+    :func:`sinusoidal_embedding` (per coordinate)."""
     half = cfg.position_embed_dim // 2
-    ex = sinusoidal_embedding(xy[..., 0], half, cfg.min_wavelength, cfg.max_wavelength)
-    ey = sinusoidal_embedding(xy[..., 1], half, cfg.min_wavelength, cfg.max_wavelength)
+    ex = sinusoidal_embedding(xy[..., 0], half, cfg.min_wavelength, cfg.max_wavelength, noise_std)
+    ey = sinusoidal_embedding(xy[..., 1], half, cfg.min_wavelength, cfg.max_wavelength, noise_std)
     return torch.cat([ex, ey], dim=-1)
 
 
 class _Attention(nn.Module):
-    """Multi-head attention with an optional additive bias ``(B, H, Q, K)`` and a key mask ``(B, Q, K)``."""
+    """Multi-head attention with an optional additive bias ``(B, H, Q, K)``, a key mask ``(B, Q, K)`` and
+    optional per-pair values ``(B, Q, K, width)`` added to the values of the keys."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -159,6 +177,7 @@ class _Attention(nn.Module):
         context: torch.Tensor,
         bias: torch.Tensor | None = None,
         allowed: torch.Tensor | None = None,
+        pair_values: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, q_len, d = x.shape
         k_len = context.shape[1]
@@ -171,7 +190,11 @@ class _Attention(nn.Module):
         if allowed is not None:
             scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         attn = torch.softmax(scores, dim=-1)
-        return self.out((attn @ v).transpose(1, 2).reshape(b, q_len, d))
+        out = (attn @ v).transpose(1, 2)  # (B, Q, H, d/h)
+        if pair_values is not None:
+            rel = pair_values.view(b, q_len, k_len, h, d // h)
+            out = out + torch.einsum("bhqk,bqkhc->bqhc", attn, rel)
+        return self.out(out.reshape(b, q_len, d))
 
 
 class _Block(nn.Module):
@@ -185,6 +208,7 @@ class _Block(nn.Module):
         self.time_cross = nn.Linear(d, d)
         self.time_mlp = nn.Linear(d, d)
         self.bias = nn.Linear(cfg.distance_embed_dim, cfg.heads)
+        self.pair_value = nn.Linear(3 * cfg.distance_embed_dim, d) if cfg.relative_values else None
         self.self_attn = _Attention(d, cfg.heads)
         self.cross_attn = _Attention(d, cfg.heads)
         self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.SiLU(), nn.Linear(cfg.mlp_ratio * d, d))
@@ -194,12 +218,14 @@ class _Block(nn.Module):
         h: torch.Tensor,
         temb: torch.Tensor,
         pair: torch.Tensor,
+        pair_directed: torch.Tensor | None,
         allowed: torch.Tensor,
         map_tokens: torch.Tensor,
     ) -> torch.Tensor:
         bias = self.bias(pair).permute(0, 3, 1, 2)  # (B, heads, A, A)
+        values = self.pair_value(pair_directed) if self.pair_value is not None else None
         x = self.norm_self(h) + self.time_self(temb)[:, None]
-        h = h + self.self_attn(x, x, bias=bias, allowed=allowed)
+        h = h + self.self_attn(x, x, bias=bias, allowed=allowed, pair_values=values)
         x = self.norm_cross(h) + self.time_cross(temb)[:, None]
         h = h + self.cross_attn(x, map_tokens)
         x = self.norm_mlp(h) + self.time_mlp(temb)[:, None]
@@ -247,19 +273,30 @@ class SceneTransformer(nn.Module):
         """``(B,)`` times -> ``(B, width)`` embedding."""
         return self.time(_time_embedding(t, self.config.time_embed_dim, self.config.time_max_period))
 
-    def pair_features(self, x_tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def pair_features(self, x_tokens: torch.Tensor, temb: torch.Tensor,
+                      noise_std: torch.Tensor | None = None) -> torch.Tensor:
         """Relative-position features ``SiLU(W_d PE(d_ij) + W_t temb)``, ``(B, A, A, distance_embed_dim)``.
 
         Depends on the token positions only through their pairwise distances (so it is invariant to
-        rotations and translations of the positions).
+        rotations and translations of the positions). ``noise_std`` ``(B,)``: per-coordinate noise of the
+        positions; a distance then carries about ``sqrt(2)`` times that (:func:`sinusoidal_embedding`).
         """
         xy = x_tokens[..., :2]
         diff = xy[:, :, None, :] - xy[:, None, :, :]
         # sqrt has an infinite gradient at 0 (the diagonal): a small floor keeps guidance gradients finite.
         dist = torch.sqrt((diff * diff).sum(-1) + 1e-8)
         cfg = self.config
-        emb = sinusoidal_embedding(dist, cfg.distance_embed_dim, cfg.min_wavelength, cfg.max_wavelength)
+        std = None if noise_std is None else math.sqrt(2) * noise_std[:, None, None]
+        emb = sinusoidal_embedding(dist, cfg.distance_embed_dim, cfg.min_wavelength, cfg.max_wavelength, std)
         return F.silu(self.pair_distance(emb) + self.pair_time(temb)[:, None, None, :])
+
+    @staticmethod
+    def directed_pair_features(x_tokens: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        """``[f_ij, f_ij Δx_ij, f_ij Δy_ij]`` ``(B, A, A, 3 · distance_embed_dim)`` with ``Δ_ij = p_i - p_j``
+        (normalised units): the input of the relative values. Invariant to translations of the positions."""
+        xy = x_tokens[..., :2]
+        diff = xy[:, :, None, :] - xy[:, None, :, :]
+        return torch.cat([pair, pair * diff[..., :1], pair * diff[..., 1:]], dim=-1)
 
     def encode_map(self, map_raster: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` crop -> ``(B, ceil(H/8)·ceil(W/8), width)`` map tokens with 2-D positions."""
@@ -279,6 +316,7 @@ class SceneTransformer(nn.Module):
         t_or_noise: torch.Tensor,
         valid: torch.Tensor,
         map_raster: torch.Tensor,
+        position_noise_std: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict ε (or per-vehicle logits) for a batch of noisy scenes.
 
@@ -288,6 +326,9 @@ class SceneTransformer(nn.Module):
             valid: ``(B, A)`` bool, True for real vehicles.
             map_raster: ``(B, 1, H, W)`` float, drivable crop of the scene window (1 = drivable);
                 ``H, W >= 8``.
+            position_noise_std: optional ``(B,)`` std of the noise on the token positions (input units);
+                the position and distance encodings then fade the wavelengths it hides
+                (:func:`sinusoidal_embedding`). None: no fading.
 
         Returns:
             ``(B, A, token_dim)`` ε prediction, or ``(B, A)`` logits for ``head="logit"``; zero at padding.
@@ -307,14 +348,17 @@ class SceneTransformer(nn.Module):
                 f"map_raster must have shape ({b}, 1, H>=8, W>=8), got {tuple(map_raster.shape)}"
             )
         temb = self.time_embedding(t_or_noise.to(x_tokens.dtype))
-        h = self.embed(torch.cat([x_tokens, _position_embedding(x_tokens[..., :2], cfg)], dim=-1))
-        pair = self.pair_features(x_tokens, temb)
+        std = None if position_noise_std is None else position_noise_std.to(x_tokens.dtype)
+        pos_std = None if std is None else std[:, None]
+        h = self.embed(torch.cat([x_tokens, _position_embedding(x_tokens[..., :2], cfg, pos_std)], dim=-1))
+        pair = self.pair_features(x_tokens, temb, std)
+        directed = self.directed_pair_features(x_tokens, pair) if cfg.relative_values else None
         # Real queries see real keys; a padding query sees the real keys and itself (never an empty row).
         eye = torch.eye(a, dtype=torch.bool, device=x_tokens.device)[None]
         allowed = valid[:, None, :] | eye
         map_tokens = self.encode_map(map_raster.to(x_tokens.dtype))
         for block in self.blocks:
-            h = block(h, temb, pair, allowed, map_tokens)
+            h = block(h, temb, pair, directed, allowed, map_tokens)
         out = self.decoder(self.out_norm(h))
         out = out.masked_fill(~valid[..., None], 0.0)
         return out if cfg.head == "eps" else out[..., 0]

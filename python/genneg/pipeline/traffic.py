@@ -180,6 +180,9 @@ class TrafficModelConfig:
             :class:`SceneLogitNet`).
         classifier_map_samples: the classifier's tokens also carry the drivable raster sampled at each
             box's centre and corners (:func:`box_map_samples`; token width 12 instead of 7).
+        classifier_noise_aware: time-dependent classifiers fade the position and distance encodings whose
+            wavelengths the noise of their input hides (``position_noise_std`` of
+            :class:`~genneg.models.scene_transformer.SceneTransformer`; see :class:`SceneLogitNet`).
     """
 
     denoiser: SceneTransformerConfig = field(default_factory=SceneTransformerConfig)
@@ -188,6 +191,7 @@ class TrafficModelConfig:
     classifier_sigma_max: float = 20.0
     classifier_shrinkage: bool = True
     classifier_map_samples: bool = True
+    classifier_noise_aware: bool = True
 
     def __post_init__(self) -> None:
         if not self.classifier_sigma_max > 0 or not self.classifier_time_scale > 0:
@@ -202,6 +206,8 @@ class SceneTrainingConfig:
         iterations, batch_size, lr, lr_schedule, lr_min_fraction, warmup, grad_clip: Adam on the DDPM loss.
         eval_every: held-out r-ELBO every this many steps; the best weights are kept (0 = keep the last).
         eval_scenes, eval_timesteps: held-out scenes and timesteps per scene of that r-ELBO.
+        ema_decay: the evaluated and kept weights are an exponential moving average of the trained ones
+            with this decay (warm-up ``min(decay, (1 + step) / (10 + step))``); 0 = the trained weights.
     """
 
     iterations: int = 20_000
@@ -214,8 +220,11 @@ class SceneTrainingConfig:
     eval_every: int = 2000
     eval_scenes: int = 256
     eval_timesteps: int = 8
+    ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"SceneTrainingConfig.ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 0 or self.lr <= 0:
             raise ValueError(f"SceneTrainingConfig needs iterations, batch_size >= 1, lr > 0: {self}")
 
@@ -448,10 +457,19 @@ class SceneLogitNet(nn.Module):
     With ``map_samples`` (the token normalisation) each token is extended by :func:`box_map_samples`: the
     drivable raster at the box's centre and corners, so that the classifier sees the road at the
     resolution of the crop (the transformer's map tokens are 8 cells wide).
+
+    With ``noise_aware`` (time-dependent classifiers only) the transformer is told the noise std of the
+    positions it reads (``σ / (σ² + 1)`` with shrinkage, else ``σ / sqrt(σ² + 1)``) and fades the
+    encodings finer than it. Why: guidance differentiates the classifier, and a sinusoidal feature of
+    wavelength ``λ`` has an input gradient ``∝ 1/λ``; features the noise hides carry no information about
+    the label, but a trained network keeps small weights on them, which is enough to make ``∇ log c`` large
+    and erratic at high noise (measured: the guided ε moved by ~1 per coordinate at ``σ ≈ 1-3``, where the
+    Bayes-optimal classifier is nearly flat), costing r-ELBO for nothing.
     """
 
     def __init__(self, config: SceneTransformerConfig, time_scale: float, sigma_max: float,
-                 shrinkage: bool = False, map_samples: TokenNormalisation | None = None) -> None:
+                 shrinkage: bool = False, map_samples: TokenNormalisation | None = None,
+                 noise_aware: bool = False) -> None:
         super().__init__()
         if config.head != "logit":
             raise ValueError(f"SceneLogitNet needs head='logit', got {config.head!r}")
@@ -463,16 +481,21 @@ class SceneLogitNet(nn.Module):
         self.c_noise_max = math.log(sigma_max) / 4
         self.shrinkage = bool(shrinkage)
         self.map_samples = map_samples
+        self.noise_aware = bool(noise_aware)
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, *, valid: torch.Tensor,
                 map_raster: torch.Tensor, **context: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, A)``; other conditioning entries are ignored (as in :class:`SceneEpsModel`)."""
         c_noise = c_noise.to(x_in.dtype)
+        sigma = torch.exp(4 * c_noise)
+        noise_std = sigma * torch.rsqrt(1 + sigma**2)  # of x_VE / sqrt(σ² + 1)
         if self.shrinkage:
-            x_in = x_in * torch.rsqrt(1 + torch.exp(8 * c_noise))[:, None, None]  # / sqrt(σ² + 1)
+            x_in = x_in * torch.rsqrt(1 + sigma**2)[:, None, None]  # / sqrt(σ² + 1)
+            noise_std = noise_std * torch.rsqrt(1 + sigma**2)
         if self.map_samples is not None:
             x_in = torch.cat([x_in, box_map_samples(x_in, map_raster, self.map_samples)], dim=-1)
-        return self.net(x_in, c_noise.clamp(max=self.c_noise_max) * self.time_scale, valid, map_raster)
+        return self.net(x_in, c_noise.clamp(max=self.c_noise_max) * self.time_scale, valid, map_raster,
+                        position_noise_std=noise_std if self.noise_aware else None)
 
 
 MAP_SAMPLES = 5
@@ -490,7 +513,7 @@ def box_map_samples(tokens: torch.Tensor, map_raster: torch.Tensor, norm: TokenN
         ``(B, A, 5)`` in ``[-1, 1]``: ``2 · drivable - 1``; points outside the crop read -1 (not drivable).
     """
     cx, cy = tokens[..., 0], tokens[..., 1]
-    heading = torch.sqrt(tokens[..., 2] ** 2 + tokens[..., 3] ** 2).clamp_min(1e-3)
+    heading = torch.sqrt(tokens[..., 2] ** 2 + tokens[..., 3] ** 2 + 1e-6)  # finite gradient at (0, 0)
     cos_h, sin_h = tokens[..., 2] / heading, tokens[..., 3] / heading
     scale = 2 * norm.position_scale_m
     half_l = ((tokens[..., 4] * norm.length_std_m + norm.length_mean_m) / scale).clamp_min(0)
@@ -761,7 +784,7 @@ def train_scene_baseline(
     on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the ε-model in place with Adam on :func:`~genneg.diffusion.ddpm.ddpm_loss` (masked by
-    :class:`SceneEpsModel`'s exact padding ε), keeping the weights of the best held-out r-ELBO.
+    :class:`SceneEpsModel`'s exact padding ε), keeping the (EMA) weights of the best held-out r-ELBO.
 
     Args:
         eps_model: the model; train/heldout: scenes; config: optimiser and selection.
@@ -778,10 +801,12 @@ def train_scene_baseline(
     held = heldout.rows(torch.arange(min(config.eval_scenes, len(heldout)), device=device))
     best = {"iteration": 0, "r_elbo": -math.inf, "state": None}
     losses: list[float] = []
+    ema = copy.deepcopy(eps_model).eval().requires_grad_(False) if config.ema_decay > 0 else None
+    weights = ema if ema is not None else eps_model
 
     def evaluate(step: int) -> None:
-        eps_model.eval()
-        value = _mean_per_vehicle(scene_r_elbo(eps_model, held, schedule, num_timesteps=config.eval_timesteps,
+        weights.eval()
+        value = _mean_per_vehicle(scene_r_elbo(weights, held, schedule, num_timesteps=config.eval_timesteps,
                                                seed=seed), held.cond["valid"])
         eps_model.train()
         record = {"iteration": step, "r_elbo_per_vehicle": value,
@@ -789,7 +814,7 @@ def train_scene_baseline(
         if on_eval is not None:
             on_eval(record)
         if value > best["r_elbo"]:
-            best.update(iteration=step, r_elbo=value, state=copy.deepcopy(eps_model.state_dict()))
+            best.update(iteration=step, r_elbo=value, state=copy.deepcopy(weights.state_dict()))
 
     eps_model.train()
     bar = tqdm(range(config.iterations), disable=not progress, desc="baseline (DDPM)", leave=False)
@@ -800,6 +825,11 @@ def train_scene_baseline(
         batch = train.rows(idx)
         loss = ddpm_loss(_bind(eps_model, batch.cond), batch.tokens, schedule, generator=generator)
         optimizer_step(optimizer, loss, eps_model.parameters(), config.grad_clip)
+        if ema is not None:
+            with torch.no_grad():
+                decay = min(config.ema_decay, (1 + step) / (10 + step))
+                for p_ema, p in zip(ema.parameters(), eps_model.parameters(), strict=True):
+                    p_ema.lerp_(p, 1 - decay)
         losses.append(float(loss.detach()))
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
@@ -859,7 +889,8 @@ class TrafficTask:
                                   token_dim=7 + (MAP_SAMPLES if model.classifier_map_samples else 0))
         net = SceneLogitNet(cfg, model.classifier_time_scale, self.classifier_noise.sigma_max,
                             shrinkage=time_dependent and model.classifier_shrinkage,
-                            map_samples=self.norm if model.classifier_map_samples else None)
+                            map_samples=self.norm if model.classifier_map_samples else None,
+                            noise_aware=time_dependent and model.classifier_noise_aware)
         last = net.net.decoder[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
