@@ -158,23 +158,41 @@ def test_profiles() -> None:
 
 
 def test_box_map_samples_read_the_crop_at_box_points(task: TrafficTask) -> None:
-    from genneg.pipeline.traffic import box_map_samples
+    from genneg.pipeline.traffic import MAP_BLUR_CELLS, box_map_samples
 
+    levels = len(MAP_BLUR_CELLS)
     train = task.train
     samples = box_map_samples(train.tokens, train.cond["map_raster"], task.norm)
     valid = train.cond["valid"]
-    assert samples.shape == (*valid.shape, 5)
+    assert samples.shape == (*valid.shape, 5 * levels)
     assert bool((samples[..., 0][valid] > 0).all())  # every training vehicle's centre is on the road
-    # a crop that is drivable only in the left half: a point's reading follows its x
+    # a crop that is drivable only in the left half: a sharp point's reading follows its x
     tokens = torch.zeros(1, 2, 7)
     tokens[0, :, 2] = 1.0  # heading +x
     tokens[0, 0, 0], tokens[0, 1, 0] = -0.5, 0.5
     crop = torch.zeros(1, 1, 16, 16)
     crop[..., :8] = 1.0
-    out = box_map_samples(tokens, crop, task.norm)
+    out = box_map_samples(tokens, crop, task.norm, blur_cells=(0.0,))
     assert torch.equal(out[0, 0], torch.ones(5)) and torch.equal(out[0, 1], -torch.ones(5))
     tokens[0, 0, 0] = 3.0  # outside the crop: not drivable
-    assert torch.equal(box_map_samples(tokens, crop, task.norm)[0, 0], -torch.ones(5))
+    assert torch.equal(box_map_samples(tokens, crop, task.norm, blur_cells=(0.0,))[0, 0], -torch.ones(5))
+    # blurred levels: an off-road point nearer the road reads more drivable, and the gradient of the
+    # reading points towards the road (negative x) where the sharp raster is flat
+    x = torch.zeros(1, 2, 7)
+    x[0, :, 2] = 1.0
+    x[0, 0, 0], x[0, 1, 0] = 0.15, 0.45
+    x.requires_grad_(True)
+    blurred = box_map_samples(x, crop, task.norm, blur_cells=(0.0, 2.0))
+    assert blurred[0, 0, 5] > blurred[0, 1, 5] > -1
+    blurred[0, 1, 5].backward()
+    assert x.grad[0, 1, 0] < 0
+    # blurring conserves the drivable area away from the crop border
+    from genneg.pipeline.traffic import blurred_crops
+
+    inner = torch.zeros(1, 1, 32, 32)
+    inner[..., 12:20, 10:22] = 1.0
+    fields = blurred_crops(inner, (0.0, 1.5))
+    torch.testing.assert_close(fields[:, 1].sum(), inner.sum(), rtol=1e-5, atol=1e-4)
 
 
 def test_dihedral_augment_moves_tokens_and_crop_together(tiny_run: tuple[Path, list[dict]],
@@ -187,10 +205,11 @@ def test_dihedral_augment_moves_tokens_and_crop_together(tiny_run: tuple[Path, l
     n = len(data)
     assert len(aug) == 8 * n and aug.pi_neg == data.pi_neg
     assert torch.equal(aug.labels, data.labels.repeat(8)) and torch.equal(aug.x[:n], data.x)
-    reads = box_map_samples(aug.x, aug.cond["map_raster"], task.norm).reshape(8, n, -1, 5)
+    reads = box_map_samples(aug.x, aug.cond["map_raster"], task.norm).reshape(8, n, data.x.shape[1], -1, 5)
     mask = data.part_mask
     for k in range(8):
-        # the centre reads the same cell in every copy; the corners are the same set, in another order
+        # at every blur level the centre reads the same value in every copy; the corners are the same
+        # set, in another order
         torch.testing.assert_close(reads[k, ..., 0][mask], reads[0, ..., 0][mask])
         corners = reads[:, ..., 1:].sort(-1).values
         torch.testing.assert_close(corners[k][mask], corners[0][mask])
@@ -214,3 +233,26 @@ def test_cli_train_traffic_resume_report_and_refusals(tiny_run: tuple[Path, list
     assert main(["train", "traffic", "--run-dir", str(run_dir), "--resume", "--profile", "quick",
                  "--quiet"]) == 2
     assert "profile 'tiny'" in capsys.readouterr().err
+
+
+def test_noisy_map_reading_is_the_expected_reading_over_the_noise() -> None:
+    """``blurred_crops`` with ``noise_cells``: the sharp level read at a point equals the Monte-Carlo mean
+    of the sharp crop read at that point plus Gaussian noise (away from the crop border)."""
+    from genneg.pipeline.traffic import blurred_crops
+
+    g = torch.Generator().manual_seed(0)
+    crop = torch.zeros(2, 1, 64, 64, dtype=torch.float64)
+    crop[:, :, 20:44, 26:38] = 1.0
+    noise = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    fields = blurred_crops(crop, (0.0, 1.0), noise)
+    torch.testing.assert_close(fields[0, 0], crop[0, 0])  # no noise, no blur: the raster itself
+    # point (row 32, col 38): on the road's right edge; Monte Carlo over integer cell offsets
+    offsets = torch.randn(200_000, 2, generator=g, dtype=torch.float64) * 3.0
+    rows = (32 + offsets[:, 0]).round().long()
+    cols = (38 + offsets[:, 1]).round().long()
+    monte_carlo = crop[1, 0, rows, cols].mean()
+    assert abs(float(fields[1, 0, 32, 38]) - float(monte_carlo)) < 0.02
+    # each level keeps its own blur in quadrature with the noise
+    both = blurred_crops(crop, (0.0, 4.0), torch.tensor([0.0, 3.0], dtype=torch.float64))
+    direct = blurred_crops(crop, (5.0,))
+    torch.testing.assert_close(both[1, 1], direct[1, 0], atol=1e-6, rtol=0)

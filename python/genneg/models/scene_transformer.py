@@ -63,6 +63,8 @@ class SceneTransformerConfig:
         map_channels: channels of the three stride-2 convolutions of the map encoder.
         map_extent: the map crop spans ``[-map_extent, map_extent]²`` in normalised units.
         relative_values: add the relative-position values to self-attention (module docstring, 3).
+        output_dim: ε outputs per vehicle (``head="eps"``); 0 = ``token_dim``. Smaller when the tokens
+            carry extra input features after the ``output_dim`` predicted ones.
         head: ``"eps"`` (ε-prediction, ``token_dim`` outputs) or ``"logit"`` (one logit per vehicle).
     """
 
@@ -80,6 +82,7 @@ class SceneTransformerConfig:
     map_channels: tuple[int, int, int] = (16, 32, 64)
     map_extent: float = 1.0
     relative_values: bool = True
+    output_dim: int = 0
     head: str = "eps"
 
     def __post_init__(self) -> None:
@@ -92,6 +95,8 @@ class SceneTransformerConfig:
                 raise ValueError(f"{name} must be even and >= 2, got {getattr(self, name)}")
         if self.position_embed_dim % 4 != 0:
             raise ValueError(f"position_embed_dim must be a multiple of 4, got {self.position_embed_dim}")
+        if not 0 <= self.output_dim <= self.token_dim:
+            raise ValueError(f"output_dim must lie in [0, token_dim={self.token_dim}], got {self.output_dim}")
         if self.blocks < 1 or self.token_dim < 2:
             raise ValueError(f"need blocks >= 1 and token_dim >= 2, got {self.blocks}, {self.token_dim}")
         if len(self.map_channels) != 3:
@@ -262,7 +267,7 @@ class SceneTransformer(nn.Module):
         self.map_norm = nn.LayerNorm(d)
         self.blocks = nn.ModuleList([_Block(cfg) for _ in range(cfg.blocks)])
         self.out_norm = nn.LayerNorm(d)
-        out_dim = cfg.token_dim if cfg.head == "eps" else 1
+        out_dim = (cfg.output_dim or cfg.token_dim) if cfg.head == "eps" else 1
         self.decoder = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, out_dim))
 
     def num_parameters(self) -> int:
@@ -331,7 +336,7 @@ class SceneTransformer(nn.Module):
                 (:func:`sinusoidal_embedding`). None: no fading.
 
         Returns:
-            ``(B, A, token_dim)`` ε prediction, or ``(B, A)`` logits for ``head="logit"``; zero at padding.
+            ``(B, A, output_dim or token_dim)`` ε prediction, or ``(B, A)`` logits for ``head="logit"``; zero at padding.
         """
         cfg = self.config
         if x_tokens.ndim != 3 or x_tokens.shape[-1] != cfg.token_dim:

@@ -180,6 +180,8 @@ class TrafficModelConfig:
             :class:`SceneLogitNet`).
         classifier_map_samples: the classifier's tokens also carry the drivable raster sampled at each
             box's centre and corners (:func:`box_map_samples`; token width 12 instead of 7).
+        denoiser_map_samples: the ε-network's tokens also carry :func:`box_map_samples`, read at the
+            posterior-mean position ``sqrt(ᾱ_t) x_t`` (see :class:`SceneEpsModel`).
         classifier_noise_aware: time-dependent classifiers fade the position and distance encodings whose
             wavelengths the noise of their input hides (``position_noise_std`` of
             :class:`~genneg.models.scene_transformer.SceneTransformer`; see :class:`SceneLogitNet`).
@@ -192,6 +194,7 @@ class TrafficModelConfig:
     classifier_shrinkage: bool = True
     classifier_map_samples: bool = True
     classifier_noise_aware: bool = True
+    denoiser_map_samples: bool = True
 
     def __post_init__(self) -> None:
         if not self.classifier_sigma_max > 0 or not self.classifier_time_scale > 0:
@@ -411,16 +414,29 @@ class SceneEpsModel(nn.Module):
     as such: the DDPM loss has no error there (it is the loss masked by ``valid``), and the ancestral
     sampler's ``x̂0`` is 0 there at every step.
 
+    With ``map_samples`` (the token normalisation) each token is extended by :func:`box_map_samples` read at
+    ``sqrt(ᾱ_t) x_t``, the posterior mean of the token for unit-variance data (the point the classifiers
+    read too): at low noise the network sees whether each corner of its box is on the road, at the crop's
+    resolution (the map tokens of the cross-attention are 8 cells wide).
+
     Args:
-        config: the transformer (``head="eps"``).
+        config: the transformer (``head="eps"``; ``token_dim = 7 + MAP_SAMPLES`` and ``output_dim = 7``
+            with map samples).
         schedule: the DDPM schedule (for ``ᾱ_t``).
+        map_samples: the token normalisation, to add the map samples; None: plain tokens.
     """
 
-    def __init__(self, config: SceneTransformerConfig, schedule: DDPMSchedule) -> None:
+    def __init__(self, config: SceneTransformerConfig, schedule: DDPMSchedule,
+                 map_samples: TokenNormalisation | None = None) -> None:
         super().__init__()
         if config.head != "eps":
             raise ValueError(f"SceneEpsModel needs head='eps', got {config.head!r}")
+        width = 7 + (MAP_SAMPLES if map_samples is not None else 0)
+        if config.token_dim != width or (config.output_dim or config.token_dim) != 7:
+            raise ValueError(f"SceneEpsModel needs token_dim={width} and 7 outputs, got token_dim="
+                             f"{config.token_dim}, output_dim={config.output_dim}")
         self.net = SceneTransformer(config)
+        self.map_samples = map_samples
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.to(torch.float32), persistent=False)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, valid: torch.Tensor, map_raster: torch.Tensor,
@@ -428,8 +444,12 @@ class SceneEpsModel(nn.Module):
         """``x_t`` ``(B, A, 7)``, ``t`` ``(B,)`` int64, ``valid`` ``(B, A)`` bool, ``map_raster``
         ``(B, 1, C, C)`` -> ``(B, A, 7)`` ε. Other conditioning entries (``centre_m``, ``map_index``: the
         oracle's) are not network inputs and are ignored."""
-        out = self.net(x_t, t.to(x_t.dtype), valid, map_raster)
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t].to(x_t.dtype)
+        x_in = x_t
+        if self.map_samples is not None:
+            x_mean = x_t * alpha_bar.sqrt()[:, None, None]
+            x_in = torch.cat([x_t, box_map_samples(x_mean, map_raster, self.map_samples)], dim=-1)
+        out = self.net(x_in, t.to(x_t.dtype), valid, map_raster)
         padding_eps = x_t / torch.sqrt(1 - alpha_bar)[:, None, None]
         return torch.where(valid[..., None], out, padding_eps)
 
@@ -460,7 +480,7 @@ class SceneLogitNet(nn.Module):
 
     With ``noise_aware`` (time-dependent classifiers only) the transformer is told the noise std of the
     positions it reads (``σ / (σ² + 1)`` with shrinkage, else ``σ / sqrt(σ² + 1)``) and fades the
-    encodings finer than it. Why: guidance differentiates the classifier, and a sinusoidal feature of
+    encodings finer than it, and the map samples read the crop blurred by that noise. Why: guidance differentiates the classifier, and a sinusoidal feature of
     wavelength ``λ`` has an input gradient ``∝ 1/λ``; features the noise hides carry no information about
     the label, but a trained network keeps small weights on them, which is enough to make ``∇ log c`` large
     and erratic at high noise (measured: the guided ε moved by ~1 per coordinate at ``σ ≈ 1-3``, where the
@@ -493,24 +513,65 @@ class SceneLogitNet(nn.Module):
             x_in = x_in * torch.rsqrt(1 + sigma**2)[:, None, None]  # / sqrt(σ² + 1)
             noise_std = noise_std * torch.rsqrt(1 + sigma**2)
         if self.map_samples is not None:
-            x_in = torch.cat([x_in, box_map_samples(x_in, map_raster, self.map_samples)], dim=-1)
+            map_std = noise_std if self.noise_aware else None
+            x_in = torch.cat([x_in, box_map_samples(x_in, map_raster, self.map_samples, noise_std=map_std)],
+                             dim=-1)
         return self.net(x_in, c_noise.clamp(max=self.c_noise_max) * self.time_scale, valid, map_raster,
                         position_noise_std=noise_std if self.noise_aware else None)
 
 
-MAP_SAMPLES = 5
+MAP_BLUR_CELLS = (0.0, 1.5, 4.0)
+"""Gaussian blurs (std, crop cells) of the drivable crop read by :func:`box_map_samples`: the sharp raster,
+then two smoothed copies whose values still change a few metres away from a road edge, so that a box
+off the road reads (and, differentiated, points) towards it."""
+MAP_SAMPLES = 5 * len(MAP_BLUR_CELLS)
 
 
-def box_map_samples(tokens: torch.Tensor, map_raster: torch.Tensor, norm: TokenNormalisation) -> torch.Tensor:
-    """The drivable crop read at each box's centre and four corners (bilinear, differentiable in the token).
+def blurred_crops(map_raster: torch.Tensor, blur_cells: Sequence[float] = MAP_BLUR_CELLS,
+                  noise_cells: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, 1, C, C)`` crops -> ``(B, len(blur_cells), C, C)``: each blurred by a Gaussian of that std
+    (cells; 0 = unchanged), outside the crop counted as not drivable (zero padding).
+
+    ``noise_cells`` ``(B,)``: std (cells) of Gaussian noise on the reading point; each level's std becomes
+    ``sqrt(blur² + noise²)``, so the crop read at a noisy point gives the expected reading over the noise
+    (the same idea as the faded encodings of :func:`genneg.models.scene_transformer.sinusoidal_embedding`).
+    """
+    b, _, c, _ = map_raster.shape
+    levels = torch.as_tensor(blur_cells, dtype=map_raster.dtype, device=map_raster.device)
+    if noise_cells is None:
+        std = levels[None].expand(b, -1)
+    else:
+        std = torch.sqrt(levels[None] ** 2 + noise_cells.to(map_raster.dtype)[:, None] ** 2)
+    std = std.detach().clamp(max=float(c))  # (B, L); beyond the crop's size a blur is as good as flat
+    radius = max(1, math.ceil(3 * float(std.max()))) if bool((std > 0).any()) else 0
+    if radius == 0:
+        return map_raster.expand(-1, len(blur_cells), -1, -1)
+    offsets = torch.arange(-radius, radius + 1, device=map_raster.device, dtype=map_raster.dtype)
+    kernel = torch.exp(-0.5 * (offsets / std[..., None].clamp_min(1e-3)) ** 2)
+    kernel = (kernel / kernel.sum(-1, keepdim=True)).reshape(-1, 1, 2 * radius + 1)  # (B·L, 1, K)
+    x = map_raster.expand(-1, len(blur_cells), -1, -1).reshape(1, -1, c, c)
+    x = nn.functional.conv2d(x, kernel[:, :, None, :], padding=(0, radius), groups=x.shape[1])
+    x = nn.functional.conv2d(x, kernel[:, :, :, None], padding=(radius, 0), groups=x.shape[1])
+    return x.reshape(b, len(blur_cells), c, c)
+
+
+def box_map_samples(tokens: torch.Tensor, map_raster: torch.Tensor, norm: TokenNormalisation,
+                    blur_cells: Sequence[float] = MAP_BLUR_CELLS,
+                    noise_std: torch.Tensor | None = None) -> torch.Tensor:
+    """The drivable crop, sharp and blurred (:func:`blurred_crops`), read at each box's centre and four
+    corners (bilinear, differentiable in the token).
 
     Args:
         tokens: ``(B, A, 7)`` normalised tokens (scene frame; the crop spans the window ``[-1, 1]²``).
         map_raster: ``(B, 1, C, C)`` float crop, 1 = drivable (row = y, as :func:`crop_maps`).
         norm: the token normalisation (box sizes in metres -> normalised units).
+        blur_cells: blur stds, cells.
+        noise_std: optional ``(B,)`` std of the noise on the token positions (normalised units); the
+            crop is then blurred further by it (:func:`blurred_crops`).
 
     Returns:
-        ``(B, A, 5)`` in ``[-1, 1]``: ``2 · drivable - 1``; points outside the crop read -1 (not drivable).
+        ``(B, A, 5 · len(blur_cells))`` in ``[-1, 1]``: ``2 · drivable - 1``, five points (centre, four
+        corners) per blur level in order; points outside the crop read -1 (not drivable).
     """
     cx, cy = tokens[..., 0], tokens[..., 1]
     heading = torch.sqrt(tokens[..., 2] ** 2 + tokens[..., 3] ** 2 + 1e-6)  # finite gradient at (0, 0)
@@ -523,9 +584,12 @@ def box_map_samples(tokens: torch.Tensor, map_raster: torch.Tensor, norm: TokenN
         points.append(torch.stack([cx + a * half_l * cos_h - b * half_w * sin_h,
                                    cy + a * half_l * sin_h + b * half_w * cos_h], dim=-1))
     grid = torch.stack(points, dim=2)  # (B, A, 5, 2) as (x, y) in [-1, 1]
-    drivable = nn.functional.grid_sample(map_raster.to(tokens.dtype), grid, mode="bilinear",
-                                         padding_mode="zeros", align_corners=False)
-    return 2 * drivable[:, 0] - 1
+    cells = map_raster.shape[-1]
+    noise_cells = None if noise_std is None else noise_std * (cells / 2)
+    fields = blurred_crops(map_raster.to(tokens.dtype), blur_cells, noise_cells)
+    drivable = nn.functional.grid_sample(fields, grid, mode="bilinear", padding_mode="zeros",
+                                         align_corners=False)  # (B, S, A, 5)
+    return (2 * drivable - 1).permute(0, 2, 1, 3).flatten(2)
 
 
 def _parameters(module: nn.Module) -> int:
@@ -878,8 +942,11 @@ class TrafficTask:
 
     def new_eps_model(self) -> SceneEpsModel:
         """A fresh baseline-shaped ε-model."""
-        cfg = dataclasses.replace(self.config.model.denoiser, head="eps")
-        return SceneEpsModel(cfg, self.schedule).to(self.device)
+        model = self.config.model
+        extra = MAP_SAMPLES if model.denoiser_map_samples else 0
+        cfg = dataclasses.replace(model.denoiser, head="eps", token_dim=7 + extra, output_dim=7)
+        return SceneEpsModel(cfg, self.schedule,
+                             map_samples=self.norm if model.denoiser_map_samples else None).to(self.device)
 
     def new_classifier(self, time_dependent: bool) -> TimeClassifier:
         """A fresh per-vehicle classifier (time-independent for the ablation). Its output layer starts at
