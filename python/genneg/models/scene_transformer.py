@@ -336,7 +336,8 @@ class SceneTransformer(nn.Module):
                 (:func:`sinusoidal_embedding`). None: no fading.
 
         Returns:
-            ``(B, A, output_dim or token_dim)`` ε prediction, or ``(B, A)`` logits for ``head="logit"``; zero at padding.
+            ``(B, A, output_dim or token_dim)`` ε prediction, or ``(B, A)`` logits for ``head="logit"``;
+            zero at padding.
         """
         cfg = self.config
         if x_tokens.ndim != 3 or x_tokens.shape[-1] != cfg.token_dim:

@@ -480,11 +480,12 @@ class SceneLogitNet(nn.Module):
 
     With ``noise_aware`` (time-dependent classifiers only) the transformer is told the noise std of the
     positions it reads (``σ / (σ² + 1)`` with shrinkage, else ``σ / sqrt(σ² + 1)``) and fades the
-    encodings finer than it, and the map samples read the crop blurred by that noise. Why: guidance differentiates the classifier, and a sinusoidal feature of
-    wavelength ``λ`` has an input gradient ``∝ 1/λ``; features the noise hides carry no information about
-    the label, but a trained network keeps small weights on them, which is enough to make ``∇ log c`` large
-    and erratic at high noise (measured: the guided ε moved by ~1 per coordinate at ``σ ≈ 1-3``, where the
-    Bayes-optimal classifier is nearly flat), costing r-ELBO for nothing.
+    encodings finer than it, and the map samples read the crop blurred by that noise. Why: guidance
+    differentiates the classifier, and a sinusoidal feature of wavelength ``λ`` has an input gradient
+    ``∝ 1/λ`` (a sharp raster read bilinearly, ``∝ 1/cell``); features the noise hides carry no information
+    about the label, but a trained network keeps small weights on them, which is enough to make
+    ``∇ log c`` large and erratic at high noise (measured without fading: the guided ε moved by ~1 per
+    coordinate at ``σ ≈ 1-3``, where the Bayes-optimal classifier is nearly flat), costing r-ELBO for nothing.
     """
 
     def __init__(self, config: SceneTransformerConfig, time_scale: float, sigma_max: float,
