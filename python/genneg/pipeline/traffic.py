@@ -350,18 +350,23 @@ def _paper() -> TrafficExperimentConfig:
 
 
 def _quick() -> TrafficExperimentConfig:
+    """Sized to show the method within 20 minutes on 2 CPU cores: scenes of 1-4 vehicles in a 32 m window
+    (mean about 2.5), a 0.5 m map crop (the map's own resolution: at 1 m, valid boxes' corners often read
+    off-road and the networks cannot learn the offroad rule), a 6k-step baseline. With the paper's dense
+    scenes (6-12 vehicles in 40 m) the quick-sized baseline put 47% of its vehicles in collisions and 94% of
+    its scenes infracted, which left guidance nothing measurable to halve in this budget."""
     channels = (8, 16, 32)
     return TrafficExperimentConfig(
         profile="quick",
         num_threads=1,
-        data=TrafficDataConfig(num_maps=8, num_train=4000, num_heldout=512, window_m=40.0, max_vehicles=12,
-                               min_vehicles=6, proposals_per_scene=128, crop_cells=32),
+        data=TrafficDataConfig(num_maps=8, num_train=4000, num_heldout=512, window_m=32.0, max_vehicles=4,
+                               min_vehicles=1, proposals_per_scene=128, crop_cells=32),
         model=TrafficModelConfig(denoiser=_net(64, 4, 2, "eps", channels),
                                  classifier=_net(48, 4, 2, "logit", channels)),
         ddpm=DDPMConfig(),
-        baseline=SceneTrainingConfig(iterations=4000, batch_size=64, lr=1e-3, warmup=100, eval_every=1000,
+        baseline=SceneTrainingConfig(iterations=6000, batch_size=64, lr=1e-3, warmup=100, eval_every=1000,
                                      eval_scenes=128, eval_timesteps=8),
-        gen_neg=TrafficGenNegConfig(iterations=2, num_samples=1024, max_draws=40_000, sample_steps=40,
+        gen_neg=TrafficGenNegConfig(iterations=2, num_samples=2048, max_draws=40_000, sample_steps=40,
                                     sample_batch_size=256),
         classifier=ClassifierConfig(iterations=3000, batch_size=64, lr=1e-3, grad_clip=1.0),
         ablations=TRAFFIC_ABLATIONS,
@@ -543,7 +548,7 @@ def blurred_crops(map_raster: torch.Tensor, blur_cells: Sequence[float] = MAP_BL
         std = levels[None].expand(b, -1)
     else:
         std = torch.sqrt(levels[None] ** 2 + noise_cells.to(map_raster.dtype)[:, None] ** 2)
-    std = std.detach().clamp(max=float(c))  # (B, L); beyond the crop's size a blur is as good as flat
+    std = std.detach().clamp(max=c / 4)  # (B, L); wider blurs are about flat over the crop anyway
     radius = max(1, math.ceil(3 * float(std.max()))) if bool((std > 0).any()) else 0
     if radius == 0:
         return map_raster.expand(-1, len(blur_cells), -1, -1)
