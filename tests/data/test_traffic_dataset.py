@@ -144,3 +144,21 @@ def test_render_writes_a_png_coloured_by_verdict(tmp_path, road_maps):
             scenes.valid[:1],
             [{"collision": collision[0, :3], "offroad": collision[0, :3]}],
         )
+
+
+def test_crops_with_a_margin_cover_the_window_and_beyond(tmp_path, road_maps):
+    from genneg.data.traffic import TrafficSceneDataset
+    from genneg.data.traffic.tokens import crop_maps
+
+    out = write_traffic_dataset(tmp_path / "ds", road_maps, 6, CFG, seed=3, crop_cells=40, crop_margin_m=4.0)
+    ds = TrafficSceneDataset(out)
+    half = 0.5 * CFG.window_m
+    assert ds.crop_extent == pytest.approx((half + 4.0) / ds.norm.position_scale_m)
+    a = ds.arrays
+    centres = np.asarray(a["centre_m"])
+    maps = np.asarray(a["map_index"])
+    for i in range(6):
+        expected = crop_maps(road_maps[int(maps[i])].drivable_map, centres[i : i + 1], CFG.window_m + 8.0, 40)
+        np.testing.assert_array_equal(np.asarray(a["map_crops"][i]), expected[0])
+    with pytest.raises(ValueError, match="crop_margin_m"):
+        write_traffic_dataset(tmp_path / "bad", road_maps, 2, CFG, seed=3, crop_margin_m=-1.0)

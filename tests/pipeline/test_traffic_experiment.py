@@ -186,6 +186,14 @@ def test_box_map_samples_read_the_crop_at_box_points(task: TrafficTask) -> None:
     assert blurred[0, 0, 5] > blurred[0, 1, 5] > -1
     blurred[0, 1, 5].backward()
     assert x.grad[0, 1, 0] < 0
+    # a crop reaching beyond the window (extent 1.25): a point just outside the window reads the crop
+    everywhere = torch.ones(1, 1, 20, 20)
+    beyond = torch.zeros(1, 1, 7)
+    beyond[0, 0, 2] = 1.0
+    beyond[0, 0, 0] = 1.0  # the box's front corners stick out of the window
+    assert bool((box_map_samples(beyond, everywhere, task.norm, extent=1.25)[0, 0, :5] == 1).all())
+    # with extent 1 the front corners are off the crop
+    assert bool((box_map_samples(beyond, everywhere, task.norm)[0, 0, 1:3] < 0).all())
     # blurring conserves the drivable area away from the crop border
     from genneg.pipeline.traffic import blurred_crops
 

@@ -134,6 +134,9 @@ class TrafficDataConfig:
         max_vehicles: vehicle slots per scene ``A``; min_vehicles: smallest target count.
         proposals_per_scene: candidate vehicles per scene in the generator.
         crop_cells: edge of the map crop given to the networks, cells.
+        crop_margin_m: the crop reaches this far beyond the scene window on every side, metres (so that a
+            box near the window's edge sees the road that continues there; the crop edge is
+            ``window_m + 2 · crop_margin_m``).
     """
 
     num_maps: int = 12
@@ -147,6 +150,7 @@ class TrafficDataConfig:
     min_vehicles: int = 8
     proposals_per_scene: int = 256
     crop_cells: int = 32
+    crop_margin_m: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_maps < 1 or self.num_train < 2 or self.num_heldout < 2:
@@ -453,7 +457,8 @@ class SceneEpsModel(nn.Module):
         x_in = x_t
         if self.map_samples is not None:
             x_mean = x_t * alpha_bar.sqrt()[:, None, None]
-            x_in = torch.cat([x_t, box_map_samples(x_mean, map_raster, self.map_samples)], dim=-1)
+            reads = box_map_samples(x_mean, map_raster, self.map_samples, extent=self.net.config.map_extent)
+            x_in = torch.cat([x_t, reads], dim=-1)
         out = self.net(x_in, t.to(x_t.dtype), valid, map_raster)
         padding_eps = x_t / torch.sqrt(1 - alpha_bar)[:, None, None]
         return torch.where(valid[..., None], out, padding_eps)
@@ -520,8 +525,9 @@ class SceneLogitNet(nn.Module):
             noise_std = noise_std * torch.rsqrt(1 + sigma**2)
         if self.map_samples is not None:
             map_std = noise_std if self.noise_aware else None
-            x_in = torch.cat([x_in, box_map_samples(x_in, map_raster, self.map_samples, noise_std=map_std)],
-                             dim=-1)
+            reads = box_map_samples(x_in, map_raster, self.map_samples, noise_std=map_std,
+                                    extent=self.net.config.map_extent)
+            x_in = torch.cat([x_in, reads], dim=-1)
         return self.net(x_in, c_noise.clamp(max=self.c_noise_max) * self.time_scale, valid, map_raster,
                         position_noise_std=noise_std if self.noise_aware else None)
 
@@ -563,17 +569,18 @@ def blurred_crops(map_raster: torch.Tensor, blur_cells: Sequence[float] = MAP_BL
 
 def box_map_samples(tokens: torch.Tensor, map_raster: torch.Tensor, norm: TokenNormalisation,
                     blur_cells: Sequence[float] = MAP_BLUR_CELLS,
-                    noise_std: torch.Tensor | None = None) -> torch.Tensor:
+                    noise_std: torch.Tensor | None = None, extent: float = 1.0) -> torch.Tensor:
     """The drivable crop, sharp and blurred (:func:`blurred_crops`), read at each box's centre and four
     corners (bilinear, differentiable in the token).
 
     Args:
-        tokens: ``(B, A, 7)`` normalised tokens (scene frame; the crop spans the window ``[-1, 1]²``).
+        tokens: ``(B, A, 7)`` normalised tokens (scene frame; the window is ``[-1, 1]²``).
         map_raster: ``(B, 1, C, C)`` float crop, 1 = drivable (row = y, as :func:`crop_maps`).
         norm: the token normalisation (box sizes in metres -> normalised units).
         blur_cells: blur stds, cells.
         noise_std: optional ``(B,)`` std of the noise on the token positions (normalised units); the
             crop is then blurred further by it (:func:`blurred_crops`).
+        extent: the crop spans ``[-extent, extent]²`` in normalised units (1: exactly the window).
 
     Returns:
         ``(B, A, 5 · len(blur_cells))`` in ``[-1, 1]``: ``2 · drivable - 1``, five points (centre, four
@@ -589,9 +596,9 @@ def box_map_samples(tokens: torch.Tensor, map_raster: torch.Tensor, norm: TokenN
     for a, b in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
         points.append(torch.stack([cx + a * half_l * cos_h - b * half_w * sin_h,
                                    cy + a * half_l * sin_h + b * half_w * cos_h], dim=-1))
-    grid = torch.stack(points, dim=2)  # (B, A, 5, 2) as (x, y) in [-1, 1]
+    grid = torch.stack(points, dim=2) / extent  # (B, A, 5, 2) as (x, y), the crop is [-1, 1]²
     cells = map_raster.shape[-1]
-    noise_cells = None if noise_std is None else noise_std * (cells / 2)
+    noise_cells = None if noise_std is None else noise_std * (cells / (2 * extent))
     fields = blurred_crops(map_raster.to(tokens.dtype), blur_cells, noise_cells)
     drivable = nn.functional.grid_sample(fields, grid, mode="bilinear", padding_mode="zeros",
                                          align_corners=False)  # (B, S, A, 5)
@@ -939,6 +946,7 @@ class TrafficTask:
         self.train = SceneSet.from_dataset(train_set, self.device)
         self.heldout = SceneSet.from_dataset(heldout_set, self.device)
         self.oracle = TrafficTokenOracle(self.road_maps, self.norm)
+        self.crop_extent = float(train_set.crop_extent)
         sig = self.schedule.sigmas
         top = min(float(sig[-1]), config.model.classifier_sigma_max)
         if not top > float(sig[0]):
@@ -950,7 +958,8 @@ class TrafficTask:
         """A fresh baseline-shaped ε-model."""
         model = self.config.model
         extra = MAP_SAMPLES if model.denoiser_map_samples else 0
-        cfg = dataclasses.replace(model.denoiser, head="eps", token_dim=7 + extra, output_dim=7)
+        cfg = dataclasses.replace(model.denoiser, head="eps", token_dim=7 + extra, output_dim=7,
+                                  map_extent=self.crop_extent)
         return SceneEpsModel(cfg, self.schedule,
                              map_samples=self.norm if model.denoiser_map_samples else None).to(self.device)
 
@@ -959,7 +968,8 @@ class TrafficTask:
         zero: ``c = 1/2`` everywhere, no guidance until it has learned something."""
         model = self.config.model
         cfg = dataclasses.replace(model.classifier, head="logit",
-                                  token_dim=7 + (MAP_SAMPLES if model.classifier_map_samples else 0))
+                                  token_dim=7 + (MAP_SAMPLES if model.classifier_map_samples else 0),
+                                  map_extent=self.crop_extent)
         net = SceneLogitNet(cfg, model.classifier_time_scale, self.classifier_noise.sigma_max,
                             shrinkage=time_dependent and model.classifier_shrinkage,
                             map_samples=self.norm if model.classifier_map_samples else None,
@@ -1031,7 +1041,7 @@ def build_traffic_data(config: TrafficExperimentConfig, data_dir: Path, *, progr
 
             shutil.rmtree(target)
         write_traffic_dataset(target, maps, n, scene_cfg, seed=stage_seed(config.seed, f"data/{split}"),
-                              norm=norm, crop_cells=d.crop_cells,
+                              norm=norm, crop_cells=d.crop_cells, crop_margin_m=d.crop_margin_m,
                               extra_config={"road_network": dataclasses.asdict(network)})
         valid = np.load(target / "valid.npy", mmap_mode="r")
         info[f"{split}_scenes"] = n

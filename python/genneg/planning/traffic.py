@@ -135,6 +135,7 @@ def scene_condition(
     *,
     norm: TokenNormalisation | None = None,
     map_cells: int = 32,
+    crop_margin_m: float = 0.0,
 ) -> InpaintCondition:
     """The condition "these vehicles are where they are; fill the other present slots".
 
@@ -148,6 +149,8 @@ def scene_condition(
         norm: token normalisation (its ``position_scale_m`` is half the window); default
             :class:`~genneg.data.traffic.TokenNormalisation()`.
         map_cells: crop edge in cells (the network's map input is ``(1, 1, map_cells, map_cells)``).
+        crop_margin_m: the crop reaches this far beyond the window on every side, metres (as the network
+            was trained: ``TrafficDataConfig.crop_margin_m``).
 
     Returns:
         An :class:`~genneg.planning.inpainting.InpaintCondition` with ``context = (valid (1, A) bool,
@@ -171,7 +174,8 @@ def scene_condition(
     values = torch.where(known[:, None], known_tokens, torch.zeros_like(known_tokens))
     mask = fixed[:, None].expand(a, TOKEN_DIM).clone()
     window_m = 2.0 * norm.position_scale_m
-    crop = crop_maps(drivable_map, np.asarray([centre_m], dtype=np.float64), window_m, map_cells)
+    crop = crop_maps(drivable_map, np.asarray([centre_m], dtype=np.float64), window_m + 2 * crop_margin_m,
+                     map_cells)
     map_raster = torch.from_numpy(crop.astype(np.float32)).reshape(1, 1, map_cells, map_cells)
     frame = SceneFrame(
         centre_m=(float(centre_m[0]), float(centre_m[1])),

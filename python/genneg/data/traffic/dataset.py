@@ -81,6 +81,7 @@ def write_traffic_dataset(
     norm: TokenNormalisation | None = None,
     crop_cells: int = 64,
     chunk_scenes: int = 1024,
+    crop_margin_m: float = 0.0,
     extra_config: dict | None = None,
 ) -> Path:
     """Generate ``n_scenes`` valid scenes on ``road_maps`` and write them (with their config) to disk.
@@ -95,6 +96,9 @@ def write_traffic_dataset(
             ``config.window_m / 2`` so the window spans ``[-1, 1]²``).
         crop_cells: edge of the stored map crops, cells.
         chunk_scenes: scenes generated per chunk.
+        crop_margin_m: the crops reach this far beyond the scene window on every side (metres), so that
+            boxes near the window's edge see the road that continues there; the crop edge is
+            ``window_m + 2 · crop_margin_m`` (:attr:`TrafficSceneDataset.crop_extent`).
         extra_config: JSON-able facts to store beside the config (e.g. the road generator's config).
 
     Returns:
@@ -103,6 +107,8 @@ def write_traffic_dataset(
     directory = Path(directory)
     if directory.exists():
         raise ValueError(f"data set directory {directory} already exists")
+    if not crop_margin_m >= 0:
+        raise ValueError(f"crop_margin_m must be >= 0, got {crop_margin_m}")
     if n_scenes < 1 or chunk_scenes < 1:
         raise ValueError(f"n_scenes and chunk_scenes must be >= 1, got {n_scenes}, {chunk_scenes}")
     norm = norm if norm is not None else TokenNormalisation(position_scale_m=0.5 * config.window_m)
@@ -128,7 +134,7 @@ def write_traffic_dataset(
         s1 = min(s0 + chunk_scenes, n_scenes)
         chunk_seed = int(np.random.SeedSequence([seed, c]).generate_state(1)[0])
         scenes = generate_scenes(road_maps, s1 - s0, config, seed=chunk_seed)
-        _write_chunk(out, s0, s1, scenes, road_maps, config, norm, crop_cells)
+        _write_chunk(out, s0, s1, scenes, road_maps, config, norm, crop_cells, crop_margin_m)
     for arr in out.values():
         arr.flush()
     del out
@@ -138,6 +144,7 @@ def write_traffic_dataset(
         "n_scenes": n_scenes,
         "seed": seed,
         "crop_cells": crop_cells,
+        "crop_margin_m": crop_margin_m,
         "chunk_scenes": chunk_scenes,
         "scene_config": json.loads(config.to_json()),
         "token_normalisation": norm.to_dict(),
@@ -158,6 +165,7 @@ def _write_chunk(
     config: SceneConfig,
     norm: TokenNormalisation,
     crop_cells: int,
+    crop_margin_m: float,
 ) -> None:
     out["boxes"][s0:s1] = scenes.boxes
     out["speeds"][s0:s1] = scenes.speeds
@@ -170,7 +178,8 @@ def _write_chunk(
     for m in np.unique(scenes.map_index):
         rows = np.flatnonzero(scenes.map_index == m)
         crops[rows] = crop_maps(
-            road_maps[int(m)].drivable_map, scenes.centre_m[rows], config.window_m, crop_cells
+            road_maps[int(m)].drivable_map, scenes.centre_m[rows], config.window_m + 2 * crop_margin_m,
+            crop_cells,
         )
     out["map_crops"][s0:s1] = crops
 
@@ -202,6 +211,9 @@ class TrafficSceneDataset(torch.utils.data.Dataset):
             raise ValueError(f"{self.directory}: unsupported format_version {version}")
         self.scene_config = SceneConfig.from_json(json.dumps(self.meta["scene_config"]))
         self.norm = TokenNormalisation(**self.meta["token_normalisation"])
+        half = 0.5 * self.scene_config.window_m
+        #: half the crop edge in normalised token units (1 = the scene window's edge)
+        self.crop_extent = (half + float(self.meta.get("crop_margin_m", 0.0))) / self.norm.position_scale_m
         self.arrays = {k: np.load(self.directory / f"{k}.npy", mmap_mode="r") for k in _ARRAYS}
 
     def __len__(self) -> int:
