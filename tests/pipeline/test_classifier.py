@@ -229,3 +229,36 @@ def test_config_and_schedule() -> None:
     assert lr_factor(0, 100, "cosine", 0.1, 0) == pytest.approx(1.0)
     assert lr_factor(100, 100, "cosine", 0.1, 0) == pytest.approx(0.1)
     assert lr_factor(4, 100, "constant", 0.1, 10) == pytest.approx(0.5)
+
+
+def test_noise_levels_are_drawn_from_the_given_set():
+    """``noise_levels``: every training sigma is one of them, and each is used (uniform draws)."""
+    from genneg.pipeline.balanced import BalancedDataset
+    from genneg.pipeline.classifier import ClassifierConfig, train_classifier
+
+    seen: list[torch.Tensor] = []
+
+    class Recording(torch.nn.Module):
+        time_dependent = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            seen.append(sigma.detach().clone())
+            return x @ self.w
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, generator=g)
+    labels = x[:, 0] > 0
+    data = BalancedDataset(x, labels, None, 0.5, 0.5, 64)
+    levels = torch.tensor([0.1, 1.0, 7.0])
+    train_classifier(Recording(), data, ClassifierConfig(iterations=20, batch_size=32), EDMConfig(),
+                     generator=g, noise_levels=levels)
+    drawn = torch.cat(seen)
+    assert bool(torch.isin(drawn, levels).all())
+    assert set(drawn.tolist()) == set(levels.tolist())
+    with pytest.raises(ValueError, match="noise_levels"):
+        train_classifier(Recording(), data, ClassifierConfig(iterations=1, batch_size=4), EDMConfig(),
+                         generator=g, noise_levels=torch.tensor([0.0, 1.0]))

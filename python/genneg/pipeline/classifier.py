@@ -185,12 +185,14 @@ def train_classifier(
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    noise_levels: torch.Tensor | None = None,
 ) -> list[float]:
     """Train ``classifier`` in place with Adam on Eq. 9 (or the ablation ``config.mode`` selects).
 
     Each step draws ``batch_size`` example indices uniformly (with replacement), one noise level per
-    example ``ln sigma ~ U[ln sigma_min, ln sigma_max]`` (``edm_config``) and ``eps ~ N(0, I)``, and
-    evaluates the classifier at ``x0 + sigma eps`` (at ``x0`` in ``time_independent`` mode).
+    example ``ln sigma ~ U[ln sigma_min, ln sigma_max]`` (``edm_config``), or uniformly from
+    ``noise_levels``, and ``eps ~ N(0, I)``, and evaluates the classifier at ``x0 + sigma eps`` (at ``x0``
+    in ``time_independent`` mode).
 
     Args:
         classifier: ``c(x (B, ...), sigma (B,), **cond) -> logits (B,) or (B, P)`` with attribute
@@ -200,6 +202,9 @@ def train_classifier(
         edm_config: the noise range (data units) of the baseline's training.
         generator: random source of indices, sigmas and noise (its device is where they are drawn).
         progress: show a progress bar.
+        noise_levels: optional ``(L,)`` float noise levels (data units) to draw ``sigma`` from uniformly,
+            e.g. a DDPM baseline's ``sigma_t = sqrt((1 - ᾱ_t) / ᾱ_t)`` for ``t = 0..T-1`` (METHOD.md 3:
+            ``sigma`` drawn as in the baseline's training, which for DDPM is ``t`` uniform).
 
     Returns:
         the loss of every step, ``config.iterations`` floats.
@@ -219,6 +224,10 @@ def train_classifier(
     targets = data.part_labels if data.part_labels is not None else data.labels
     gen_device = generator.device if generator is not None else torch.device("cpu")
     log_min, log_max = math.log(edm_config.sigma_min), math.log(edm_config.sigma_max)
+    if noise_levels is not None:
+        noise_levels = torch.as_tensor(noise_levels).to(device=device, dtype=torch.float64).flatten()
+        if noise_levels.numel() == 0 or not bool((noise_levels > 0).all()):
+            raise ValueError("noise_levels must be a non-empty tensor of positive noise levels")
     n, b = len(data), config.batch_size
     optimizer = torch.optim.Adam(classifier.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     losses = torch.empty(config.iterations, dtype=torch.float32, device=device)
@@ -232,8 +241,12 @@ def train_classifier(
         idx = torch.randint(n, (b,), generator=generator, device=gen_device).to(device)
         x0 = data.x[idx]
         if time_dependent:
-            u = torch.rand(b, generator=generator, device=gen_device).to(device)
-            sigma = torch.exp(log_min + u * (log_max - log_min))
+            if noise_levels is not None:
+                pick = torch.randint(noise_levels.numel(), (b,), generator=generator, device=gen_device)
+                sigma = noise_levels[pick.to(device)].to(torch.float32)
+            else:
+                u = torch.rand(b, generator=generator, device=gen_device).to(device)
+                sigma = torch.exp(log_min + u * (log_max - log_min))
             eps = torch.randn(x0.shape, generator=generator, device=gen_device).to(device, x0.dtype)
             x = x0 + broadcast_to_sample(sigma.to(x0.dtype), x0) * eps
         else:

@@ -184,6 +184,9 @@ class TrafficModelConfig:
             :class:`SceneLogitNet`).
         classifier_map_samples: the classifier's tokens also carry the drivable raster sampled at each
             box's centre and corners (:func:`box_map_samples`; token width 12 instead of 7).
+        classifier_noise: how classifiers draw their training noise level: ``"ddpm"``, ``σ_t`` with ``t``
+            uniform over the DDPM's steps (METHOD.md 3: as in the baseline's training; also the weighting of
+            the r-ELBO), or ``"log_uniform"`` on ``[σ_0, classifier_sigma_max]``.
         denoiser_map_samples: the ε-network's tokens also carry :func:`box_map_samples`, read at the
             posterior-mean position ``sqrt(ᾱ_t) x_t`` (see :class:`SceneEpsModel`).
         classifier_noise_aware: time-dependent classifiers fade the position and distance encodings whose
@@ -199,8 +202,12 @@ class TrafficModelConfig:
     classifier_map_samples: bool = True
     classifier_noise_aware: bool = True
     denoiser_map_samples: bool = True
+    classifier_noise: Literal["ddpm", "log_uniform"] = "ddpm"
 
     def __post_init__(self) -> None:
+        if self.classifier_noise not in ("ddpm", "log_uniform"):
+            raise ValueError(f"classifier_noise must be 'ddpm' or 'log_uniform', got "
+                             f"{self.classifier_noise!r}")
         if not self.classifier_sigma_max > 0 or not self.classifier_time_scale > 0:
             raise ValueError(f"classifier_sigma_max and classifier_time_scale must be > 0: {self}")
 
@@ -953,6 +960,8 @@ class TrafficTask:
             raise ValueError(f"model.classifier_sigma_max={config.model.classifier_sigma_max} must exceed "
                              f"the schedule's smallest noise level {float(sig[0]):.3g}")
         self.classifier_noise = EDMConfig(sigma_min=float(sig[0]), sigma_max=top, sigma_data=1.0)
+        #: the noise levels classifiers are trained on (None: log-uniform over ``classifier_noise``)
+        self.classifier_noise_levels = sig.clone() if config.model.classifier_noise == "ddpm" else None
 
     def new_eps_model(self) -> SceneEpsModel:
         """A fresh baseline-shaped ε-model."""
@@ -1211,7 +1220,8 @@ class _TrafficRunner:
             classifier = task.new_classifier(time_dependent)
             data = dihedral_augment(dataset) if cfg.gen_neg.augment else dataset
             history = train_classifier(classifier, data, dataclasses.replace(cfg.classifier, mode=mode),
-                                       task.classifier_noise, generator=g, progress=self.progress)
+                                       task.classifier_noise, generator=g, progress=self.progress,
+                                       noise_levels=task.classifier_noise_levels)
             tail = history[-max(1, len(history) // 10):]
             info = {"mode": mode, "time_dependent": time_dependent, "final_loss": float(np.mean(tail))}
             save_checkpoint(self._classifier_path(name), classifier, {"stage": stage, **info})
