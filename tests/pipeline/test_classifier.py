@@ -262,3 +262,20 @@ def test_noise_levels_are_drawn_from_the_given_set():
     with pytest.raises(ValueError, match="noise_levels"):
         train_classifier(Recording(), data, ClassifierConfig(iterations=1, batch_size=4), EDMConfig(),
                          generator=g, noise_levels=torch.tensor([0.0, 1.0]))
+
+
+def test_ema_update_is_the_exponential_average():
+    from genneg.pipeline.optim import ema_update
+
+    model = torch.nn.Linear(2, 1)
+    ema = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        ema.weight.zero_()
+        ema.bias.zero_()
+        model.weight.fill_(1.0)
+        model.bias.fill_(2.0)
+    ema_update(ema, model, decay=0.9, step=100)  # d = min(0.9, 101/110) = 0.9
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.1))
+    torch.testing.assert_close(ema.bias, torch.full((1,), 0.2))
+    ema_update(ema, model, decay=0.99, step=0)  # warm-up: d = 1/10
+    torch.testing.assert_close(ema.bias, torch.full((1,), 0.1 * 0.2 + 0.9 * 2.0))

@@ -22,6 +22,7 @@ Modes (``ClassifierConfig.mode``):
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.edm import EDMConfig
 from genneg.pipeline.balanced import BalancedDataset
-from genneg.pipeline.optim import optimizer_step, set_learning_rate
+from genneg.pipeline.optim import ema_update, optimizer_step, set_learning_rate
 
 __all__ = [
     "ClassifierConfig",
@@ -62,6 +63,8 @@ class ClassifierConfig:
         warmup: linear warm-up steps.
         weight_decay: Adam L2 penalty.
         grad_clip: max gradient norm (0 = off).
+        ema_decay: the classifier ends with an exponential moving average of its weights with this decay
+            (:func:`~genneg.pipeline.optim.ema_update`); 0 = the last weights.
     """
 
     iterations: int = 2000
@@ -73,8 +76,11 @@ class ClassifierConfig:
     warmup: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 0.0
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -233,6 +239,7 @@ def train_classifier(
     losses = torch.empty(config.iterations, dtype=torch.float32, device=device)
     was_training = classifier.training
     classifier.train()
+    ema = copy.deepcopy(classifier).requires_grad_(False) if config.ema_decay > 0 else None
     bar = tqdm(range(config.iterations), disable=not progress, desc=f"classifier ({config.mode})",
                leave=False)
     for step in bar:
@@ -258,8 +265,14 @@ def train_classifier(
         mask = data.part_mask[idx] if data.part_mask is not None else None
         loss = classifier_loss(logits, targets[idx], weights[idx], mask)
         optimizer_step(optimizer, loss, classifier.parameters(), config.grad_clip)
+        if ema is not None:
+            ema_update(ema, classifier, config.ema_decay, step)
         losses[step] = loss.detach()
         if progress and (step % 50 == 0 or step == config.iterations - 1):
             bar.set_postfix(loss=f"{loss.item():.4f}")
+    if ema is not None:
+        with torch.no_grad():
+            for p, p_ema in zip(classifier.parameters(), ema.parameters(), strict=True):
+                p.copy_(p_ema)
     classifier.train(was_training)
     return losses.tolist()

@@ -1,4 +1,5 @@
-"""The optimiser plumbing every training loop of the pipeline shares: learning-rate schedule and step."""
+"""The optimiser plumbing every training loop of the pipeline shares: learning-rate schedule, step, and
+the exponential moving average of the weights."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["lr_factor", "optimizer_step", "set_learning_rate"]
+__all__ = ["ema_update", "lr_factor", "optimizer_step", "set_learning_rate"]
 
 
 def lr_factor(step: int, iterations: int, schedule: str, min_fraction: float, warmup: int) -> float:
@@ -38,3 +39,12 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, paramet
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(parameters, grad_clip)
     optimizer.step()
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """``ema ← d · ema + (1 - d) · model`` over the parameters, ``d = min(decay, (1 + step) / (10 + step))``
+    (a short warm-up, so the average forgets the initial weights quickly); ``step`` is 0-based."""
+    d = min(decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        p_ema.lerp_(p, 1 - d)

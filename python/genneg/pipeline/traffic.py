@@ -84,7 +84,7 @@ from genneg.oracles.traffic import TrafficOracle, TrafficVerdicts
 from genneg.pipeline.balanced import BalancedDataset, draw_balanced, draw_imbalanced
 from genneg.pipeline.classifier import ClassifierConfig, train_classifier
 from genneg.pipeline.distill import DistillConfig, train_distilled
-from genneg.pipeline.optim import optimizer_step, set_learning_rate
+from genneg.pipeline.optim import ema_update, optimizer_step, set_learning_rate
 
 __all__ = [
     "TRAFFIC_PROFILES",
@@ -910,10 +910,7 @@ def train_scene_baseline(
         loss = ddpm_loss(_bind(eps_model, batch.cond), batch.tokens, schedule, generator=generator)
         optimizer_step(optimizer, loss, eps_model.parameters(), config.grad_clip)
         if ema is not None:
-            with torch.no_grad():
-                decay = min(config.ema_decay, (1 + step) / (10 + step))
-                for p_ema, p in zip(ema.parameters(), eps_model.parameters(), strict=True):
-                    p_ema.lerp_(p, 1 - decay)
+            ema_update(ema, eps_model, config.ema_decay, step)
         losses.append(float(loss.detach()))
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
@@ -1382,6 +1379,15 @@ def write_traffic_report(run: RunDir, plots: Sequence[str] | None = None) -> Pat
             notes.append(f"iteration {k} data: {recs[-1]['num_drawn']} scenes drawn, estimated per-scene "
                          f"infraction rate {100 * recs[-1]['pi_neg']:.1f}%")
     by_model = {r["model"]: r for r in rows}
+    base_elbo = by_model.get("baseline", {}).get("r_elbo")
+    for r in rows:
+        value = r.get("r_elbo")
+        if base_elbo is not None and value is not None and (not math.isfinite(value)
+                                                              or value < 100 * min(base_elbo, -1e-3)):
+            notes.append(f"{_LABELS.get(r['model'], r['model'])}: sampling diverged (r-ELBO {value:.3g} per "
+                         "vehicle, over 100× the baseline's): its guidance term moves ε by orders of "
+                         "magnitude more than the noise; for the time-independent classifier the gradient of "
+                         "log c(x̂0) is taken through x̂0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)")
     if "baseline" in by_model and "iter2" in by_model:
         b, i2 = by_model["baseline"], by_model["iter2"]
         ratio = i2["infraction"] / b["infraction"] if b["infraction"] > 0 else math.nan
