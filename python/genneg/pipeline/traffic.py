@@ -1255,7 +1255,8 @@ class _TrafficRunner:
         return self.load_eps("distilled")
 
     def renders(self, baseline: nn.Module, guided: nn.Module, guided_name: str) -> list[str]:
-        """PNG grids: samples of each model coloured by verdict; the same noise without/with guidance."""
+        """PNG grids: samples of each model coloured by verdict; the same noise without/with guidance, at
+        contexts where the baseline infracts."""
         task, cfg = self.task, self.config
         files = []
         k = min(cfg.eval.render_scenes, cfg.eval.num_scenes)
@@ -1284,17 +1285,32 @@ class _TrafficRunner:
             name = f"scenes_{row['model']}.png"
             grid(self.run.path(name), tokens, cond, maps, windows, [f"{row['model']} #{i}" for i in range(k)])
             files.append(name)
-        pair = min(4, k)
-        pair_cond = {key: v[:pair] for key, v in cond.items()}
-        both = []
-        for model in (baseline, guided):
-            x, _ = task.sample(model, pair_cond, stage_generator(cfg.seed, "render/noise"))
-            both.append(x)
-        tokens = torch.cat(both)
+        # The same noise without and with guidance: the evaluation samples of both models (one noise draw
+        # per context, shared by every model), at the first contexts where the baseline infracts.
+        base_file = self.run.path("samples", "baseline.safetensors")
+        guided_file = self.run.path("samples", f"{guided_name}.safetensors")
+        all_cond = task.eval_contexts()
+        if base_file.is_file() and guided_file.is_file():
+            saved = load_tensors(base_file)
+            bad = ((saved["collision"] | saved["offroad"]) & all_cond["valid"].cpu()).any(1)
+            order = torch.cat([torch.nonzero(bad).flatten(), torch.nonzero(~bad).flatten()])
+            pick = order[: min(4, order.numel())]
+            both = [saved["tokens"][pick], load_tensors(guided_file)["tokens"][pick]]
+        else:
+            pick = torch.arange(min(4, k))
+            sub = {key: v[pick] for key, v in all_cond.items()}
+            both = [task.sample(m, sub, stage_generator(cfg.seed, "render/noise"))[0].cpu()
+                    for m in (baseline, guided)]
+        pair_cond = {key: v[pick.to(v.device)] for key, v in all_cond.items()}
+        tokens = torch.cat(both).to(task.device)
         cond2 = {key: torch.cat([v, v]) for key, v in pair_cond.items()}
-        titles = [f"baseline #{i}" for i in range(pair)] + [f"{guided_name} #{i}" for i in range(pair)]
-        grid(self.run.path("guided_vs_baseline.png"), tokens, cond2, maps[:pair] * 2,
-             np.concatenate([windows[:pair], windows[:pair]]), titles)
+        centres2 = pair_cond["centre_m"].cpu().numpy()
+        windows2 = np.stack([centres2[:, 0] - half, centres2[:, 0] + half,
+                             centres2[:, 1] - half, centres2[:, 1] + half], axis=1)
+        maps2 = [task.road_maps[int(m)].drivable_map for m in pair_cond["map_index"].cpu().numpy()]
+        titles = [f"{name}, scene {int(i)}" for name in ("baseline", guided_name) for i in pick]
+        grid(self.run.path("guided_vs_baseline.png"), tokens, cond2, maps2 * 2,
+             np.concatenate([windows2, windows2]), titles)
         files.append("guided_vs_baseline.png")
         return files
 
