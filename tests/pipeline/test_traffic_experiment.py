@@ -162,7 +162,7 @@ def test_box_map_samples_read_the_crop_at_box_points(task: TrafficTask) -> None:
 
     levels = len(MAP_BLUR_CELLS)
     train = task.train
-    samples = box_map_samples(train.tokens, train.cond["map_raster"], task.norm)
+    samples = box_map_samples(train.tokens, train.cond["map_raster"], task.norm, extent=task.crop_extent)
     valid = train.cond["valid"]
     assert samples.shape == (*valid.shape, 5 * levels)
     assert bool((samples[..., 0][valid] > 0).all())  # every training vehicle's centre is on the road
@@ -213,7 +213,8 @@ def test_dihedral_augment_moves_tokens_and_crop_together(tiny_run: tuple[Path, l
     n = len(data)
     assert len(aug) == 8 * n and aug.pi_neg == data.pi_neg
     assert torch.equal(aug.labels, data.labels.repeat(8)) and torch.equal(aug.x[:n], data.x)
-    reads = box_map_samples(aug.x, aug.cond["map_raster"], task.norm).reshape(8, n, data.x.shape[1], -1, 5)
+    reads = box_map_samples(aug.x, aug.cond["map_raster"], task.norm, extent=task.crop_extent)
+    reads = reads.reshape(8, n, data.x.shape[1], -1, 5)
     mask = data.part_mask
     for k in range(8):
         # at every blur level the centre reads the same value in every copy; the corners are the same
