@@ -504,9 +504,10 @@ class SceneLogitNet(nn.Module):
     drivable raster at the box's centre and corners, so that the classifier sees the road at the
     resolution of the crop (the transformer's map tokens are 8 cells wide).
 
-    With ``noise_aware`` (time-dependent classifiers only) the transformer is told the noise std of the
-    positions it reads (``σ / (σ² + 1)`` with shrinkage, else ``σ / sqrt(σ² + 1)``) and fades the
-    encodings finer than it, and the map samples read the crop blurred by that noise. Why: guidance
+    With ``noise_aware`` (time-dependent classifiers only) the transformer is told how far the clean
+    positions may lie from those it reads, the posterior std ``σ / sqrt(σ² + 1)`` of ``x0`` for unit-variance
+    data, and fades the encodings finer than it (each feature becomes its expectation over that
+    uncertainty); the map samples read the crop blurred by it. Why: guidance
     differentiates the classifier, and a sinusoidal feature of wavelength ``λ`` has an input gradient
     ``∝ 1/λ`` (a sharp raster read bilinearly, ``∝ 1/cell``); features the noise hides carry no information
     about the label, but a trained network keeps small weights on them, which is enough to make
@@ -535,10 +536,11 @@ class SceneLogitNet(nn.Module):
         """Logits ``(B, A)``; other conditioning entries are ignored (as in :class:`SceneEpsModel`)."""
         c_noise = c_noise.to(x_in.dtype)
         sigma = torch.exp(4 * c_noise)
-        noise_std = sigma * torch.rsqrt(1 + sigma**2)  # of x_VE / sqrt(σ² + 1)
+        # how far the clean token may lie from what the network reads: the posterior std of x0 for
+        # unit-variance data, σ / sqrt(σ² + 1), whether it reads the posterior mean (shrinkage) or not
+        noise_std = sigma * torch.rsqrt(1 + sigma**2)
         if self.shrinkage:
             x_in = x_in * torch.rsqrt(1 + sigma**2)[:, None, None]  # / sqrt(σ² + 1)
-            noise_std = noise_std * torch.rsqrt(1 + sigma**2)
         if self.map_samples is not None:
             map_std = noise_std if self.noise_aware else None
             reads = box_map_samples(x_in, map_raster, self.map_samples, noise_std=map_std,
