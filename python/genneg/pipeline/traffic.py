@@ -390,7 +390,7 @@ def _quick() -> TrafficExperimentConfig:
         classifier=ClassifierConfig(iterations=3000, batch_size=64, lr=1e-3, grad_clip=1.0, ema_decay=0.999),
         ablations=TRAFFIC_ABLATIONS,
         distill=DistillConfig(iterations=3000, batch_size=64, lr=3e-4, grad_clip=1.0),
-        eval=TrafficEvalConfig(num_scenes=512, r_elbo_scenes=256, r_elbo_timesteps=8, render_scenes=8),
+        eval=TrafficEvalConfig(num_scenes=1024, r_elbo_scenes=512, r_elbo_timesteps=16, render_scenes=8),
     )
 
 
