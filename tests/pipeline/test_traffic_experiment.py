@@ -265,3 +265,15 @@ def test_noisy_map_reading_is_the_expected_reading_over_the_noise() -> None:
     both = blurred_crops(crop, (0.0, 4.0), torch.tensor([0.0, 3.0], dtype=torch.float64))
     direct = blurred_crops(crop, (5.0,))
     torch.testing.assert_close(both[1, 1], direct[1, 0], atol=1e-6, rtol=0)
+
+
+def test_wide_blurs_on_the_pooled_crop_match_the_full_resolution_blur() -> None:
+    from genneg.pipeline.traffic import _gaussian_blur, blurred_crops
+
+    g = torch.Generator().manual_seed(0)
+    crop = (torch.rand(1, 1, 12, 12, generator=g) > 0.5).double()
+    crop = crop.repeat_interleave(4, -1).repeat_interleave(4, -2)  # 48 x 48, blocks of 4 cells
+    for std in (4.5, 6.0, 10.0):
+        fast = blurred_crops(crop, (std,))[0, 0]
+        exact = _gaussian_blur(crop, torch.tensor([std], dtype=torch.float64))[0, 0]
+        assert float((fast - exact)[8:-8, 8:-8].abs().max()) < 0.03, std
