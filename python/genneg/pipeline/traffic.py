@@ -389,7 +389,7 @@ def _quick() -> TrafficExperimentConfig:
                                     sample_batch_size=256),
         classifier=ClassifierConfig(iterations=3000, batch_size=64, lr=1e-3, grad_clip=1.0, ema_decay=0.999),
         ablations=TRAFFIC_ABLATIONS,
-        distill=DistillConfig(iterations=3000, batch_size=64, lr=3e-4, grad_clip=1.0),
+        distill=DistillConfig(iterations=1500, batch_size=64, lr=3e-4, grad_clip=1.0),
         eval=TrafficEvalConfig(num_scenes=1024, r_elbo_scenes=512, r_elbo_timesteps=16, render_scenes=8),
     )
 
