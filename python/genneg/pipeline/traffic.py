@@ -35,8 +35,8 @@ and oracle is called with ``**cond`` and reads the entries it needs). The stages
 
 Every stage writes its outputs and then its marker in a :class:`~genneg.io.RunDir`; a resumed run reloads
 finished stages and reruns the first unfinished one with the same stage-seeded generator.
-Profiles: ``tiny`` (the test, well under 90 s), ``quick`` (about 14 minutes, 1 thread, on the shared 2-core
-CPU it was measured on), ``paper`` (sized for one GPU).
+Profiles: ``tiny`` (the test, well under 90 s), ``quick`` (about 20 minutes with 1 thread on the shared
+2-core CPU it was measured on; ``--threads 2`` uses both cores), ``paper`` (sized for one GPU).
 """
 
 from __future__ import annotations
