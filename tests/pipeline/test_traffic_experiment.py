@@ -295,3 +295,67 @@ def test_wide_blurs_on_the_pooled_crop_match_the_full_resolution_blur() -> None:
         fast = blurred_crops(crop, (std,))[0, 0]
         exact = _gaussian_blur(crop, torch.tensor([std], dtype=torch.float64))[0, 0]
         assert float((fast - exact)[8:-8, 8:-8].abs().max()) < 0.03, std
+
+
+def test_fast_sampler_from_a_traffic_run_plans_in_a_scene(tiny_run: tuple[Path, list[dict]],
+                                                           task: TrafficTask) -> None:
+    """FastSampler.from_run on a traffic run: the distilled model, conditioned per call on a held-out
+    scene (its first vehicle known, the other present slots sampled), keeps the known vehicle exactly and
+    the padding at zero; a guided stack is refused with the reason."""
+    from genneg.planning.fast_sampler import FastSampler
+    from genneg.planning.traffic import scene_condition
+
+    run_dir, rows = tiny_run
+    sampler = FastSampler.from_run(run_dir, "distilled", num_parallel=3, num_steps=4)
+    assert sampler.run_model == "distilled"
+    assert sampler.infraction_rate == {r["model"]: r for r in rows}["distilled"]["infraction"]
+    scene = task.heldout.rows(torch.tensor([0]))
+    valid = scene.cond["valid"][0]
+    known = torch.zeros_like(valid)
+    known[0] = True
+    road = task.road_maps[int(scene.cond["map_index"][0])].drivable_map
+    centre = tuple(float(c) for c in scene.cond["centre_m"][0])
+    cfg = get_traffic_profile("tiny").data
+    condition = scene_condition(scene.tokens[0], known, valid, road, centre, norm=task.norm,
+                                map_cells=cfg.crop_cells, crop_margin_m=cfg.crop_margin_m)
+    sampler = FastSampler.from_run(run_dir, "distilled", num_parallel=3, num_steps=4, drivable_map=road)
+    result = sampler(condition, seed=0)
+    assert result.samples.shape == (3, 4, 7)
+    torch.testing.assert_close(result.samples[:, 0], scene.tokens[0, 0].expand(3, 7))
+    assert bool((result.samples[:, ~valid] == 0).all())
+    with pytest.raises(ValueError, match="guided stack"):
+        FastSampler.from_run(run_dir, "guided", num_parallel=3)
+
+
+class _Kill(RuntimeError):
+    pass
+
+
+def test_killed_traffic_run_resumes_to_the_same_numbers(tiny_run: tuple[Path, list[dict]],
+                                                        tmp_path: Path) -> None:
+    """Kill the traffic run while iteration 1's classifier trains, resume: every row equals the
+    uninterrupted run's (timings aside), and the finished stages are not rerun."""
+    _, reference = tiny_run
+    run_dir = tmp_path / "run"
+    config = get_traffic_profile("tiny")
+    started: list[str] = []
+
+    def kill_in_classifier(stage: str, event: str) -> None:
+        if (stage, event) == ("iter1/classifier", "start"):
+            raise _Kill(stage)
+
+    with pytest.raises(_Kill):
+        run_traffic(config, run_dir, progress=False, hook=kill_in_classifier)
+    run = RunDir(run_dir, resume=True)
+    assert run.is_done("iter1/data") and not run.is_done("iter1/classifier")
+
+    def record(stage: str, event: str) -> None:
+        if event == "start":
+            started.append(stage)
+
+    rows = run_traffic(config, run_dir, resume=True, progress=False, hook=record)
+    assert "data" not in started and "baseline" not in started and "iter1/data" not in started
+    assert "iter1/classifier" in started
+    timing = {"sample_seconds_per_batch"}
+    assert ([{k: v for k, v in r.items() if k not in timing} for r in rows]
+            == [{k: v for k, v in r.items() if k not in timing} for r in reference])

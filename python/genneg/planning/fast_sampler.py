@@ -451,9 +451,11 @@ class FastSampler:
         guidance_backend: Literal["torch", "triton", "auto"] = "auto",
         device: torch.device | str | None = None,
         seed: int = 0,
+        oracle: Callable[..., Any] | None = None,
+        drivable_map: Any = None,
         **config_overrides: Any,
     ) -> FastSampler:
-        """A sampler for a finished Gen-neG run (``genneg.pipeline.experiment``).
+        """A sampler for a model of a finished Gen-neG run (any task: checkerboard, traffic, a user's).
 
         Args:
             run_dir: the run directory.
@@ -467,47 +469,63 @@ class FastSampler:
             deadline_ms, max_rounds, k_best: as in :class:`SamplerConfig`.
             guidance_backend: backend of the rebuilt guided stack (``"auto"``: fused Triton on CUDA).
             device: where to run (default: the run's device).
+            oracle: for a user array task whose oracle has no importable reference (a lambda).
+            drivable_map: traffic runs: the map the planner drives on (default: the run's first road
+                map); calls take a :func:`genneg.planning.traffic.scene_condition` on it.
             config_overrides: further :class:`SamplerConfig` fields.
-        """
-        from genneg.io.rundir import RunDir
-        from genneg.pipeline.experiment import load_model
-        from genneg.pipeline.profiles import ExperimentConfig
 
-        run = RunDir(run_dir, resume=True)
-        run_config = run.read_config(ExperimentConfig)
+        Raises:
+            ValueError: a model the run does not have or has not evaluated; a guided traffic model (its
+                classifier stack cannot take a per-call scene context yet: use ``"distilled"``).
+        """
+        from genneg.pipeline.experiment import load_model
+        from genneg.pipeline.traffic import TrafficTask
+
+        if rate not in ("estimate", "upper"):
+            raise ValueError(f"rate must be 'estimate' or 'upper', got {rate!r}")
+        task, run_config, net = load_model(run_dir, model, oracle=oracle)
         name = {"guided": f"iter{run_config.gen_neg.iterations}"}.get(model, model)
-        task, run_config, net = load_model(run_dir, name)
-        records = run.records(f"eval/{name}")
+        records = [r for r in _read_records(Path(run_dir)) if r.get("stage") == f"eval/{name}"]
         if not records:
             raise ValueError(f"run {run_dir} has no evaluation of model {name!r}")
         record = records[-1]
-        if rate not in ("estimate", "upper"):
-            raise ValueError(f"rate must be 'estimate' or 'upper', got {rate!r}")
         r = float(record["infraction_high"] if rate == "upper" else record["infraction"])
-        if isinstance(net, GuidedDenoiser):
-            net = GuidedDenoiser(net.denoiser, list(net.classifiers), net.scales, backend=guidance_backend)
         target = torch.device(device) if device is not None else task.device
-        if hasattr(net, "to"):
-            net = net.to(target)
-        net.eval()
-        edm = task.edm
-        config = SamplerConfig(
-            num_parallel=num_parallel,
-            p=p,
-            infraction_rate=r if p is not None else None,
-            num_steps=run_config.sampling.num_steps if num_steps is None else num_steps,
-            schedule=run_config.sampling.schedule if schedule is None else schedule,
-            sigma_min=edm.sigma_min,
-            sigma_max=edm.sigma_max,
-            rho=run_config.sampling.rho,
-            deadline_ms=deadline_ms,
-            max_rounds=max_rounds,
-            k_best=k_best,
-            **config_overrides,
-        )
-        sampler = cls(
-            net, task.oracle, sample_shape=task.sample_shape, config=config, device=target, seed=seed
-        )
+        common = {"num_parallel": num_parallel, "p": p, "infraction_rate": r if p is not None else None,
+                  "deadline_ms": deadline_ms, "max_rounds": max_rounds, "k_best": k_best}
+        if isinstance(task, TrafficTask):
+            from genneg.oracles.traffic import TrafficOracle
+            from genneg.planning.traffic import SceneTokenOracle
+
+            if isinstance(net, GuidedEps):
+                raise ValueError(
+                    f"model {name!r} of this traffic run is a guided stack: its classifiers read the scene "
+                    "context (present slots, map crop) that a planner gives per call, which FastSampler "
+                    "passes only to plain models; use model='distilled' (the stack distilled into one "
+                    "network) or 'baseline'")
+            net = _KeywordContext(net, ("valid", "map_raster")).to(target).eval()
+            drivable = task.road_maps[0].drivable_map if drivable_map is None else drivable_map
+            steps = run_config.gen_neg.sample_steps if num_steps is None else num_steps
+            config = SamplerConfig(num_steps=steps, **common, **config_overrides)
+            sampler = cls(net, SceneTokenOracle(TrafficOracle(drivable)),
+                          sample_shape=tuple(task.train.tokens.shape[1:]), config=config,
+                          ddpm_schedule=task.schedule, device=target, seed=seed)
+        else:
+            if isinstance(net, GuidedDenoiser):
+                net = GuidedDenoiser(net.denoiser, list(net.classifiers), net.scales,
+                                     backend=guidance_backend)
+            if hasattr(net, "to"):
+                net = net.to(target)
+            net.eval()
+            edm = task.edm
+            config = SamplerConfig(
+                num_steps=run_config.sampling.num_steps if num_steps is None else num_steps,
+                schedule=run_config.sampling.schedule if schedule is None else schedule,
+                sigma_min=edm.sigma_min, sigma_max=edm.sigma_max, rho=run_config.sampling.rho,
+                **common, **config_overrides,
+            )
+            sampler = cls(net, task.oracle, sample_shape=task.sample_shape, config=config, device=target,
+                          seed=seed)
         sampler.infraction_rate = r
         sampler.run_model = name
         return sampler
@@ -932,3 +950,33 @@ class FastSampler:
         torch.cuda.synchronize(self.device)
         replay_ms = 1e3 * (time.perf_counter() - t0)
         return graph, out, replay_ms, static_ctx
+
+
+class _KeywordContext(torch.nn.Module):
+    """``net(x, t, **{keys[i]: context[i]})`` presented as ``model(x, t, *context)``: the planner's
+    per-call context tuple handed to a network that takes the package's keyword conditioning."""
+
+    def __init__(self, net: torch.nn.Module, keys: Sequence[str]) -> None:
+        super().__init__()
+        self.net, self.keys = net, tuple(keys)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        if len(context) != len(self.keys):
+            raise ValueError(f"expected context {self.keys}, got {len(context)} tensors")
+        return self.net(x, t, **dict(zip(self.keys, context)))
+
+
+def _read_records(root: Path) -> list[dict[str, Any]]:
+    """The run's metric records (read-only: unlike ``RunDir(resume=True)``, nothing is rewritten)."""
+    import json
+
+    path = root / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
