@@ -350,18 +350,19 @@ class _CheckedOracle:
                               f"({x.shape[0]} samples of shape {tuple(x.shape[1:])}): {err}") from err
 
 
-def _check_oracle_on(oracle: Callable[..., Any], x: torch.Tensor, batch_size: int = 10_000) -> torch.Tensor:
-    """Verdicts of ``oracle`` on ``x`` in batches; errors name the batch index and its rows."""
+def _check_oracle_on(oracle: Callable[..., Any], x: torch.Tensor, *, what: str = "train_x",
+                     batch_size: int = 10_000) -> torch.Tensor:
+    """Verdicts ``(n,)`` of ``oracle`` on ``x`` in batches; errors name the batch index and its rows."""
     out = []
     for index, start in enumerate(range(0, x.shape[0], batch_size)):
         batch = x[start: start + batch_size]
         try:
             verdicts = evaluate_oracle(oracle, batch)
         except ValueError as err:
-            raise ValueError(f"oracle on training batch {index} (rows {start}-{start + batch.shape[0] - 1}): "
+            raise ValueError(f"oracle on {what} batch {index} (rows {start}-{start + batch.shape[0] - 1}): "
                              f"{err}") from err
         except Exception as err:
-            raise OracleError(f"the oracle raised {type(err).__name__} on training batch {index} (rows "
+            raise OracleError(f"the oracle raised {type(err).__name__} on {what} batch {index} (rows "
                               f"{start}-{start + batch.shape[0] - 1}): {err}") from err
         out.append(sample_verdicts(verdicts))
     return torch.cat(out)
@@ -433,30 +434,34 @@ class ArrayTask(VectorTask):
         if not callable(oracle):
             raise TypeError(f"oracle must be callable, got {type(oracle).__name__}")
         data = _checked(load_array(train_x, what="train_x"), "train_x")
+        if float(data.std()) <= 0:
+            raise ValueError("train_x is constant: nothing to learn (its standard deviation is 0)")
+        heldout = None
         if heldout_x is not None:
             heldout = _checked(load_array(heldout_x, what="heldout_x"), "heldout_x")
             if heldout.shape[1:] != data.shape[1:]:
                 raise ValueError(f"heldout_x has sample shape {tuple(heldout.shape[1:])} but train_x has "
                                  f"{tuple(data.shape[1:])}")
-        else:
-            if not 0 < heldout_fraction < 1:
-                raise ValueError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction}")
+        elif not 0 < heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction}")
+        # the oracle on the data as given (row numbers in errors are the caller's)
+        for what, x in (("train_x", data), ("heldout_x", heldout)):
+            if x is None:
+                continue
+            invalid = int((~_check_oracle_on(oracle, x, what=what)).sum())
+            if invalid == x.shape[0]:
+                raise ValueError(f"the oracle says all {invalid} points of {what} are invalid: the data and "
+                                 "the oracle do not match (True must mean valid)")
+            if invalid:
+                warnings.warn(f"the oracle rejects {invalid} of the {x.shape[0]} points of {what}; Gen-neG "
+                              "assumes valid data", stacklevel=2)
+        if heldout is None:
             n_held = max(2, round(heldout_fraction * data.shape[0]))
             if data.shape[0] - n_held < 2:
                 raise ValueError(f"train_x has {data.shape[0]} points: too few to split off a held-out set "
                                  f"of {n_held} and keep 2 for training; pass heldout_x")
             perm = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))
             data, heldout = data[perm[n_held:]], data[perm[:n_held]]
-        if float(data.std()) <= 0:
-            raise ValueError("train_x is constant: nothing to learn (its standard deviation is 0)")
-        verdicts = _check_oracle_on(oracle, data)
-        invalid = int((~verdicts).sum())
-        if invalid == data.shape[0]:
-            raise ValueError(f"the oracle says all {invalid} training points are invalid: the data and the "
-                             "oracle do not match (True must mean valid)")
-        if invalid:
-            warnings.warn(f"the oracle rejects {invalid} of {data.shape[0]} training points; Gen-neG assumes "
-                          "valid training data", stacklevel=2)
         return cls(data, heldout, oracle, name=name, oracle_reference=reference, denoiser_net=denoiser_net,
                    classifier_net=classifier_net)
 

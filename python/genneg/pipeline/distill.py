@@ -45,7 +45,7 @@ class DistillConfig:
     """Distillation training.
 
     Attributes:
-        iterations: Adam steps (paper, checkerboard: 250k).
+        iterations: Adam steps (paper, checkerboard: 250k); 0 skips the distillation stage.
         batch_size: ``x0`` per step (paper: 1000), drawn uniformly with replacement.
         lr: Adam learning rate.
         x0_source: ``"train"`` (the training set, the paper's choice) or ``"teacher"`` (teacher samples).
@@ -71,8 +71,9 @@ class DistillConfig:
             raise ValueError(f"x0_source must be 'train' or 'teacher', got {self.x0_source!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.iterations < 1 or self.batch_size < 1 or self.num_teacher_samples < 1 or self.warmup < 0:
-            raise ValueError(f"need iterations, batch_size, num_teacher_samples >= 1, warmup >= 0: {self}")
+        if self.iterations < 0 or self.batch_size < 1 or self.num_teacher_samples < 1 or self.warmup < 0:
+            raise ValueError(f"need iterations >= 0 (0: no distillation stage), batch_size, "
+                             f"num_teacher_samples >= 1, warmup >= 0: {self}")
         if self.lr <= 0 or not 0 <= self.lr_min_fraction <= 1 or self.grad_clip < 0:
             raise ValueError(f"need lr > 0, 0 <= lr_min_fraction <= 1, grad_clip >= 0: {self}")
 
