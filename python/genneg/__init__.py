@@ -40,12 +40,19 @@ def load(run_dir: Any, model: str = "distilled", *, oracle: Any = None) -> Any:
     return load_model(run_dir, model, oracle=oracle)[2]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+_SUBPACKAGES = ("data", "diffusion", "guidance", "io", "metrics", "models", "oracles", "pipeline", "planning",
+                "reference", "kernels")
 
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'genneg' has no attribute {name!r}")
+    elif name in _SUBPACKAGES:  # genneg.planning.FastSampler after a bare `import genneg`
+        value = importlib.import_module(f"genneg.{name}")
+    else:
+        raise AttributeError(f"module 'genneg' has no attribute {name!r}")
+    globals()[name] = value
+    return value
