@@ -222,7 +222,8 @@ def env_headline(ctx: Context, rc: int) -> dict[str, Any]:
 
 def tests_command(ctx: Context) -> list[str]:
     return [ctx.python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rfEs",
-            "--continue-on-collection-errors", f"--junitxml={ctx.path('tests-gpu.xml')}", "tests"]
+            "--continue-on-collection-errors", f"--junitxml={ctx.path('tests-gpu.xml')}",
+            *ctx.facts.get("test_paths", ["tests"])]
 
 
 def tests_headline(ctx: Context, rc: int) -> dict[str, Any]:
@@ -308,7 +309,9 @@ def e2e_headline(experiment: str) -> Callable[[Context, int], dict[str, Any]]:
                 evals[stage] = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         if rc == 0:
             ctx.facts[f"{experiment}_run"] = str(ctx.path("runs", experiment))
-        return {"run_dir": str(ctx.path("runs", experiment)), "evaluations": evals}
+        infraction = {stage.removeprefix("eval/"): r["infraction"] for stage, r in evals.items()
+                      if "infraction" in r}
+        return {"run_dir": str(ctx.path("runs", experiment)), "infraction": infraction, "evaluations": evals}
 
     return headline
 
@@ -345,9 +348,9 @@ PARTS: list[Part] = [
     Part("tests", 120, tests_command, tests_headline),
     Part("guidance", 60, guidance_command, guidance_headline),
     Part("oracle_kernels", 40, oracle_kernels_command, oracle_kernels_headline),
-    Part("e2e_checkerboard", 60, e2e_command("checkerboard"), e2e_headline("checkerboard")),
+    Part("e2e_checkerboard", 90, e2e_command("checkerboard"), e2e_headline("checkerboard")),
     Part("latency", 60, latency_command, latency_headline),
-    Part("e2e_traffic", 90, e2e_command("traffic"), e2e_headline("traffic")),
+    Part("e2e_traffic", 120, e2e_command("traffic"), e2e_headline("traffic")),
 ]
 PART_NAMES = [p.name for p in PARTS]
 
@@ -430,9 +433,9 @@ HEADLINE_KEYS = {
     "guidance": ("fused_vs_eager_B1024_K5", "fused_vs_eager", "analytic_vs_eager", "fused_skipped"),
     "oracle_kernels": ("ratios_1000_scenes", "ratios_50_scenes", "disagreements_1000_scenes",
                        "disagreements_50_scenes", "disagreements_20000_scenes"),
-    "e2e_checkerboard": ("evaluations",),
+    "e2e_checkerboard": ("infraction",),
     "latency": ("cuda_graphs_speedup_p50", "headline_baseline_over_distilled_p50"),
-    "e2e_traffic": ("evaluations",),
+    "e2e_traffic": ("infraction",),
 }
 
 
@@ -485,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total-budget-s", type=float, default=DEFAULT_TOTAL_BUDGET_S,
                         help="budget of the whole run; a part gets min(its budget, what is left)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the parts")
+    parser.add_argument("--tests", nargs="+", default=["tests"], metavar="PATH",
+                        help="where the tests part looks for -m gpu tests (default: tests)")
     args = parser.parse_args(argv)
     try:
         budgets = parse_budgets(args.budget)
@@ -500,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out=out, cpu_only=args.cpu_only, python=args.python)
     ctx.facts["skip_build"] = args.skip_build
+    ctx.facts["test_paths"] = args.tests
     start = time.perf_counter()
     records = []
     for part in PARTS:
@@ -511,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
             record = {"part": part.name, "status": "skipped", "reason": "total budget spent", "seconds": 0.0,
                       "budget_s": 0.0, "device": ctx.device}
         else:
-            print(f"[gpu_check] {part.name} (budget {budget:.0f} s, {ctx.device}) ...", flush=True)
+            where = "device probe" if part.name == "env" else ctx.device
+            print(f"[gpu_check] {part.name} (budget {budget:.0f} s, {where}) ...", flush=True)
             record = run_part(part, ctx, budget)
         print(f"[gpu_check] {part.name}: {record['status']} in {record['seconds']:.1f} s", flush=True)
         write_json(ctx.path(f"part-{part.name}.json"), record)

@@ -338,6 +338,7 @@ def test_result_is_consistent(denoiser, oracle) -> None:
 # --- CUDA graphs (skipped without a GPU) -----------------------------------------------------------------
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("kind", ["edm", "ddpm"])
 @pytest.mark.parametrize("conditioned", [False, True])
