@@ -345,7 +345,7 @@ def latency_headline(ctx: Context, rc: int) -> dict[str, Any]:
 PARTS: list[Part] = [
     Part("build", 150, build_command),
     Part("env", 30, env_command, env_headline),
-    Part("tests", 120, tests_command, tests_headline),
+    Part("tests", 150, tests_command, tests_headline),
     Part("guidance", 60, guidance_command, guidance_headline),
     Part("oracle_kernels", 40, oracle_kernels_command, oracle_kernels_headline),
     Part("e2e_checkerboard", 90, e2e_command("checkerboard"), e2e_headline("checkerboard")),
