@@ -212,6 +212,31 @@ def main() -> None:
         f"{'B':>5} {'K':>2} {'path':>9} {'step ms':>10} {'sample ms':>11} {'overhead/cls':>12} "
         f"{'vs eager':>8}"
     )
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else machine_info()["cpu"]
+    result_name = f"guidance-{device.type}" + ("-quick" if args.quick else "")
+
+    def payload(nvtx: dict[str, float] | None, complete: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "guidance",
+            "device": device_name,
+            "complete": complete,
+            "machine": machine_info(torch=torch.__version__),
+            "time_measure": "process CPU time, 1 thread" if use_cpu_time else "wall clock",
+            "config": {
+                "threads": args.threads,
+                "hidden": args.hidden,
+                "num_blocks": 2,
+                "dim": DIM,
+                "steps": args.steps,
+                "step_sigmas": [2.0, 1.6],
+                "ks_by_batch": ks_by_batch,
+                "compile_cases": sorted(compile_cases),
+            },
+            "fused_skipped_reason": fused_reason,
+            "nvtx": nvtx,
+            "rows": rows,
+        }
+
     for batch in batches:
         baseline: Timing | None = None
         for k in ks_by_batch[batch]:
@@ -268,31 +293,12 @@ def main() -> None:
                     f"{batch:5d} {k:2d} {name:>9} {step_s * 1e3:10.3f} {sample_s * 1e3:10.1f}{mark} "
                     f"{ov} {speedup:8.2f}{note}"
                 )
+        # after every batch: a run cut short keeps its rows
+        write_results(result_name, payload(None, complete=False), args.out_dir)
     print("* = steps x per-step (not measured as a whole sample)")
     nvtx = nvtx_cost()
     print(f"NVTX range: {nvtx['off_ns_per_range']:.0f} ns off, {nvtx['on_ns_per_range']:.0f} ns on")
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else machine_info()["cpu"]
-    payload = {
-        "benchmark": "guidance",
-        "device": device_name,
-        "machine": machine_info(torch=torch.__version__),
-        "time_measure": "process CPU time, 1 thread" if use_cpu_time else "wall clock",
-        "config": {
-            "threads": args.threads,
-            "hidden": args.hidden,
-            "num_blocks": 2,
-            "dim": DIM,
-            "steps": args.steps,
-            "step_sigmas": [2.0, 1.6],
-            "ks_by_batch": ks_by_batch,
-            "compile_cases": sorted(compile_cases),
-        },
-        "fused_skipped_reason": fused_reason,
-        "nvtx": nvtx,
-        "rows": rows,
-    }
-    name = f"guidance-{device.type}" + ("-quick" if args.quick else "")
-    print(f"wrote {write_results(name, payload, args.out_dir)}")
+    print(f"wrote {write_results(result_name, payload(nvtx, complete=True), args.out_dir)}")
 
 
 if __name__ == "__main__":

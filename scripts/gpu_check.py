@@ -268,7 +268,9 @@ def guidance_headline(ctx: Context, rc: int) -> dict[str, Any]:
 
 def oracle_kernels_command(ctx: Context) -> list[str]:
     common = [ctx.python, "benchmarks/oracle_kernels.py", "--quick", "--out-dir", str(ctx.out)]
-    return [*common, "--scenes", "50"] if ctx.cpu_only else [*common, "--scenes", "1000,20000"]
+    if ctx.cpu_only:
+        return [*common, "--scenes", "50"]
+    return [*common, "--scenes", "1000,20000", "--no-cpu-reference"]
 
 
 def oracle_kernels_headline(ctx: Context, rc: int) -> dict[str, Any]:
