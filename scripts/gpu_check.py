@@ -23,7 +23,7 @@ selects the same tests, which skip. This is what the default test suite runs (``
 Writes into OUT: ``env.json``; ``part-<name>.json`` per part (status, seconds, budget, command, exit
 code, headline figures, log tail); the benchmarks' own JSON files (device named); ``logs/<name>.log``;
 ``runs/`` (the end-to-end run directories); ``summary.json`` and ``summary.md`` (one table). The summary
-table is printed last. Exit status 0 when every part that ran passed, else 1 (2 for bad arguments).
+table is printed last. Exit status 0 when parts ran and all passed, else 1 (2 for bad arguments).
 
 Only the standard library is imported here: the script runs before the package is built.
 
@@ -76,7 +76,7 @@ class Part:
     budget_s: float
     command: Callable[[Context], list[str] | str]  # a str is the reason the part is skipped
     headline: Callable[[Context, int], dict[str, Any]] = lambda ctx, rc: {}
-    env: Callable[[Context], dict[str, str]] = lambda ctx: {}
+    env: Callable[[Context], dict[str, str]] = lambda ctx: {}  # extra environment variables
 
 
 # --- small helpers ------------------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ def latency_headline(ctx: Context, rc: int) -> dict[str, Any]:
 
 
 PARTS: list[Part] = [
-    Part("build", 150, build_command),
+    Part("build", 150, build_command, env=lambda ctx: {"PIP_NO_INDEX": "1"}),  # never wait on a network
     Part("env", 30, env_command, env_headline),
     Part("tests", 150, tests_command, tests_headline),
     Part("guidance", 60, guidance_command, guidance_headline),
@@ -397,8 +397,15 @@ def parse_only(text: str | None) -> list[str]:
     return [n for n in PART_NAMES if n in names]
 
 
+def device_name(ctx: Context) -> str:
+    """The GPU's name once ``env`` has probed it (else the CPU's, marked as such)."""
+    env = ctx.facts.get("env", {})
+    return env.get("gpu") or f"CPU: {env.get('cpu') or _cpu_model()}"
+
+
 def run_part(part: Part, ctx: Context, budget_s: float) -> dict[str, Any]:
     record: dict[str, Any] = {"part": part.name, "budget_s": budget_s, "device": ctx.device}
+    record["device_name"] = device_name(ctx)
     command = part.command(ctx)
     if isinstance(command, str):
         record.update(status="skipped", reason=command, seconds=0.0)
@@ -484,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every part on the CPU at tiny sizes (automatic without a CUDA device)")
     parser.add_argument("--skip-build", action="store_true", help="use the package already installed")
     parser.add_argument("--only", default=None,
-                        help=f"comma-separated parts to run, of {','.join(PART_NAMES)}")
+                        help=f"comma-separated parts to run, of {','.join(PART_NAMES)} (env always runs)")
     parser.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS",
                         help="time budget of one part (repeatable)")
     parser.add_argument("--total-budget-s", type=float, default=DEFAULT_TOTAL_BUDGET_S,
@@ -522,21 +529,20 @@ def main(argv: list[str] | None = None) -> int:
             where = "device probe" if part.name == "env" else ctx.device
             print(f"[gpu_check] {part.name} (budget {budget:.0f} s, {where}) ...", flush=True)
             record = run_part(part, ctx, budget)
+        record["device_name"] = device_name(ctx)  # also on env's own record and on a skipped part
         print(f"[gpu_check] {part.name}: {record['status']} in {record['seconds']:.1f} s", flush=True)
         write_json(ctx.path(f"part-{part.name}.json"), record)
         records.append(record)
 
-    env = ctx.facts.get("env", {})
-    device_name = env.get("gpu") or f"CPU: {env.get('cpu') or _cpu_model()}"
     summary = {
-        "device_name": device_name,
+        "device_name": device_name(ctx),
         "mode": "cpu" if ctx.cpu_only else "cuda",
         "mode_note": ctx.facts.get("mode_note"),
         "total_seconds": time.perf_counter() - start,
         "total_budget_s": args.total_budget_s,
         "git_commit": _git_commit(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "env": env,
+        "env": ctx.facts.get("env", {}),
         "parts": records,
     }
     write_json(ctx.path("summary.json"), summary)
@@ -545,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table, flush=True)
     ran = [r for r in records if r["status"] != "skipped"]
-    return 0 if all(r["status"] == "ok" for r in ran) else 1
+    return 0 if ran and all(r["status"] == "ok" for r in ran) else 1
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def test_cpu_mode_runs_every_selected_part_and_writes_results(cpu_run) -> None:
     for part in status:
         record = json.loads((out / f"part-{part}.json").read_text())
         assert record["part"] == part and record["status"] == status[part]
+        assert record["device_name"] == summary["device_name"]
         assert record["seconds"] <= record["budget_s"] + 5.0
     # the -m gpu selection ran and every selected test skipped (no CUDA), none failed
     tests = json.loads((out / "part-tests.json").read_text())["headline"]
@@ -130,3 +131,15 @@ def test_build_part_installs_the_package(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert [r["status"] for r in summary["parts"]] == ["ok", "ok"]  # build, env
     assert summary["env"]["genneg"] and summary["env"]["genneg_ext"]
+
+
+def test_parts_beyond_the_total_budget_are_skipped(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(str(out), "--cpu-only", "--only", "guidance", "--total-budget-s", "0.5", timeout_s=60)
+    assert result.returncode == 1  # nothing ran
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["part"], r["status"], r["reason"]) for r in summary["parts"]] == [
+        ("env", "skipped", "total budget spent"),
+        ("guidance", "skipped", "total budget spent"),
+    ]
+    assert "| guidance | skipped |" in (out / "summary.md").read_text()
