@@ -6,15 +6,24 @@
 #
 #   bash scripts/gpu_check.sh OUT [--cpu-only] [--skip-build] [--only tests,guidance] [--budget tests=200]
 #
-# The interpreter: $PYTHON if set, else ./.venv/bin/python if present, else python3. Details and the
-# list of parts: scripts/gpu_check.py.
+# The interpreter: $PYTHON if set, else ./.venv/bin/python if present, else the first of python3, python
+# that imports torch. Details and the list of parts: scripts/gpu_check.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -n "${PYTHON:-}" ]; then
-  py=$PYTHON
-elif [ -x .venv/bin/python ]; then
+py=${PYTHON:-}
+if [ -z "$py" ] && [ -x .venv/bin/python ]; then
   py=.venv/bin/python
-else
-  py=python3
+fi
+if [ -z "$py" ]; then  # the first interpreter on PATH that has torch (the machine's preinstalled one)
+  for candidate in python3 python; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
+      py=$candidate
+      break
+    fi
+  done
+fi
+if [ -z "$py" ]; then
+  echo "gpu_check: no Python with torch found (set PYTHON=/path/to/python)" >&2
+  exit 2
 fi
 exec "$py" scripts/gpu_check.py "$@"
