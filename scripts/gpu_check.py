@@ -235,11 +235,17 @@ def tests_headline(ctx: Context, rc: int) -> dict[str, Any]:
     keys = ("tests", "failures", "errors", "skipped")
     counts = {key: sum(int(s.get(key, 0)) for s in suites) for key in keys}
     failed = []
+    skip_reasons: dict[str, int] = {}
     for case in root.iter("testcase"):
         if case.find("failure") is not None or case.find("error") is not None:
             failed.append(f"{case.get('classname')}::{case.get('name')}")
+        skipped = case.find("skipped")
+        if skipped is not None:
+            reason = (skipped.get("message") or "").removeprefix("Skipped: ")[:120]
+            skip_reasons[reason] = skip_reasons.get(reason, 0) + 1
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    return {"passed": passed, **counts, "failed_tests": failed[:50]}
+    top = dict(sorted(skip_reasons.items(), key=lambda kv: -kv[1])[:8])
+    return {"passed": passed, **counts, "failed_tests": failed[:50], "skip_reasons": top}
 
 
 def guidance_command(ctx: Context) -> list[str]:
@@ -438,7 +444,7 @@ def _short(value: Any) -> str:
 
 HEADLINE_KEYS = {
     "env": ("gpu", "torch", "triton", "missing_optional"),
-    "tests": ("passed", "failures", "errors", "skipped", "failed_tests"),
+    "tests": ("passed", "failures", "errors", "skipped", "failed_tests", "skip_reasons"),
     "guidance": ("fused_vs_eager_B1024_K5", "fused_vs_eager", "analytic_vs_eager", "fused_skipped"),
     "oracle_kernels": ("ratios_1000_scenes", "ratios_50_scenes", "disagreements_1000_scenes",
                        "disagreements_50_scenes", "disagreements_20000_scenes"),
