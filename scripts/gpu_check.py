@@ -253,7 +253,7 @@ def guidance_command(ctx: Context) -> list[str]:
     if ctx.cpu_only:
         return [*common, "--batches", "1,32", "--ks", "0,1", "--steps", "3", "--max-seconds", "0.2"]
     # the guidance benchmark's batch sizes and the K of its default grid, short timings
-    return [*common, "--batches", "1,32,1024,8192", "--ks", "0,1,3,5,8", "--max-seconds", "0.5"]
+    return [*common, "--batches", "1,32,1024,8192", "--ks", "0,1,3,5,8", "--max-seconds", "0.3"]
 
 
 def guidance_headline(ctx: Context, rc: int) -> dict[str, Any]:
@@ -331,7 +331,7 @@ def latency_command(ctx: Context) -> list[str]:
         cmd += ["--run-dir", run]  # else the benchmark trains the tiny profile itself
     if ctx.cpu_only:
         return [*cmd, "--calls", "5", "--cell-seconds", "0.2", "--skip-traffic", "--skip-naive"]
-    return [*cmd, "--calls", "50", "--cell-seconds", "0.5"]
+    return [*cmd, "--calls", "50", "--cell-seconds", "0.3"]
 
 
 def latency_headline(ctx: Context, rc: int) -> dict[str, Any]:
@@ -357,7 +357,7 @@ PARTS: list[Part] = [
     Part("guidance", 60, guidance_command, guidance_headline),
     Part("oracle_kernels", 40, oracle_kernels_command, oracle_kernels_headline),
     Part("e2e_checkerboard", 90, e2e_command("checkerboard"), e2e_headline("checkerboard")),
-    Part("latency", 60, latency_command, latency_headline),
+    Part("latency", 75, latency_command, latency_headline),
     Part("e2e_traffic", 120, e2e_command("traffic"), e2e_headline("traffic")),
 ]
 PART_NAMES = [p.name for p in PARTS]
