@@ -417,7 +417,14 @@ def run_part(part: Part, ctx: Context, budget_s: float) -> dict[str, Any]:
         record.update(status="skipped", reason=command, seconds=0.0)
         return record
     log = ctx.path("logs", f"{part.name}.log")
-    rc, seconds = run_logged(command, log, budget_s, subprocess_env(ctx, part.env(ctx)))
+    try:
+        rc, seconds = run_logged(command, log, budget_s, subprocess_env(ctx, part.env(ctx)))
+    except OSError as err:  # the command could not start (e.g. a missing interpreter): reported, go on
+        with log.open("a") as sink:
+            sink.write(f"[gpu_check] could not start: {err}\n")
+        record.update(status="failed", seconds=0.0, exit_code=None, command=command, log=str(log),
+                      headline={}, log_tail=tail(log))
+        return record
     status = "timeout" if rc is None else ("ok" if rc == 0 else "failed")
     record.update(status=status, seconds=round(seconds, 2), exit_code=rc, command=command, log=str(log))
     try:

@@ -143,3 +143,16 @@ def test_parts_beyond_the_total_budget_are_skipped(tmp_path: Path) -> None:
         ("guidance", "skipped", "total budget spent"),
     ]
     assert "| guidance | skipped |" in (out / "summary.md").read_text()
+
+
+def test_a_failing_part_is_reported_and_the_rest_still_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    parts = "guidance,oracle_kernels"
+    result = _run(str(out), "--cpu-only", "--only", parts, "--python", "/nonexistent/python", timeout_s=60)
+    assert result.returncode == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["part"], r["status"]) for r in summary["parts"]] == [
+        ("env", "failed"), ("guidance", "failed"), ("oracle_kernels", "failed")
+    ]
+    assert "could not start" in json.loads((out / "part-guidance.json").read_text())["log_tail"]
+    assert "| oracle_kernels | failed |" in result.stdout
