@@ -34,7 +34,8 @@ Floor (FLOPs and bytes per Heun step, batch B, hidden H = 256, NB = 2 blocks, K 
   Targets (GPU, not measurable here): per-classifier overhead ≤ 0.3× the baseline step; fused ≥ 3×
   faster than eager at K = 5, B = 1024.
 
-Run:  .venv/bin/python benchmarks/guidance.py [--quick | --full] [--steps 18]
+Run:  .venv/bin/python benchmarks/guidance.py [--quick | --full] [--steps 18] [--batches 1,32 --ks 0,5]
+      [--no-compile] [--out-dir DIR]
 Writes benchmarks/results/guidance-<cpu|cuda>.json (``-quick`` suffix with --quick).
 """
 
@@ -50,7 +51,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Timing, machine_info, ratio, time_call, write_results
+from _harness import RESULTS_DIR, Timing, machine_info, ratio, time_call, write_results
 
 from genneg.diffusion import EDMPrecond, heun_step, make_sigmas
 from genneg.guidance import GuidedDenoiser, TimeClassifier
@@ -60,6 +61,17 @@ from genneg.profiling import nvtx_range, set_nvtx_enabled
 
 SIGMA_DATA = 0.5
 DIM = 2
+
+
+def _int_list(text: str) -> list[int]:
+    """``"1,32,1024"`` -> ``[1, 32, 1024]`` (argparse type; positive integers)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
 
 
 def build(k: int, device: torch.device, hidden: int) -> tuple[EDMPrecond, list[TimeClassifier]]:
@@ -144,6 +156,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--max-seconds", type=float, default=4.0, help="time budget per measurement")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch (CPU runs)")
+    parser.add_argument("--batches", type=_int_list, default=None,
+                        help="comma-separated batch sizes (replaces the grid's; with --ks)")
+    parser.add_argument("--ks", type=_int_list, default=None,
+                        help="comma-separated K values measured at every batch size")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder for the JSON")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,6 +185,13 @@ def main() -> None:
         batches = [1, 32, 1024]
         ks_by_batch = {1: [0, 1, 5], 32: [0, 1, 5], 1024: [0, 1]}
         compile_cases = {(1, 32)}
+    if args.batches is not None or args.ks is not None:
+        batches = args.batches or batches
+        ks = args.ks or sorted({k for b in batches for k in ks_by_batch.get(b, [0, 1])})
+        ks_by_batch = {b: ks for b in batches}
+        sample_batches = {b for b in batches if b <= 32 or device.type == "cuda"}
+    if args.no_compile:
+        compile_cases = set()
     from genneg.kernels._backend import has_triton
 
     fused_reason = None
@@ -187,6 +212,31 @@ def main() -> None:
         f"{'B':>5} {'K':>2} {'path':>9} {'step ms':>10} {'sample ms':>11} {'overhead/cls':>12} "
         f"{'vs eager':>8}"
     )
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else machine_info()["cpu"]
+    result_name = f"guidance-{device.type}" + ("-quick" if args.quick else "")
+
+    def payload(nvtx: dict[str, float] | None, complete: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "guidance",
+            "device": device_name,
+            "complete": complete,
+            "machine": machine_info(torch=torch.__version__),
+            "time_measure": "process CPU time, 1 thread" if use_cpu_time else "wall clock",
+            "config": {
+                "threads": args.threads,
+                "hidden": args.hidden,
+                "num_blocks": 2,
+                "dim": DIM,
+                "steps": args.steps,
+                "step_sigmas": [2.0, 1.6],
+                "ks_by_batch": ks_by_batch,
+                "compile_cases": sorted(compile_cases),
+            },
+            "fused_skipped_reason": fused_reason,
+            "nvtx": nvtx,
+            "rows": rows,
+        }
+
     for batch in batches:
         baseline: Timing | None = None
         for k in ks_by_batch[batch]:
@@ -243,31 +293,12 @@ def main() -> None:
                     f"{batch:5d} {k:2d} {name:>9} {step_s * 1e3:10.3f} {sample_s * 1e3:10.1f}{mark} "
                     f"{ov} {speedup:8.2f}{note}"
                 )
+        # after every batch: a run cut short keeps its rows
+        write_results(result_name, payload(None, complete=False), args.out_dir)
     print("* = steps x per-step (not measured as a whole sample)")
     nvtx = nvtx_cost()
     print(f"NVTX range: {nvtx['off_ns_per_range']:.0f} ns off, {nvtx['on_ns_per_range']:.0f} ns on")
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else machine_info()["cpu"]
-    payload = {
-        "benchmark": "guidance",
-        "device": device_name,
-        "machine": machine_info(torch=torch.__version__),
-        "time_measure": "process CPU time, 1 thread" if use_cpu_time else "wall clock",
-        "config": {
-            "threads": args.threads,
-            "hidden": args.hidden,
-            "num_blocks": 2,
-            "dim": DIM,
-            "steps": args.steps,
-            "step_sigmas": [2.0, 1.6],
-            "ks_by_batch": ks_by_batch,
-            "compile_cases": sorted(compile_cases),
-        },
-        "fused_skipped_reason": fused_reason,
-        "nvtx": nvtx,
-        "rows": rows,
-    }
-    name = f"guidance-{device.type}" + ("-quick" if args.quick else "")
-    print(f"wrote {write_results(name, payload)}")
+    print(f"wrote {write_results(result_name, payload(nvtx, complete=True), args.out_dir)}")
 
 
 if __name__ == "__main__":

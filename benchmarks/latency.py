@@ -40,6 +40,9 @@ Noise: this machine is shared (the load average at start and end is in the JSON)
 quantile of many calls, and ratios compare runs interleaved in the same minute.
 
 Run:  .venv/bin/python benchmarks/latency.py [--quick] [--run-dir RUN] [--threads 1] [--device cpu]
+      [--skip-naive] [--skip-traffic] [--out-dir DIR]
+On CUDA the CUDA-graph candidates (baseline, distilled, fused guidance) are measured again with
+``cuda_graphs=False`` (``<model>|no-graphs``) and the ratios are in the JSON's ``cuda_graphs``.
 Writes benchmarks/results/latency-cpu.json (or latency-cpu-quick.json with --quick; -cuda on a GPU).
 """
 
@@ -58,7 +61,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import machine_info, write_results
+from _harness import RESULTS_DIR, machine_info, write_results
 
 from genneg.data.traffic import (
     RoadNetworkConfig,
@@ -149,18 +152,24 @@ def checkerboard_models(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def checkerboard_variants(models: dict[str, Any], device: torch.device) -> dict[str, tuple[Any, bool]]:
-    """Variant name -> (model, fast_paths). Guidance backends: autograd, analytic; triton on CUDA."""
+def checkerboard_variants(
+    models: dict[str, Any], device: torch.device
+) -> dict[str, tuple[Any, bool, bool]]:
+    """Variant name -> (model, fast_paths, cuda_graphs). Guidance backends: autograd, analytic; triton on
+    CUDA. On CUDA the CUDA-graph candidates (baseline, distilled, fused guidance) also run without graphs
+    (``<name>|no-graphs``)."""
     guided: GuidedDenoiser = models["guided"]["model"]
-    variants: dict[str, tuple[Any, bool]] = {
-        "baseline": (models["baseline"]["model"], True),
-        "guided[analytic]": (guided, True),
-        "guided[autograd]": (guided, False),
-        "distilled": (models["distilled"]["model"], True),
+    variants: dict[str, tuple[Any, bool, bool]] = {
+        "baseline": (models["baseline"]["model"], True, True),
+        "guided[analytic]": (guided, True, True),
+        "guided[autograd]": (guided, False, True),
+        "distilled": (models["distilled"]["model"], True, True),
     }
     if device.type == "cuda":
         fused = GuidedDenoiser(guided.denoiser, list(guided.classifiers), guided.scales, backend="triton")
-        variants["guided[triton]"] = (fused, True)
+        variants["guided[triton]"] = (fused, True, True)
+        for name in ("baseline", "distilled", "guided[triton]"):
+            variants[name + NO_GRAPHS] = (*variants[name][:2], False)
     return variants
 
 
@@ -217,6 +226,7 @@ def grid_rows(
                     "steps": steps,
                     "fast_path": sampler.fast_path,
                     "mode": sampler.mode,
+                    "uses_cuda_graphs": sampler.uses_cuda_graphs,
                     **quantiles_ms(times),
                     "stages": stage_medians(results[-len(times) :]),
                 }
@@ -230,11 +240,18 @@ def grid_rows(
 
 
 def naive_time_to_valid(
-    model: Any, oracle: Any, sigmas: torch.Tensor, n: int, shape: tuple[int, ...], max_rounds: int = 10_000
+    model: Any,
+    oracle: Any,
+    sigmas: torch.Tensor,
+    n: int,
+    shape: tuple[int, ...],
+    device: torch.device,
+    max_rounds: int = 10_000,
 ) -> torch.Tensor | None:
-    """The loop a user writes: fresh noise, the library sampler, reject until one sample is valid."""
+    """The loop a user writes: fresh noise on the model's device, the library sampler, reject until one
+    sample is valid."""
     for _ in range(max_rounds):
-        x = torch.randn((n, *shape)) * float(sigmas[0])
+        x = torch.randn((n, *shape), device=device) * float(sigmas[0])
         x = heun_sample(model, x, sigmas)
         valid = sample_verdicts(evaluate_oracle(oracle, x))
         if bool(valid.any()):
@@ -260,10 +277,10 @@ def naive_rows(
         )
         cases = {
             "naive_parallel": lambda m=entry["model"], n=n: naive_time_to_valid(
-                m, task.oracle, sigmas, n, task.sample_shape
+                m, task.oracle, sigmas, n, task.sample_shape, device
             ),
             "naive_sequential": lambda m=entry["model"]: naive_time_to_valid(
-                m, task.oracle, sigmas, 1, task.sample_shape
+                m, task.oracle, sigmas, 1, task.sample_shape, device
             ),
             "fast_exact_path": lambda s=exact: s(),
             "fast": lambda s=fast: s(),
@@ -331,7 +348,9 @@ def headline(
     return out
 
 
-def breakdown(models: dict[str, Any], steps: int, device: torch.device) -> dict[str, Any]:
+def breakdown(
+    models: dict[str, Any], steps: int, device: torch.device, cell_seconds: float = 5.0
+) -> dict[str, Any]:
     """Floor of the headline baseline call: the network alone, called as often as the sampler calls it."""
     task = models["task"]
     entry = models["baseline"]
@@ -346,16 +365,19 @@ def breakdown(models: dict[str, Any], steps: int, device: torch.device) -> dict[
     def plan_floor() -> None:
         with torch.inference_mode():
             for i in range(evals):
-                sampler._plan.denoise(x, i % steps, out_buf)
+                if sampler._plan is not None:
+                    sampler._plan.denoise(x, i % steps, out_buf)
+                else:
+                    model(x, sigma)
 
     def eager_floor() -> None:
         with torch.inference_mode():
             for _ in range(evals):
                 model(x, sigma)
 
-    plan = quantiles_ms(time_calls(plan_floor, 200, 5.0))
-    eager = quantiles_ms(time_calls(eager_floor, 200, 5.0))
-    call = quantiles_ms(time_calls(lambda: sampler(), 200, 5.0))
+    plan = quantiles_ms(time_calls(_synced(plan_floor, device), 200, cell_seconds))
+    eager = quantiles_ms(time_calls(_synced(eager_floor, device), 200, cell_seconds))
+    call = quantiles_ms(time_calls(lambda: sampler(), 200, cell_seconds))
     return {
         "N": n,
         "steps": steps,
@@ -364,7 +386,51 @@ def breakdown(models: dict[str, Any], steps: int, device: torch.device) -> dict[
         "eager_network_ms": eager["p50_ms"],
         "fast_call_p50_ms": call["p50_ms"],
         "fast_over_floor": call["p50_ms"] / plan["p50_ms"],
+        "floor_path": "mlp_plan" if sampler._plan is not None else "model",
     }
+
+
+def _synced(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """``fn`` followed by a CUDA synchronisation on a GPU (so the time covers the work, not the launch)."""
+    if device.type != "cuda":
+        return fn
+
+    def call() -> Any:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
+NO_GRAPHS = "|no-graphs"
+
+
+def graph_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every grid cell measured with and without CUDA graphs (model names ``X`` and ``X|no-graphs``):
+    p50 and p99 of both and the speed-up of the graphed call."""
+    cells = {(r["task"], r["model"], r["N"], r["steps"]): r for r in rows}
+    out = []
+    for (task, name, n, steps), eager in cells.items():
+        if not name.endswith(NO_GRAPHS):
+            continue
+        graphed = cells.get((task, name[: -len(NO_GRAPHS)], n, steps))
+        if graphed is None:
+            continue
+        out.append({
+            "task": task,
+            "model": graphed["model"],
+            "N": n,
+            "steps": steps,
+            "graphed_uses_cuda_graphs": graphed["uses_cuda_graphs"],
+            "graphs_p50_ms": graphed["p50_ms"],
+            "no_graphs_p50_ms": eager["p50_ms"],
+            "graphs_p99_ms": graphed["p99_ms"],
+            "no_graphs_p99_ms": eager["p99_ms"],
+            "speedup_p50": eager["p50_ms"] / graphed["p50_ms"],
+            "speedup_p99": eager["p99_ms"] / graphed["p99_ms"],
+        })
+    return out
 
 
 # --- traffic ------------------------------------------------------------------------------------------------
@@ -419,24 +485,27 @@ def traffic_setup(device: torch.device) -> dict[str, Any]:
 
 
 def traffic_variants(t: dict[str, Any], device: torch.device) -> dict[str, Callable[[int, int], FastSampler]]:
-    def build(model: Any) -> Callable[[int, int], FastSampler]:
+    def build(model: Any, graphs: bool = True) -> Callable[[int, int], FastSampler]:
         def make(n: int, steps: int) -> FastSampler:
             return FastSampler(
                 model,
                 t["oracle"],
                 sample_shape=(t["A"], 7),
-                config=SamplerConfig(num_parallel=n, num_steps=steps),
+                config=SamplerConfig(num_parallel=n, num_steps=steps, cuda_graphs=graphs),
                 ddpm_schedule=t["schedule"],
                 device=device,
             )
 
         return make
 
-    return {
+    variants = {
         "baseline": build(t["eps"]),
         "guided[autograd]": build(t["guided"]),
         "distilled": build(t["distilled"]),
     }
+    if device.type == "cuda":  # the same calls without CUDA graphs
+        variants["baseline" + NO_GRAPHS] = build(t["eps"], graphs=False)
+    return variants
 
 
 # --- main ---------------------------------------------------------------------------------------------------
@@ -453,6 +522,8 @@ def main() -> None:
     )
     parser.add_argument("--cell-seconds", type=float, default=None, help="time cap per cell")
     parser.add_argument("--skip-traffic", action="store_true")
+    parser.add_argument("--skip-naive", action="store_true", help="skip the naive-loop comparison")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder for the JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -480,16 +551,18 @@ def main() -> None:
 
     variants = {
         name: (
-            lambda n, s, m=m, f=f: make_sampler(m, task.oracle, task.sample_shape, n, s, task.edm, f, device)
+            lambda n, s, m=m, f=f, g=g: make_sampler(
+                m, task.oracle, task.sample_shape, n, s, task.edm, f, device, cuda_graphs=g
+            )
         )
-        for name, (m, f) in checkerboard_variants(models, device).items()
+        for name, (m, f, g) in checkerboard_variants(models, device).items()
     }
     print("grid (checkerboard):", flush=True)
     rows = grid_rows("checkerboard", variants, ns, steps_list, calls, cell_seconds, lambda name: None)
     print("naive loop vs FastSampler (checkerboard):", flush=True)
-    naive = naive_rows(models, run_steps, calls, cell_seconds, device)
+    naive = [] if args.skip_naive else naive_rows(models, run_steps, calls, cell_seconds, device)
     head = headline(models, run_steps, calls, cell_seconds, device)
-    floor = breakdown(models, run_steps, device)
+    floor = breakdown(models, run_steps, device, cell_seconds)
     print(
         f"  floor: network alone {floor['floor_ms']:.3f} ms for {floor['network_evaluations']} evaluations "
         f"(eager {floor['eager_network_ms']:.3f} ms); FastSampler call {floor['fast_call_p50_ms']:.3f} ms = "
@@ -520,9 +593,11 @@ def main() -> None:
         "naive": naive,
         "headline": head,
         "breakdown": floor,
+        "cuda_graphs": graph_comparisons(rows),
         "gpu": "unmeasured (no GPU in this session)" if device.type != "cuda" else "measured",
     }
-    write_results(name, payload)  # checkerboard done: keep it even if the traffic grid is interrupted
+    # checkerboard done: keep it even if the traffic grid is interrupted
+    write_results(name, payload, args.out_dir)
 
     traffic: dict[str, Any] = {}
     if not args.skip_traffic:
@@ -548,8 +623,20 @@ def main() -> None:
             "headline": "unmeasured: no trained traffic run (rates of random weights are ~1)",
         }
 
-    payload.update({"traffic": traffic, "complete": True, "load_average_end": list(os.getloadavg())})
-    path = write_results(name, payload)
+    payload.update({
+        "traffic": traffic,
+        "cuda_graphs": graph_comparisons(rows),
+        "complete": True,
+        "load_average_end": list(os.getloadavg()),
+    })
+    for comparison in payload["cuda_graphs"]:
+        print(
+            f"  CUDA graphs {comparison['task']}/{comparison['model']} N={comparison['N']} "
+            f"steps={comparison['steps']}: p50 {comparison['graphs_p50_ms']:.3f} ms vs "
+            f"{comparison['no_graphs_p50_ms']:.3f} ms without -> {comparison['speedup_p50']:.2f}x",
+            flush=True,
+        )
+    path = write_results(name, payload, args.out_dir)
     print(f"wrote {path}")
 
 

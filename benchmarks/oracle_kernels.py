@@ -15,7 +15,7 @@ must be zero on these inputs, which are nowhere near touching in practice).
 Floor per 1,000 x 32 scenes: 1.28 MB of float64 boxes read, 496,000 box-box tests; offroad reads the
 ~10 x 20 cells under each of the 32,000 boxes (64 kB raster stays cached).
 
-Run:  .venv/bin/python benchmarks/oracle_kernels.py [--quick]
+Run:  .venv/bin/python benchmarks/oracle_kernels.py [--quick] [--scenes 1000,20000] [--out-dir DIR]
 Writes benchmarks/results/oracle-kernels-<device>.json.
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Timing, machine_info, ratio, time_call, write_results
+from _harness import RESULTS_DIR, Timing, machine_info, ratio, time_call, write_results
 
 AGENTS = 32
 RESOLUTION_M = 0.25
@@ -65,7 +65,7 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def run(num_scenes: int, quick: bool) -> dict[str, Any]:
+def run(num_scenes: int, quick: bool, cpu_reference: bool = True) -> dict[str, Any]:
     import genneg_ext
     from genneg.reference import traffic_oracle as reference
 
@@ -103,7 +103,8 @@ def run(num_scenes: int, quick: bool) -> dict[str, Any]:
             lambda: None,
         )
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device("cpu")] if cpu_reference or not torch.cuda.is_available() else []
+    devices += [torch.device("cuda")] if torch.cuda.is_available() else []
     for device in devices:
         boxes = torch.as_tensor(boxes_np, device=device)
         valid = torch.as_tensor(valid_np, device=device)
@@ -162,15 +163,29 @@ def run(num_scenes: int, quick: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 scenes only, fewer repeats")
+    parser.add_argument("--scenes", default=None, help="comma-separated scene counts (e.g. 1000,20000)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder for the JSON")
+    parser.add_argument("--no-cpu-reference", action="store_true",
+                        help="with a GPU: skip the PyTorch reference on the CPU (seconds a call at 20,000 "
+                        "scenes)")
     args = parser.parse_args()
     sizes = [1_000] if args.quick else [1_000, 20_000]
+    if args.scenes is not None:
+        try:
+            sizes = [int(v) for v in args.scenes.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"--scenes expects comma-separated integers, got {args.scenes!r}")
+        if not sizes or min(sizes) < 1:
+            parser.error(f"--scenes expects positive integers, got {args.scenes!r}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     results = {"machine": machine_info(torch=torch.__version__, gpu=gpu), "runs": []}
+    name = f"oracle-kernels-{device}{'-quick' if args.quick else ''}"
     for num_scenes in sizes:
         print(f"{num_scenes:,} scenes x {AGENTS} vehicles")
-        results["runs"].append(run(num_scenes, args.quick))
-    path = write_results(f"oracle-kernels-{device}{'-quick' if args.quick else ''}", results)
+        results["runs"].append(run(num_scenes, args.quick, cpu_reference=not args.no_cpu_reference))
+        # after every size: a run cut short still leaves what it measured
+        path = write_results(name, results, args.out_dir)
     print(f"wrote {path}")
 
 

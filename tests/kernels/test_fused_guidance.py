@@ -1,4 +1,5 @@
-"""Fused guidance kernels against their PyTorch references (autograd gradients), under the interpreter.
+"""Fused guidance kernels against their PyTorch references (autograd gradients), on every kernel device:
+under the interpreter on the CPU, compiled on CUDA (``-m gpu``; see ``conftest.py``).
 
 One test body per kernel; shapes are awkward on purpose (batch 1, 7, 1000: not multiples of the row tile;
 data dims 2..64; hidden 16..512 padded to powers of two; mixed hidden sizes and block counts in one
@@ -13,6 +14,7 @@ which is why the tolerance scales with the output.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -69,7 +71,10 @@ def _guided(dim: int, hidden: int | tuple[int, ...], k: int, parts: int = 1, blo
     return GuidedDenoiser(denoiser, classifiers, scales, backend="triton")
 
 
-def _stack(guided: GuidedDenoiser) -> mlp_kernels.PackedMLPStack:
+def _stack(guided: GuidedDenoiser, device: torch.device | None = None) -> mlp_kernels.PackedMLPStack:
+    """The packed stack of ``guided`` (a copy moved to ``device`` first, when given)."""
+    if device is not None:
+        guided = copy.deepcopy(guided).to(device)
     fused = build_fused_guidance(guided)
     assert isinstance(fused, FusedMLPGuidance)
     return fused.stack
@@ -96,11 +101,11 @@ MLP_CASES = [
 
 
 @pytest.mark.parametrize(("k", "batch", "dim", "hidden", "parts", "blocks"), MLP_CASES)
-def test_mlp_guided_denoise(k, batch, dim, hidden, parts, blocks):
+def test_mlp_guided_denoise(device, k, batch, dim, hidden, parts, blocks):
     guided = _guided(dim, hidden, k, parts, blocks)
-    stack = _stack(guided)
+    stack, k_stack = _stack(guided), _stack(guided, device)  # reference on the CPU, kernel on `device`
     x, sigma = _inputs(batch, dim)
-    out = mlp_kernels.mlp_guided_denoise(x, sigma, stack)
+    out = mlp_kernels.mlp_guided_denoise(x.to(device), sigma.to(device), k_stack).cpu()
     twin = ref.mlp_guided_denoise(x, sigma, stack)
     _assert_close(out, twin)
     # the packed twin against the modules themselves (exact autograd of D1's torch path)
@@ -111,7 +116,9 @@ def test_mlp_guided_denoise(k, batch, dim, hidden, parts, blocks):
     # an externally computed D(x; sigma) gives the same D_K
     with torch.no_grad():
         denoised = guided.denoiser(x, sigma)
-    _assert_close(mlp_kernels.mlp_guided_denoise(x, sigma, stack, denoised=denoised), twin)
+    got = mlp_kernels.mlp_guided_denoise(x.to(device), sigma.to(device), k_stack,
+                                         denoised=denoised.to(device))
+    _assert_close(got.cpu(), twin)
 
 
 # each configuration once, the three kinds of step spread over them (interpreter time)
@@ -127,16 +134,18 @@ STEP_CASES = [
 
 @pytest.mark.parametrize(("k", "batch", "dim", "hidden", "parts", "blocks", "sigma_cur", "sigma_next"),
                          STEP_CASES)
-def test_mlp_guided_step(k, batch, dim, hidden, parts, blocks, sigma_cur, sigma_next):
-    stack = _stack(_guided(dim, hidden, k, parts, blocks))
+def test_mlp_guided_step(device, k, batch, dim, hidden, parts, blocks, sigma_cur, sigma_next):
+    guided = _guided(dim, hidden, k, parts, blocks)
+    stack, k_stack = _stack(guided), _stack(guided, device)
     x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1)) * sigma_cur
     for method in ("heun", "euler") if sigma_next > 0 else ("heun",):
         expected = ref.mlp_guided_step(x, sigma_cur, sigma_next, stack, method)
-        _assert_close(mlp_kernels.mlp_guided_step(x, sigma_cur, sigma_next, stack, method), expected)
-    in_place = x.clone()
-    result = mlp_kernels.mlp_guided_step(in_place, sigma_cur, sigma_next, stack, out=in_place)
+        got = mlp_kernels.mlp_guided_step(x.to(device), sigma_cur, sigma_next, k_stack, method)
+        _assert_close(got.cpu(), expected)
+    in_place = x.clone().to(device)
+    result = mlp_kernels.mlp_guided_step(in_place, sigma_cur, sigma_next, k_stack, out=in_place)
     assert result.data_ptr() == in_place.data_ptr()
-    _assert_close(in_place, ref.mlp_guided_step(x, sigma_cur, sigma_next, stack))
+    _assert_close(in_place.cpu(), ref.mlp_guided_step(x, sigma_cur, sigma_next, stack))
 
 
 def test_time_features_match_modules():
@@ -175,7 +184,8 @@ def test_mlp_kernel_rejects_bad_input():
 @pytest.mark.parametrize("k", [0, 1, 3, 8])
 @pytest.mark.parametrize(("batch", "shape"), [(1, (2,)), (7, (5, 2)), (1000, (3,)), (7, (64,))])
 @pytest.mark.parametrize("with_logits", [True, False])
-def test_guidance_update(k, batch, shape, with_logits):
+def test_guidance_update(device, k, batch, shape, with_logits):
+    """Each update kernel on ``device`` against its CPU twin (``_k`` moves the inputs, ``.cpu()`` back)."""
     g = torch.Generator().manual_seed(k * 100 + batch)
     full = (batch, *shape)
     x, denoised, noise = (torch.randn(full, generator=g) for _ in range(3))
@@ -185,23 +195,29 @@ def test_guidance_update(k, batch, shape, with_logits):
     sigma = torch.exp(torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), batch))
     alpha_bar = torch.linspace(0.01, 0.99, batch)
     args = (grads, logits, scales)
-    _assert_close(update_kernels.edm_guided_denoise(denoised, *args, sigma),
+
+    def _k(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device)
+
+    k_args = tuple(_k(a) for a in args)
+    _assert_close(update_kernels.edm_guided_denoise(_k(denoised), *k_args, _k(sigma)).cpu(),
                   ref.edm_guided_denoise(denoised, *args, sigma))
-    _assert_close(update_kernels.ddpm_guided_eps(denoised, *args, alpha_bar),
+    _assert_close(update_kernels.ddpm_guided_eps(_k(denoised), *k_args, _k(alpha_bar)).cpu(),
                   ref.ddpm_guided_eps(denoised, *args, alpha_bar))
     for s_cur, s_next in [(SIGMA_MAX, 60.0), (0.01, SIGMA_MIN), (0.3, 0.0)]:
-        d_kernel, d_ref = torch.empty(full), torch.empty(full)
-        euler = update_kernels.edm_guided_step(x, denoised, *args, s_cur, s_next, d_out=d_kernel)
-        _assert_close(euler, ref.edm_guided_step(x, denoised, *args, s_cur, s_next, d_out=d_ref))
-        _assert_close(d_kernel, d_ref)
+        d_kernel, d_ref = torch.empty(full, device=device), torch.empty(full)
+        euler = update_kernels.edm_guided_step(_k(x), _k(denoised), *k_args, s_cur, s_next, d_out=d_kernel)
+        euler_ref = ref.edm_guided_step(x, denoised, *args, s_cur, s_next, d_out=d_ref)
+        _assert_close(euler.cpu(), euler_ref)
+        _assert_close(d_kernel.cpu(), d_ref)
         if s_next > 0:
-            heun = update_kernels.edm_guided_step(euler, denoised, *args, s_cur, s_next, x_prev=x,
+            heun = update_kernels.edm_guided_step(euler, _k(denoised), *k_args, s_cur, s_next, x_prev=_k(x),
                                                   d_prev=d_kernel)
-            _assert_close(heun, ref.edm_guided_step(euler, denoised, *args, s_cur, s_next, x_prev=x,
-                                                    d_prev=d_kernel))
+            _assert_close(heun.cpu(), ref.edm_guided_step(euler.cpu(), denoised, *args, s_cur, s_next,
+                                                          x_prev=x, d_prev=d_kernel.cpu()))
     for ab_t, ab_s in [(0.02, 0.05), (0.9, 0.95), (0.99, 1.0)]:
-        _assert_close(update_kernels.ddpm_guided_step(x, denoised, *args, ab_t, ab_s, noise),
-                      ref.ddpm_guided_step(x, denoised, *args, ab_t, ab_s, noise))
+        got = update_kernels.ddpm_guided_step(_k(x), _k(denoised), *k_args, ab_t, ab_s, _k(noise))
+        _assert_close(got.cpu(), ref.ddpm_guided_step(x, denoised, *args, ab_t, ab_s, noise))
 
 
 def test_guidance_update_matches_method():
@@ -266,55 +282,62 @@ class Wrapped(nn.Module):
         return self.inner(x_in, c_noise)
 
 
-def test_mlp_classifiers_with_unfusable_denoiser():
+def test_mlp_classifiers_with_unfusable_denoiser(device):
     """Denoiser in PyTorch, MLP classifiers in the kernel: D_K and the Heun step equal the torch path."""
     guided = _guided(3, 24, 2)
     mixed = GuidedDenoiser(EDMPrecond(Wrapped(guided.denoiser.net), SIGMA_DATA), guided.classifiers,
                            guided.scales, backend="triton")
-    fused = build_fused_guidance(mixed)
+    fused = build_fused_guidance(copy.deepcopy(mixed).to(device))
     assert isinstance(fused, FusedMLPClassifierGuidance) and not fused.stack.has_denoiser
     x, sigma = _inputs(7, 3)
     torch_path = GuidedDenoiser(mixed.denoiser, mixed.classifiers, mixed.scales, backend="torch")
+    k_x, k_sigma = x.to(device), sigma.to(device)
     with torch.no_grad():
-        _assert_close(fused(x, sigma), torch_path(x, sigma))
-        _assert_close(fused.heun_step(x, 3.0, 2.0), heun_step(torch_path, x, 3.0, 2.0))
+        _assert_close(fused(k_x, k_sigma).cpu(), torch_path(x, sigma))
+        _assert_close(fused.heun_step(k_x, 3.0, 2.0).cpu(), heun_step(torch_path, x, 3.0, 2.0))
     with pytest.raises(ValueError, match="without a denoiser"):
-        mlp_kernels.mlp_guided_step(x, 3.0, 2.0, fused.stack)
+        mlp_kernels.mlp_guided_step(k_x, 3.0, 2.0, fused.stack)
 
 
-def test_fused_sampling_equals_torch():
-    """Heun sampling from the same noise: fused one-launch MLP path and combine path vs PyTorch."""
+def test_fused_sampling_equals_torch(device):
+    """Heun sampling from the same noise: fused one-launch MLP path and combine path (on ``device``) vs
+    PyTorch (on the CPU)."""
     guided = _guided(2, 32, 3)
     sigmas = make_sigmas("karras", 6, SIGMA_MIN, SIGMA_MAX)
     x = torch.randn(20, 2, generator=torch.Generator().manual_seed(3)) * SIGMA_MAX
     torch_samples = _sample(guided, "torch", x, sigmas)
-    assert isinstance(guided._fused(x.device), FusedMLPGuidance)
+    k_guided, k_x = copy.deepcopy(guided).to(device), x.to(device)
+    assert isinstance(k_guided._fused(k_x.device), FusedMLPGuidance)
     # 6 Heun steps compound per-step rounding (10x the one-step tolerance); samples are O(1) at the end
-    _assert_close(_sample(guided, "triton", x, sigmas), torch_samples, rel=1e-4)
+    _assert_close(_sample(k_guided, "triton", k_x, sigmas).cpu(), torch_samples, rel=1e-4)
 
     # classifier networks that are not ResidualMLPs -> the combine-and-update path
     wrapped = GuidedDenoiser(guided.denoiser, [TimeClassifier(Wrapped(c.net), SIGMA_DATA)
                                                for c in guided.classifiers], guided.scales, backend="triton")
-    assert isinstance(build_fused_guidance(wrapped), FusedCombineGuidance)
-    _assert_close(_sample(wrapped, "triton", x, sigmas), torch_samples, rel=1e-4)
+    k_wrapped = copy.deepcopy(wrapped).to(device)
+    assert isinstance(build_fused_guidance(k_wrapped), FusedCombineGuidance)
+    _assert_close(_sample(k_wrapped, "triton", k_x, sigmas).cpu(), torch_samples, rel=1e-4)
 
 
-def test_fused_ddpm_sampling_equals_torch():
+def test_fused_ddpm_sampling_equals_torch(device):
+    """Ancestral DDPM sampling on ``device``: fused guidance vs the PyTorch path there, same noise draws
+    (the noise comes from a generator on that device, so both paths run there)."""
     from genneg.diffusion.ddpm import DDPMConfig, DDPMSchedule, ddpm_ancestral_sample
 
     schedule = DDPMSchedule(DDPMConfig(num_steps=50))
-    net = _mlp(2, 2, 16, 1, seed=7)
+    net = _mlp(2, 2, 16, 1, seed=7).to(device)
 
     def eps_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return net(x_t, t.to(torch.float32) / 50.0)
 
-    classifiers = [TimeClassifier(_mlp(2, 1, 16, 1, seed=s), SIGMA_DATA) for s in range(3)]
+    classifiers = [TimeClassifier(_mlp(2, 1, 16, 1, seed=s), SIGMA_DATA).to(device) for s in range(3)]
     guided = GuidedEps(eps_model, schedule, classifiers, [1.0, 0.5, 2.0], coordinates="ve")
-    x_T = torch.randn(9, 2, generator=torch.Generator().manual_seed(0))
+    x_T = torch.randn(9, 2, generator=torch.Generator().manual_seed(0)).to(device)
     expected = ddpm_ancestral_sample(guided, x_T, schedule, num_steps=10,
-                                     generator=torch.Generator().manual_seed(1))
-    got = fused_ddpm_ancestral_sample(guided, x_T, num_steps=10, generator=torch.Generator().manual_seed(1))
-    _assert_close(got, expected, rel=1e-4)
+                                     generator=torch.Generator(device).manual_seed(1))
+    got = fused_ddpm_ancestral_sample(guided, x_T, num_steps=10,
+                                      generator=torch.Generator(device).manual_seed(1))
+    _assert_close(got.cpu(), expected.cpu(), rel=1e-4)
 
     class StepClassifier(nn.Module):  # "ddpm" coordinates: c(x_t, t) with integer timesteps
         def __init__(self, net: ResidualMLP) -> None:
@@ -324,12 +347,12 @@ def test_fused_ddpm_sampling_equals_torch():
         def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.net(x_t, t.to(torch.float32) / 50.0)[:, 0]
 
-    step_guided = GuidedEps(eps_model, schedule, [StepClassifier(_mlp(2, 1, 16, 1, seed=s)) for s in (4, 5)],
-                            [1.0, 3.0], coordinates="ddpm")
-    t = torch.tensor([49, 30, 10, 0, 5, 20, 40, 1, 2])
+    step_classifiers = [StepClassifier(_mlp(2, 1, 16, 1, seed=s)).to(device) for s in (4, 5)]
+    step_guided = GuidedEps(eps_model, schedule, step_classifiers, [1.0, 3.0], coordinates="ddpm")
+    t = torch.tensor([49, 30, 10, 0, 5, 20, 40, 1, 2], device=device)
     with torch.no_grad():
         expected_eps = step_guided(x_T, t)
-    _assert_close(FusedGuidedEps(step_guided)(x_T, t), expected_eps)
+    _assert_close(FusedGuidedEps(step_guided)(x_T, t).cpu(), expected_eps.cpu())
 
 
 def test_build_fused_guidance_refuses_time_independent():

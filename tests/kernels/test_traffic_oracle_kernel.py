@@ -1,4 +1,5 @@
-"""The Triton traffic-oracle kernels (under ``TRITON_INTERPRET=1``) against their PyTorch reference and C++.
+"""The Triton traffic-oracle kernels against their PyTorch reference and C++: under the interpreter on the
+CPU, compiled on CUDA tensors (``-m gpu``, see ``conftest.py``).
 
 The geometry itself is held to shapely in ``tests/oracles/test_traffic_oracle.py``; here the launchers'
 own concerns: block boundaries (A around BLOCK_I = 16 and BLOCK_J = 32), strided and float32 inputs,
@@ -45,6 +46,12 @@ def _boxes(generator: torch.Generator, shape: tuple[int, ...], extent_m: float, 
     return boxes.to(dtype)
 
 
+def _on(device: torch.device, fn, *args, **kwargs) -> torch.Tensor:
+    """``fn`` with its tensor arguments moved to ``device`` (the kernel's), its result back on the CPU."""
+    move = lambda a: a.to(device) if isinstance(a, torch.Tensor) else a  # noqa: E731
+    return fn(*map(move, args), **{k: move(v) for k, v in kwargs.items()}).cpu()
+
+
 def _ext():
     try:
         import genneg_ext
@@ -53,51 +60,62 @@ def _ext():
     return genneg_ext if hasattr(genneg_ext, "collisions") else None
 
 
-@needs_interpreter
 @pytest.mark.parametrize("num_agents", [1, 17, 41])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_collisions_match_reference_across_block_sizes(kernels, num_agents: int, dtype) -> None:
+def test_collisions_match_reference_across_block_sizes(kernels, device, num_agents: int, dtype) -> None:
     g = torch.Generator().manual_seed(num_agents)
     num_scenes = 2
     boxes = _boxes(g, (num_scenes, num_agents), extent_m=4.0 * num_agents**0.5 + 4.0, dtype=dtype)
     valid = torch.rand((num_scenes, num_agents), generator=g) < 0.85
     for mask, margin in ((None, 0.0), (valid, 0.25)):
         expected = reference.collisions(boxes, mask, margin=margin)
-        got = kernels.collisions(boxes, mask, margin=margin)
+        got = _on(device, kernels.collisions, boxes, mask, margin=margin)
         assert got.dtype == torch.bool and got.shape == (num_scenes, num_agents)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     if num_agents > 2:
         assert expected.any() and not expected.all()
 
 
-@needs_interpreter
-def test_strided_inputs(kernels) -> None:
+def test_strided_inputs(kernels, device) -> None:
     """Non-contiguous boxes (a feature-major buffer, every other scene) and valid masks read correctly."""
     g = torch.Generator().manual_seed(0)
     buffer = _boxes(g, (8, 19), extent_m=15.0).permute(2, 0, 1).contiguous()  # (5, S, A)
-    boxes = buffer.permute(1, 2, 0)[::2]  # (4, 19, 5), strides (2*19, 1, 8*19)
-    assert not boxes.is_contiguous()
-    valid = (torch.rand((19, 8), generator=g) < 0.8).T[::2]
-    drivable = torch.ones((40, 40), dtype=torch.bool)
-    drivable[10:12, :] = False
-    drivable = drivable.T  # strided raster
-    args = (drivable, (-2.0, -3.0), 0.5)
+    mask_buffer = torch.rand((19, 8), generator=g) < 0.8
+    raster_buffer = torch.ones((40, 40), dtype=torch.bool)
+    raster_buffer[10:12, :] = False
+
+    def views(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same strided views of the buffers on ``dev`` (moving a view would make it contiguous)."""
+        boxes = buffer.to(dev).permute(1, 2, 0)[::2]  # (4, 19, 5), strides (2*19, 1, 8*19)
+        return boxes, mask_buffer.to(dev).T[::2], raster_buffer.to(dev).T  # strided mask and raster
+
+    boxes, valid, drivable = views(torch.device("cpu"))
+    k_boxes, k_valid, k_drivable = views(device)
+    assert not k_boxes.is_contiguous() and not k_valid.is_contiguous() and not k_drivable.is_contiguous()
+    where = ((-2.0, -3.0), 0.5)
     torch.testing.assert_close(
-        kernels.collisions(boxes, valid), reference.collisions(boxes, valid), rtol=0, atol=0
+        kernels.collisions(k_boxes, k_valid).cpu(), reference.collisions(boxes, valid), rtol=0, atol=0
     )
     torch.testing.assert_close(
-        kernels.offroad(boxes, *args, valid), reference.offroad(boxes, *args, valid), rtol=0, atol=0
+        kernels.offroad(k_boxes, k_drivable, *where, k_valid).cpu(),
+        reference.offroad(boxes, drivable, *where, valid),
+        rtol=0,
+        atol=0,
     )
     # Two-dimensional input: one scene.
-    torch.testing.assert_close(kernels.collisions(boxes[1]), reference.collisions(boxes[1]), rtol=0, atol=0)
     torch.testing.assert_close(
-        kernels.offroad(boxes[1], *args), reference.offroad(boxes[1], *args), rtol=0, atol=0
+        kernels.collisions(k_boxes[1]).cpu(), reference.collisions(boxes[1]), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        kernels.offroad(k_boxes[1], k_drivable, *where).cpu(),
+        reference.offroad(boxes[1], drivable, *where),
+        rtol=0,
+        atol=0,
     )
 
 
-@needs_interpreter
 @pytest.mark.parametrize("raster_dtype", [torch.uint8, torch.bool])
-def test_offroad_matches_reference_and_cpp(kernels, raster_dtype) -> None:
+def test_offroad_matches_reference_and_cpp(kernels, device, raster_dtype) -> None:
     """Fine raster (0.2 m): a vehicle's bounding box spans ~200-1000 cells, i.e. several BLOCK_C tiles."""
     g = torch.Generator().manual_seed(1)
     drivable = (torch.rand((90, 110), generator=g) > 0.004).to(raster_dtype)
@@ -108,7 +126,7 @@ def test_offroad_matches_reference_and_cpp(kernels, raster_dtype) -> None:
     boxes[..., 1] += origin[1] + 1.0
     valid = torch.rand((4, 9), generator=g) < 0.85
     expected = reference.offroad(boxes, drivable, origin, res, valid)
-    got = kernels.offroad(boxes, drivable, origin, res, valid)
+    got = _on(device, kernels.offroad, boxes, drivable, origin, res, valid)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert expected[valid].any() and not expected[valid].all()
     ext = _ext()
@@ -117,12 +135,12 @@ def test_offroad_matches_reference_and_cpp(kernels, raster_dtype) -> None:
             got.numpy(), ext.offroad(boxes.numpy(), drivable.numpy(), origin, res, valid.numpy())
         )
         np.testing.assert_array_equal(
-            kernels.collisions(boxes, valid).numpy(), ext.collisions(boxes.numpy(), valid.numpy())
+            _on(device, kernels.collisions, boxes, valid).numpy(),
+            ext.collisions(boxes.numpy(), valid.numpy()),
         )
 
 
-@needs_interpreter
-def test_float64_parameters_near_1e6(kernels) -> None:
+def test_float64_parameters_near_1e6(kernels, device) -> None:
     """Origin, resolution and margin reach the kernel in float64: in float32 they would move by ~3 cm."""
     g = torch.Generator().manual_seed(2)
     origin, res = (1e6 + 0.3, -1e6 - 0.7), 0.3
@@ -139,12 +157,13 @@ def test_float64_parameters_near_1e6(kernels) -> None:
     boxes[..., 1] = origin[1] + 11.0 + torch.arange(8, dtype=torch.float64) * 0.4
     expected = reference.offroad(boxes, drivable, origin, res)
     assert not expected[:, :4].any() and expected[:, 4:].all()
-    torch.testing.assert_close(kernels.offroad(boxes, drivable, origin, res), expected, rtol=0, atol=0)
+    got = _on(device, kernels.offroad, boxes, drivable, origin, res)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # Margin: gaps of margin*2 +- 2e-9 m; a float32 margin (0.1 -> 0.10000000149) would close the first.
     pair = torch.tensor([[[0.0, 0.0, 4.0, 2.0, 0.0], [4.2 + 2e-9, 0.0, 4.0, 2.0, 0.0]]], dtype=torch.float64)
-    assert not kernels.collisions(pair, margin=0.1).any()
+    assert not _on(device, kernels.collisions, pair, margin=0.1).any()
     pair[0, 1, 0] = 4.2 - 2e-9
-    assert kernels.collisions(pair, margin=0.1).all()
+    assert _on(device, kernels.collisions, pair, margin=0.1).all()
 
 
 @needs_interpreter
@@ -165,6 +184,7 @@ def test_empty_inputs_and_device_check(kernels, monkeypatch: pytest.MonkeyPatch)
         kernels.offroad(torch.ones((1, 2, 5)), drivable, (0.0, 0.0), 1.0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu_reference(kernels) -> None:
     """On a GPU: the kernels (compiled when TRITON_INTERPRET=0) against the CPU reference, 64k vehicles."""

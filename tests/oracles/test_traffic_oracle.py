@@ -24,7 +24,11 @@ from genneg.kernels._backend import has_triton, interpreter_enabled
 from genneg.oracles import DrivableMap, TrafficOracle, evaluate_oracle, sample_verdicts
 from genneg.reference import traffic_oracle as reference
 
-shapely = pytest.importorskip("shapely")
+try:
+    import shapely
+except ImportError:  # e.g. the bare GPU machine: the analytic and backend tests run, the shapely ones skip
+    shapely = None
+needs_shapely = pytest.mark.skipif(shapely is None, reason="needs shapely (the ground-truth geometry)")
 
 # Distance (m) from touching below which shapely's verdict is treated as uncertain: shapely's corners are
 # computed with np.cos/np.sin, ours with a quarter-turn reduction; they differ by ~1e-15 m, far below this.
@@ -48,18 +52,23 @@ class Backend:
     offroad: Callable[..., np.ndarray]
 
 
-def _torch_backend(name: str, module: object) -> Backend:
+def _torch_backend(name: str, module: object, device: str = "cpu") -> Backend:
     def to_t(a: np.ndarray | None) -> torch.Tensor | None:
         # torch cannot view negative NumPy strides; the kernel tests cover strided tensors.
-        return None if a is None else torch.as_tensor(np.ascontiguousarray(a))
+        return None if a is None else torch.as_tensor(np.ascontiguousarray(a), device=device)
 
     def col(boxes, valid=None, margin=0.0):
-        return module.collisions(to_t(boxes), to_t(valid), margin=margin).numpy()
+        return module.collisions(to_t(boxes), to_t(valid), margin=margin).cpu().numpy()
 
     def off(boxes, drivable, origin, resolution, valid=None):
-        return module.offroad(to_t(boxes), to_t(drivable), origin, resolution, to_t(valid)).numpy()
+        return module.offroad(to_t(boxes), to_t(drivable), origin, resolution, to_t(valid)).cpu().numpy()
 
     return Backend(name, col, off)
+
+
+def _cuda_kernels_ready() -> bool:
+    """Compiled Triton kernels can run: triton, a CUDA device, and the interpreter off."""
+    return has_triton() and torch.cuda.is_available() and not interpreter_enabled()
 
 
 def _make_backend(name: str) -> Backend:
@@ -77,6 +86,16 @@ def _make_backend(name: str) -> Backend:
                 boxes, drivable, origin, resolution, valid
             ),
         )
+    if name == "reference-cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        return _torch_backend(name, reference, "cuda")
+    if name == "triton-cuda":
+        if not _cuda_kernels_ready():
+            pytest.skip("needs triton, a CUDA device and TRITON_INTERPRET=0 (scripts/gpu_check.sh)")
+        from genneg.kernels import traffic_oracle as kernels
+
+        return _torch_backend(name, kernels, "cuda")
     if not has_triton() or not interpreter_enabled():
         pytest.skip("Triton is not installed or TRITON_INTERPRET=1 is not set")
     from genneg.kernels import traffic_oracle as kernels
@@ -84,7 +103,16 @@ def _make_backend(name: str) -> Backend:
     return _torch_backend(name, kernels)
 
 
-@pytest.fixture(params=["reference", "cpp", "triton"])
+# "triton" is the kernels under the interpreter (CPU tensors); the "-cuda" backends run on a GPU (-m gpu).
+@pytest.fixture(
+    params=[
+        "reference",
+        "cpp",
+        "triton",
+        pytest.param("reference-cuda", marks=pytest.mark.gpu),
+        pytest.param("triton-cuda", marks=pytest.mark.gpu),
+    ]
+)
 def backend(request: pytest.FixtureRequest) -> Backend:
     return _make_backend(request.param)
 
@@ -182,6 +210,7 @@ def road_raster(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 # Agreement with shapely
 
 
+@needs_shapely
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_collisions_match_shapely_on_random_scenes(backend: Backend, dtype: type) -> None:
     rng = np.random.default_rng(7)
@@ -197,6 +226,7 @@ def test_collisions_match_shapely_on_random_scenes(backend: Backend, dtype: type
         assert 0.2 < truth[valid].mean() < 0.8, "scenes should mix colliding and free vehicles"
 
 
+@needs_shapely
 def test_offroad_matches_shapely_on_random_scenes(backend: Backend) -> None:
     rng = np.random.default_rng(11)
     drivable = road_raster(rng, (48, 52))
@@ -304,11 +334,14 @@ def test_offroad_adversarial(backend: Backend, box, expected, shift_m) -> None:
     boxes[:, 1] += origin[1]
     got = backend.offroad(boxes, drivable, origin, 0.5)
     np.testing.assert_array_equal(got, [expected])
+    if shapely is None:
+        return
     truth, certain = offroad_truth(boxes[None], np.ones((1, 1), bool), drivable, origin, 0.5)
     if certain.all():  # shapely agrees wherever it can tell (not at exact touching)
         assert truth[0, 0] == expected
 
 
+@needs_shapely
 def test_offroad_sees_what_corner_checks_miss(backend: Backend) -> None:
     """A box straddling a one-cell strip has all four corners on drivable cells, yet is offroad."""
     drivable = _case_raster()
@@ -639,12 +672,29 @@ def test_traffic_oracle_verdicts_and_details() -> None:
     np.testing.assert_array_equal(sample_verdicts(per_vehicle).numpy(), [False, False])
 
 
-@pytest.mark.parametrize("name", ["auto", "cpp", "torch", "triton"])
-def test_traffic_oracle_backends_agree(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "device"),
+    [
+        ("auto", "cpu"),
+        ("cpp", "cpu"),
+        ("torch", "cpu"),
+        ("triton", "cpu"),
+        pytest.param("auto", "cuda", marks=pytest.mark.gpu),
+        pytest.param("cpp", "cuda", marks=pytest.mark.gpu),
+        pytest.param("torch", "cuda", marks=pytest.mark.gpu),
+        pytest.param("triton", "cuda", marks=pytest.mark.gpu),
+    ],
+)
+def test_traffic_oracle_backends_agree(name: str, device: str) -> None:
+    """Every backend of the wrapper against ``backend="torch"`` on the CPU; on CUDA tensors ``auto``
+    picks the compiled Triton kernels."""
     if name == "cpp" and not _ext_ready():
         pytest.skip("genneg_ext is not built with the traffic oracles")
-    if name == "triton" and not (has_triton() and interpreter_enabled()):
+    if device == "cpu" and name == "triton" and not (has_triton() and interpreter_enabled()):
         pytest.skip("Triton is not installed or TRITON_INTERPRET=1 is not set")
+    kernels_needed = name in ("auto", "triton")
+    if device == "cuda" and not (torch.cuda.is_available() and (not kernels_needed or _cuda_kernels_ready())):
+        pytest.skip("needs a CUDA device (and for Triton: triton, TRITON_INTERPRET=0)")
     rng = np.random.default_rng(17)
     drivable = road_raster(rng, (40, 40))
     drivable_map = DrivableMap(drivable, origin_m=(0.0, 0.0), resolution_m=0.5)
@@ -652,9 +702,10 @@ def test_traffic_oracle_backends_agree(name: str) -> None:
     valid = rng.random((6, 9)) < 0.9
     expected = TrafficOracle(drivable_map, margin_m=0.2, backend="torch").details(boxes, valid)
     oracle = TrafficOracle(drivable_map, margin_m=0.2, backend=name)
-    got = oracle.details(torch.as_tensor(boxes), torch.as_tensor(valid))
-    np.testing.assert_array_equal(got.collision.numpy(), expected.collision)
-    np.testing.assert_array_equal(got.offroad.numpy(), expected.offroad)
+    got = oracle.details(torch.as_tensor(boxes, device=device), torch.as_tensor(valid, device=device))
+    assert got.collision.device.type == device
+    np.testing.assert_array_equal(got.collision.cpu().numpy(), expected.collision)
+    np.testing.assert_array_equal(got.offroad.cpu().numpy(), expected.offroad)
 
 
 def test_traffic_oracle_bad_construction_and_input(monkeypatch: pytest.MonkeyPatch) -> None:

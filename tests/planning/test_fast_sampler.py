@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from genneg.diffusion import ddpm_ancestral_sample, heun_sample, make_sigmas
+from genneg.guidance import GuidedDenoiser
 from genneg.planning.fast_sampler import FastSampler, SamplerConfig, parallel_samples_for, success_probability
 from genneg.planning.inpainting import fix_coordinates
 from genneg.planning.result import SampleResult
@@ -338,10 +339,17 @@ def test_result_is_consistent(denoiser, oracle) -> None:
 # --- CUDA graphs (skipped without a GPU) -----------------------------------------------------------------
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("kind", ["edm", "ddpm"])
+@pytest.mark.parametrize("kind", ["edm", "ddpm", "edm-fused"])
 @pytest.mark.parametrize("conditioned", [False, True])
-def test_cuda_graph_round(kind, conditioned, denoiser, eps_model, schedule, oracle) -> None:
+def test_cuda_graph_round(kind, conditioned, denoiser, guided, eps_model, schedule, oracle) -> None:
+    """A round replayed as a CUDA graph equals the same round run eagerly; replays allocate nothing.
+    ``edm-fused``: the guided model with the fused Triton step (``mode == "fused"``) inside the graph."""
+    from genneg.kernels._backend import has_triton, interpreter_enabled
+
+    if kind == "edm-fused" and not (has_triton() and not interpreter_enabled()):
+        pytest.skip("the fused step needs triton and TRITON_INTERPRET=0")
     device = torch.device("cuda")
     cond = fix_coordinates((2,), 0, 0.75) if conditioned else None
 
@@ -349,17 +357,23 @@ def test_cuda_graph_round(kind, conditioned, denoiser, eps_model, schedule, orac
         cfg = SamplerConfig(num_parallel=64, num_steps=8, cuda_graphs=graphs)
         if kind == "edm":
             return FastSampler(copy.deepcopy(denoiser).to(device), oracle, sample_shape=(2,), config=cfg)
+        if kind == "edm-fused":
+            g = copy.deepcopy(guided).to(device)
+            model = GuidedDenoiser(g.denoiser, list(g.classifiers), g.scales, backend="triton")
+            return FastSampler(model, oracle, sample_shape=(2,), config=cfg)
         return FastSampler(
             copy.deepcopy(eps_model).to(device), oracle, sample_shape=(2,), config=cfg, ddpm_schedule=schedule
         )
 
     graphed, eager = build(True), build(False)
     assert graphed.uses_cuda_graphs and not eager.uses_cuda_graphs
+    if kind == "edm-fused":
+        assert graphed.mode == eager.mode == "fused"
     a = graphed(cond, seed=3)
     assert all(entry is not None for entry in graphed._graphs.values())
     if conditioned:
         assert torch.all(a.samples[:, 0] == cond.values[0])
-    if kind == "edm":  # same noise draws, same kernels: equal up to float32 rounding of fused kernels
+    if kind != "ddpm":  # same noise draws, same kernels: equal up to float32 rounding of fused kernels
         torch.testing.assert_close(a.samples, eager(cond, seed=3).samples, atol=1e-5, rtol=1e-5)
     # replays allocate nothing
     graphed(cond, seed=4)

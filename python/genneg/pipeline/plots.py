@@ -80,6 +80,14 @@ def plot_samples(
     return _save(fig, path)
 
 
+def _device_of(model: object) -> torch.device:
+    """The device of a module's first parameter or buffer; the CPU for anything else."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in (*model.parameters(), *model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
 def plot_classifier_maps(
     path: str | os.PathLike[str],
     classifiers: Sequence[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]],
@@ -93,7 +101,8 @@ def plot_classifier_maps(
 
     Args:
         path: output PNG.
-        classifiers: ``(title, classifier)`` with ``classifier(x (B, 2), sigma (B,)) -> logits (B,)``.
+        classifiers: ``(title, classifier)`` with ``classifier(x (B, 2), sigma (B,)) -> logits (B,)``; a
+            module's grid and sigmas are put on the device of its parameters (CPU for a plain function).
         sigmas: noise levels (data units), all ``> 0``.
         bounds: ``(xmin, xmax, ymin, ymax)`` of the grid (data units).
         resolution: grid points per axis.
@@ -108,10 +117,12 @@ def plot_classifier_maps(
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.5 * rows), squeeze=False)
     image = None
     for i, (title, classifier) in enumerate(classifiers):
+        device = _device_of(classifier)
+        grid = points.to(device)
         for j, sigma in enumerate(sigmas):
             with torch.no_grad():
-                logits = classifier(points, torch.full((points.shape[0],), float(sigma)))
-            prob = torch.sigmoid(logits.reshape(points.shape[0], -1)[:, 0]).numpy().reshape(gx.shape)
+                logits = classifier(grid, torch.full((grid.shape[0],), float(sigma), device=device))
+            prob = torch.sigmoid(logits.reshape(grid.shape[0], -1)[:, 0]).cpu().numpy().reshape(gx.shape)
             ax = axes[i, j]
             image = ax.imshow(prob, origin="lower", extent=bounds, vmin=0, vmax=1, cmap="viridis")
             ax.set_title(f"{title}, σ={sigma:g}", fontsize=8)
