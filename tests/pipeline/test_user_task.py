@@ -139,6 +139,12 @@ def test_command_line_user_task(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
         def not_a_bool(x):
             return np.full(len(x), 0.5)
+
+        def make_task():
+            from genneg.pipeline.arrays import ArrayTask
+
+            return ArrayTask.from_arrays(np.load(__file__.replace("rules.py", "train.npy")), oracle=is_valid,
+                                         name="ring_factory")
     """))
     np.save(tmp_path / "train.npy", ring_points(600))
     run_dir = tmp_path / "run"
@@ -163,6 +169,17 @@ def test_command_line_user_task(tmp_path: Path, capsys: pytest.CaptureFixture[st
     before = (run_dir / "metrics.jsonl").read_text()
     assert main(argv + sets + ["--resume"]) == 0
     assert (run_dir / "metrics.jsonl").read_text() == before
+
+    # a task factory: recorded by reference, the run reopens through it
+    factory_dir = tmp_path / "factory"
+    quick = [a for o in [*MICRO, "gen_neg.iterations=1", "distill.iterations=0", "ablations=[]",
+                         "baseline.iterations=50"] for a in ("--set", o)]
+    assert main(["train", "--task", f"{rules}:make_task", "--profile", "tiny", "--run-dir", str(factory_dir),
+                 "--quiet", *quick]) == 0
+    assert json.loads((factory_dir / "task.json").read_text())["factory"] == f"{rules}:make_task"
+    capsys.readouterr()
+    assert main(["eval", "--run-dir", str(factory_dir), "--model", "iter1", "--num", "100"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_samples"] == 100
 
     # bad input on the command line: exit status 2, the cause named, no run directory written
     bad = tmp_path / "bad"

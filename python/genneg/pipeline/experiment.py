@@ -146,8 +146,12 @@ def _task_from_reference(reference: dict[str, Any], data_dir: Path,
         task = import_object(reference["factory"])()
         if not isinstance(task, Task):
             raise TypeError(f"task factory {reference['factory']} returned {type(task).__name__}, not a Task")
-        if oracle is not None and hasattr(task, "user_oracle"):
+        if oracle is not None:
             raise ValueError("oracle= cannot replace the oracle of a task built by a factory")
+        recorded = reference.get("fingerprint")
+        if recorded and hasattr(task, "fingerprint") and task.fingerprint() != recorded:
+            raise RunStateError(f"task factory {reference['factory']} now returns other data than the run "
+                                "was trained on (fingerprint differs)")
         return task
     if reference.get("kind") == "arrays":
         from genneg.pipeline.arrays import ArrayTask
