@@ -194,6 +194,10 @@ def test_command_line_user_task(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert not bad.exists()
     assert main(["train", "checkerboard", "--data", str(tmp_path / "train.npy"), "--run-dir", str(bad)]) == 2
     assert "exactly one of" in capsys.readouterr().err
+    # an oracle that can no longer be imported: reopening fails and names it (never a substitute oracle)
+    rules.rename(tmp_path / "moved.py")
+    assert main(["eval", "--run-dir", str(run_dir), "--model", "iter1"]) == 2
+    assert f"no file {rules}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -293,3 +297,22 @@ def test_plugins_register_through_an_entry_point(tmp_path: Path, monkeypatch: py
     assert [r["model"] for r in rows] == ["baseline", "iter1"]
     task, _, _ = open_run(run_dir)
     assert type(task).__name__ == "RingTask"
+
+
+def test_structured_samples_run_through_the_default_networks(tmp_path: Path) -> None:
+    """Samples that are not flat vectors, ``(N, 3, 2)`` here, go through the same task: the default
+    networks see them flattened and give back the sample's shape; the sampler draws that shape."""
+    x = np.concatenate([ring_points(300, seed=s)[:, None] for s in range(3)], axis=1)  # (300, 3, 2)
+
+    def all_on_ring(y: np.ndarray) -> np.ndarray:
+        return ring_oracle(np.asarray(y).reshape(-1, 2)).reshape(len(y), 3).all(1)
+
+    task = genneg.Task.from_arrays(x, oracle=all_on_ring)
+    config = task.make_config("tiny")
+    assert config.denoiser.dim_in == 6 and config.classifier_net.dim_in == 6
+    task.setup(config, tmp_path)
+    sigma = torch.full((5,), 0.7)
+    assert task.new_denoiser()(task.train_x[:5], sigma).shape == (5, 3, 2)
+    assert task.new_classifier(True)(task.train_x[:5], sigma).shape[0] == 5
+    samples = task.sample(task.new_denoiser().eval(), 4, torch.Generator().manual_seed(0))
+    assert samples.shape == (4, 3, 2)
