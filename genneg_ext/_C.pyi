@@ -5,10 +5,22 @@ import numpy as np
 __version__: str
 
 def collisions(
-    boxes: np.ndarray, valid: np.ndarray | None, margin: float, threads: int, batched: bool
+    boxes: np.ndarray,
+    valid: np.ndarray | None,
+    margin: float,
+    threads: int,
+    batched: bool,
+    isa: str = "auto",
+    broad_phase: str = "auto",
 ) -> np.ndarray: ...
 def collision_pairs(
-    boxes: np.ndarray, valid: np.ndarray | None, margin: float, threads: int, batched: bool
+    boxes: np.ndarray,
+    valid: np.ndarray | None,
+    margin: float,
+    threads: int,
+    batched: bool,
+    isa: str = "auto",
+    broad_phase: str = "auto",
 ) -> np.ndarray: ...
 def offroad(
     boxes: np.ndarray,
@@ -22,3 +34,4 @@ def offroad(
     batched: bool,
 ) -> np.ndarray: ...
 def available_cores() -> int: ...
+def available_isas() -> list[str]: ...

@@ -9,7 +9,10 @@ import numpy as np
 
 from genneg_ext import _C
 
-__all__ = ["available_cores", "collision_pairs", "collisions", "offroad"]
+__all__ = ["available_cores", "available_isas", "collision_pairs", "collisions", "offroad"]
+
+Isa = Literal["auto", "baseline", "avx2", "avx512"]
+BroadPhase = Literal["auto", "all_pairs", "sweep"]
 
 _CUDA_HINT = (
     "genneg_ext runs on the CPU only; for CUDA tensors use genneg.oracles.TrafficOracle, which sends them "
@@ -91,7 +94,21 @@ def available_cores() -> int:
     return int(_C.available_cores())
 
 
-def collisions(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int = 0) -> np.ndarray:
+def available_isas() -> list[str]:
+    """Instruction sets this CPU runs the collision kernels with: ``"baseline"`` (any x86-64) always,
+    ``"avx2"`` and ``"avx512"`` (AVX-512F) when the CPU has them. ``isa="auto"`` takes the last."""
+    return list(_C.available_isas())
+
+
+def collisions(
+    boxes: Any,
+    valid: Any = None,
+    margin: float = 0.0,
+    threads: int = 0,
+    *,
+    isa: Isa = "auto",
+    broad_phase: BroadPhase = "auto",
+) -> np.ndarray:
     """Which vehicles overlap another vehicle of the same scene.
 
     Vehicle ``i`` of scene ``s`` collides iff the interior of its rectangle intersects the interior of
@@ -104,21 +121,36 @@ def collisions(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int 
         valid: optional ``(S, A)`` / ``(A,)`` bool mask of present vehicles; absent ones are ignored.
         margin: metres, finite, >= 0.
         threads: worker threads (static chunks of scenes); 0 = all cores.
+        isa: instruction set of the pair kernels: ``"auto"`` (the widest in :func:`available_isas`),
+            ``"baseline"``, ``"avx2"`` or ``"avx512"``. Every choice gives bit-identical verdicts (the
+            same float64 expressions in the same order, no fused multiply-add); for tests and benchmarks.
+        broad_phase: ``"auto"`` (all pairs up to 64 valid vehicles in a scene, a sweep over sorted
+            bounding boxes above, so cost grows with the work rather than with ``A**2``),
+            ``"all_pairs"`` or ``"sweep"``. Every choice gives identical verdicts.
 
     Returns:
         ``(S, A)`` / ``(A,)`` bool NumPy array, True = collides; absent slots are False.
 
     Raises:
         ValueError: bad shape, NaN/inf or length/width <= 0 in a valid box (scene and vehicle named),
-            negative margin or threads. TypeError: CUDA tensor or non-numeric dtype.
+            negative margin or threads, unknown ``isa``/``broad_phase`` or an ``isa`` this CPU lacks.
+            TypeError: CUDA tensor or non-numeric dtype.
     """
     b, batched = _boxes_array(boxes)
     v = _valid_array(valid, b, batched)
-    out = _C.collisions(b, v, _check_margin(margin), _check_threads(threads), batched)
+    out = _C.collisions(b, v, _check_margin(margin), _check_threads(threads), batched, isa, broad_phase)
     return out if batched else out[0]
 
 
-def collision_pairs(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int = 0) -> np.ndarray:
+def collision_pairs(
+    boxes: Any,
+    valid: Any = None,
+    margin: float = 0.0,
+    threads: int = 0,
+    *,
+    isa: Isa = "auto",
+    broad_phase: BroadPhase = "auto",
+) -> np.ndarray:
     """Every overlapping pair, for debugging and rendering.
 
     Same semantics and arguments as :func:`collisions`.
@@ -129,7 +161,7 @@ def collision_pairs(boxes: Any, valid: Any = None, margin: float = 0.0, threads:
     """
     b, batched = _boxes_array(boxes)
     v = _valid_array(valid, b, batched)
-    return _C.collision_pairs(b, v, _check_margin(margin), _check_threads(threads), batched)
+    return _C.collision_pairs(b, v, _check_margin(margin), _check_threads(threads), batched, isa, broad_phase)
 
 
 def offroad(
