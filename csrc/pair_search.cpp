@@ -34,7 +34,6 @@ void sweep(const std::vector<Rect>& rects, Isa isa, PairSearch* search) {
   }
   const bool along_x = x_max - x_min >= y_max - y_min;
   auto low = [along_x](const Rect& r) { return along_x ? r.cx - r.ex : r.cy - r.ey; };
-  auto high = [along_x](const Rect& r) { return along_x ? r.cx + r.ex : r.cy + r.ey; };
   auto& keys = search->keys;
   keys.resize(n);
   for (size_t k = 0; k < n; ++k) keys[k] = {low(rects[k]), static_cast<uint32_t>(k)};
@@ -50,7 +49,7 @@ void sweep(const std::vector<Rect>& rects, Isa isa, PairSearch* search) {
   const double tolerance = 1e-12 * reach;
   search->hits.resize(n);
   for (size_t k = 0; k + 1 < n; ++k) {
-    const double limit = high(rects[order[k]]) + tolerance;
+    const double limit = (along_x ? arrays.cx[k] + arrays.ex[k] : arrays.cy[k] + arrays.ey[k]) + tolerance;
     // Entries k + 1 .. end - 1 start at or below the limit (a linear scan: they are all tested anyway).
     size_t end = k + 1;
     while (end < n && keys[end].first <= limit) ++end;
