@@ -12,6 +12,7 @@
 #include "boxes.h"
 #include "collision.h"
 #include "offroad.h"
+#include "polygon_offroad.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -200,6 +201,46 @@ py::array_t<bool> offroad(const py::array& boxes, const std::optional<py::array>
   return out;
 }
 
+genneg::RoadGeometry road_from_rings(const py::array_t<double, py::array::c_style | py::array::forcecast>& points,
+                                     const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& offsets) {
+  if (points.ndim() != 2 || points.shape(1) != 2) {
+    throw py::value_error("points must have shape (P, 2), got " + shape_string(points));
+  }
+  if (offsets.ndim() != 1 || offsets.shape(0) < 2) {
+    throw py::value_error("ring_offsets must have shape (R + 1,) with R >= 1, got " + shape_string(offsets));
+  }
+  const int64_t* off = offsets.data();
+  const int64_t rings = offsets.shape(0) - 1;
+  if (off[0] != 0 || off[rings] != points.shape(0)) {
+    throw py::value_error("ring_offsets must start at 0 and end at the number of points (" +
+                          std::to_string(points.shape(0)) + ")");
+  }
+  for (int64_t r = 0; r < rings; ++r) {
+    if (off[r + 1] < off[r]) throw py::value_error("ring_offsets must not decrease (at ring " + std::to_string(r) + ")");
+  }
+  try {
+    py::gil_scoped_release release;
+    return genneg::build_road(points.data(), off, rings);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+py::array_t<bool> offroad_polygons(const py::array& boxes, const std::optional<py::array>& valid,
+                                   const genneg::RoadGeometry& road, int64_t threads, bool batched) {
+  const BoxBatch batch = make_batch(boxes, valid);
+  const int n_threads = threads_from(threads);
+  py::array_t<bool> out({batch.scenes, batch.agents});
+  auto* dst = reinterpret_cast<uint8_t*>(out.mutable_data());
+  try {
+    py::gil_scoped_release release;
+    genneg::offroad_polygons(batch, road, n_threads, dst);
+  } catch (const genneg::BoxInputError& e) {
+    rethrow_box_error(e, batched);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -215,5 +256,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("offroad", &offroad, py::arg("boxes"), py::arg("valid"), py::arg("drivable"), py::arg("origin_x"),
         py::arg("origin_y"), py::arg("resolution"), py::arg("mode"), py::arg("threads"), py::arg("batched"),
         "(S, A, 5) boxes, (H, W) uint8 drivable raster -> (S, A) bool offroad.");
+  py::class_<genneg::RoadGeometry>(m, "RoadGeometry", "Prepared road boundary (segments and grid index).")
+      .def_property_readonly("segments", [](const genneg::RoadGeometry& g) { return g.x0.size(); })
+      .def_property_readonly("bounds", [](const genneg::RoadGeometry& g) {
+        return py::make_tuple(g.min_x, g.min_y, g.max_x, g.max_y);
+      });
+  m.def("road_from_rings", &road_from_rings, py::arg("points"), py::arg("ring_offsets"),
+        "(P, 2) float64 ring points, (R + 1,) int64 ring offsets -> RoadGeometry.");
+  m.def("offroad_polygons", &offroad_polygons, py::arg("boxes"), py::arg("valid"), py::arg("road"),
+        py::arg("threads"), py::arg("batched"), "(S, A, 5) boxes, RoadGeometry -> (S, A) bool offroad.");
   m.def("available_cores", &genneg::available_cores, "Cores this process may run on (threads=0 uses all).");
 }

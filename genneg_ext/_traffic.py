@@ -9,7 +9,15 @@ import numpy as np
 
 from genneg_ext import _C
 
-__all__ = ["available_cores", "available_isas", "collision_pairs", "collisions", "offroad"]
+__all__ = [
+    "available_cores",
+    "available_isas",
+    "collision_pairs",
+    "collisions",
+    "offroad",
+    "offroad_polygons",
+    "road_from_rings",
+]
 
 Isa = Literal["auto", "baseline", "avx2", "avx512"]
 BroadPhase = Literal["auto", "all_pairs", "sweep"]
@@ -219,4 +227,57 @@ def offroad(
     if mode not in ("exact", "corners"):
         raise ValueError(f"mode must be 'exact' or 'corners', got {mode!r}")
     out = _C.offroad(b, v, d, float(o[0]), float(o[1]), res, mode, _check_threads(threads), batched)
+    return out if batched else out[0]
+
+
+def road_from_rings(points: Any, ring_offsets: Any) -> _C.RoadGeometry:
+    """Prepare a road for :func:`offroad_polygons` from the rings of its drivable area, once per map.
+
+    The rings must be the boundary of the drivable area: the exterior rings and holes of the *union* of
+    the drivable polygons (``genneg.oracles.road_polygons.prepare_road`` builds it with shapely), so
+    that edges shared by adjacent lanelets are not boundary. Orientation does not matter (even-odd).
+
+    Args:
+        points: ``(P, 2)`` float (converted to float64) ring points, x m, y m; ring ``r`` is
+            ``points[ring_offsets[r]:ring_offsets[r + 1]]``, closed implicitly (a repeated closing point
+            is allowed).
+        ring_offsets: ``(R + 1,)`` int, starting at 0 and ending at ``P``, non-decreasing.
+
+    Returns:
+        A prepared road (boundary segments and a uniform-grid index); ``.segments``, ``.bounds``.
+
+    Raises:
+        ValueError: wrong shapes, offsets out of order, a non-finite point, a ring of fewer than 3 points.
+    """
+    p = np.ascontiguousarray(_as_numpy(points, "points"), dtype=np.float64)
+    o = np.ascontiguousarray(_as_numpy(ring_offsets, "ring_offsets"), dtype=np.int64)
+    return _C.road_from_rings(p, o)
+
+
+def offroad_polygons(boxes: Any, road: _C.RoadGeometry, valid: Any = None, threads: int = 0) -> np.ndarray:
+    """Which vehicles leave a road given as polygons (exact, no raster).
+
+    A vehicle is offroad iff the interior of its rectangle is not covered by the drivable area (a closed
+    set: the union of the drivable polygons). A box touching the road's boundary from inside (an edge on
+    a road edge, a corner on a vertex) is on the road; a box straddling an edge shared by two adjacent
+    lanelets is on the road. Exact up to float64 rounding at exact touching; computed relative to each
+    box's centre (coordinates near 1e6 m are fine).
+
+    Args:
+        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64 — x m, y m, length m, width m, heading rad.
+        road: from :func:`road_from_rings`.
+        valid: optional ``(S, A)`` / ``(A,)`` bool mask; absent vehicles are ignored and reported False.
+        threads: worker threads; 0 = all cores.
+
+    Returns:
+        ``(S, A)`` / ``(A,)`` bool NumPy array, True = offroad.
+
+    Raises:
+        ValueError: as for :func:`collisions`. TypeError: ``road`` is not a prepared road, CUDA tensor.
+    """
+    if not isinstance(road, _C.RoadGeometry):
+        raise TypeError(f"road must come from genneg_ext.road_from_rings, got {type(road).__name__}")
+    b, batched = _boxes_array(boxes)
+    v = _valid_array(valid, b, batched)
+    out = _C.offroad_polygons(b, v, road, _check_threads(threads), batched)
     return out if batched else out[0]
