@@ -77,20 +77,21 @@ RoadGeometry build_road(const double* xy, const int64_t* ring_offsets, int64_t r
   }
   const size_t n = g.x0.size();
   if (n < 3) throw std::invalid_argument("the road's rings have fewer than 3 edges in all");
-  // About two segments per cell on average, at most 1024 x 1024 cells.
+  // About four cells per segment, at most 1024 x 1024 cells.
   const double w = g.max_x - g.min_x, h = g.max_y - g.min_y;
-  const double target_cells = std::fmin(1024.0 * 1024.0, std::fmax(1.0, static_cast<double>(n) / 2.0));
+  const double target_cells = std::fmin(1024.0 * 1024.0, std::fmax(1.0, 4.0 * static_cast<double>(n)));
   g.cell_m = std::fmax(std::sqrt(std::fmax(w * h, 1e-12) / target_cells), std::fmax(w, h) / 1024.0);
   g.cell_m = std::fmax(g.cell_m, 1e-9 * (1.0 + std::fmax(std::fabs(g.max_x), std::fabs(g.max_y))));
   g.nx = std::min<int64_t>(1024, std::max<int64_t>(1, static_cast<int64_t>(std::ceil(w / g.cell_m))));
   g.ny = std::min<int64_t>(1024, std::max<int64_t>(1, static_cast<int64_t>(std::ceil(h / g.cell_m))));
   std::vector<std::pair<int64_t, uint32_t>> cells, rows;
   for (size_t k = 0; k < n; ++k) {
-    // Cells meeting the segment's bounding box, widened by one for rounding in the cell index.
-    const int64_t j0 = clamp_cell((std::fmin(g.x0[k], g.x1[k]) - g.min_x) / g.cell_m - 1.0, g.nx);
-    const int64_t j1 = clamp_cell((std::fmax(g.x0[k], g.x1[k]) - g.min_x) / g.cell_m + 1.0, g.nx);
-    const int64_t i0 = clamp_cell((std::fmin(g.y0[k], g.y1[k]) - g.min_y) / g.cell_m - 1.0, g.ny);
-    const int64_t i1 = clamp_cell((std::fmax(g.y0[k], g.y1[k]) - g.min_y) / g.cell_m + 1.0, g.ny);
+    // Cells meeting the segment's bounding box. The cell index of a coordinate, fl((x - min) / cell), is
+    // monotone in x, so a box whose bounding box meets the segment's visits one of these cells.
+    const int64_t j0 = clamp_cell((std::fmin(g.x0[k], g.x1[k]) - g.min_x) / g.cell_m, g.nx);
+    const int64_t j1 = clamp_cell((std::fmax(g.x0[k], g.x1[k]) - g.min_x) / g.cell_m, g.nx);
+    const int64_t i0 = clamp_cell((std::fmin(g.y0[k], g.y1[k]) - g.min_y) / g.cell_m, g.ny);
+    const int64_t i1 = clamp_cell((std::fmax(g.y0[k], g.y1[k]) - g.min_y) / g.cell_m, g.ny);
     for (int64_t i = i0; i <= i1; ++i) {
       rows.emplace_back(i, static_cast<uint32_t>(k));
       for (int64_t j = j0; j <= j1; ++j) cells.emplace_back(i * g.nx + j, static_cast<uint32_t>(k));
@@ -104,10 +105,10 @@ RoadGeometry build_road(const double* xy, const int64_t* ring_offsets, int64_t r
 bool rect_offroad_polygons(const Rect& r, const RoadGeometry& g) {
   // A corner strictly outside the road's bounding box is outside the road.
   if (r.cx - r.ex < g.min_x || r.cx + r.ex > g.max_x || r.cy - r.ey < g.min_y || r.cy + r.ey > g.max_y) return true;
-  const int64_t j0 = clamp_cell((r.cx - r.ex - g.min_x) / g.cell_m - 1.0, g.nx);
-  const int64_t j1 = clamp_cell((r.cx + r.ex - g.min_x) / g.cell_m + 1.0, g.nx);
-  const int64_t i0 = clamp_cell((r.cy - r.ey - g.min_y) / g.cell_m - 1.0, g.ny);
-  const int64_t i1 = clamp_cell((r.cy + r.ey - g.min_y) / g.cell_m + 1.0, g.ny);
+  const int64_t j0 = clamp_cell((r.cx - r.ex - g.min_x) / g.cell_m, g.nx);
+  const int64_t j1 = clamp_cell((r.cx + r.ex - g.min_x) / g.cell_m, g.nx);
+  const int64_t i0 = clamp_cell((r.cy - r.ey - g.min_y) / g.cell_m, g.ny);
+  const int64_t i1 = clamp_cell((r.cy + r.ey - g.min_y) / g.cell_m, g.ny);
   for (int64_t i = i0; i <= i1; ++i) {
     for (int64_t j = j0; j <= j1; ++j) {
       const size_t cell = static_cast<size_t>(i * g.nx + j);
