@@ -31,7 +31,14 @@ def union_rings(polygons: Iterable[Any] | Any) -> tuple[np.ndarray, np.ndarray]:
 
     geoms = [polygons] if isinstance(polygons, shapely.Geometry) else list(polygons)
     union = shapely.union_all(np.asarray(geoms, dtype=object))
-    parts = [g for g in shapely.get_parts(union) if isinstance(g, shapely.Polygon) and g.area > 0]
+    parts, todo = [], [union]
+    while todo:  # flatten collections (make_valid and unions may nest them); keep areas, drop lines
+        g = todo.pop()
+        if isinstance(g, shapely.Polygon):
+            if g.area > 0:
+                parts.append(g)
+        elif hasattr(g, "geoms"):
+            todo.extend(g.geoms)
     if not parts:
         raise ValueError("the drivable polygons have no area")
     rings = [r for p in parts for r in shapely.get_rings(p)]
