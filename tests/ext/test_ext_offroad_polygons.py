@@ -143,3 +143,22 @@ def test_union_rings_and_bad_inputs(rng):
         genneg_ext.offroad_polygons(np.array([[[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]]), road)
     with pytest.raises(ValueError, match="no area"):
         union_rings([shapely.LineString([(0, 0), (1, 1)]).buffer(0)])
+
+
+@pytest.mark.parametrize("kind", ["roundabout", "merge", "crossroads", "curve"])
+def test_procedural_maps_agree_with_shapely_covers(rng, ref, kind):
+    from genneg.data.traffic.roads import RoadNetworkConfig, generate_road_map
+
+    drivable_map = generate_road_map(kind, RoadNetworkConfig(), seed=11).drivable_map
+    area = drivable_map.polygons.geometry()
+    boxes = ref.random_scenes(rng, 20, 32, extent_m=1.0)
+    boxes[..., :2] = rng.uniform(-40, 40, (20, 32, 2))
+    boxes[..., 2:4] *= 0.9
+    polys = ref.box_polygons(boxes)
+    expected = ~shapely.covers(area, polys)
+    certain = shapely.covers(area, shapely.buffer(polys, UNCERTAIN_M, join_style="mitre")) | ~shapely.covers(
+        shapely.buffer(area, UNCERTAIN_M, join_style="mitre"), polys
+    )
+    got = genneg_ext.offroad_polygons(boxes, drivable_map.prepared_road())
+    assert certain.mean() > 0.99 and 0.1 < expected.mean() < 0.95
+    np.testing.assert_array_equal(got[certain], expected[certain])
