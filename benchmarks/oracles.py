@@ -10,7 +10,8 @@ Peers:
   * genneg_ext (ours), single thread and all threads, thread scaling;
   * vectorised NumPy separating-axis test, float32 and float64 (written here; the same strict test);
   * shapely 2: all-pairs ``intersection(a, b).area > 0`` and ``relate_pattern(a, b, "2********")``
-    (interiors meet), per-scene STRtree + area; offroad as ``covers(union of drivable cells, box)``;
+    (interiors meet), vectorised ``intersects`` over all pairs (touching counts: looser and cheaper than
+    ours), per-scene STRtree + area; offroad as ``covers(union of drivable cells, box)``;
   * NumPy corner lookup (what Waymax does for offroad; approximate);
   * commonroad-drivability-checker and torchdrivesim (they pin their own stacks: run in a separate
     virtual environment, by default ``.cache/peers-venv``, created and filled with ``pip`` if missing,
@@ -27,6 +28,9 @@ Floor (what any implementation must do), per 1,000 x 32 scenes:
     ns each on one core gives ~1.5 ms), 32,000 box-raster tests.
   At 100,000 x 32 scenes: 128 MB read (~13 ms at 10 GB/s) and 49.6 M pair tests (~150 ms on one core):
   the collision check is compute-bound, not memory-bound.
+
+The issue-18 scenes (1,000 x 32 vehicles in 50 m x 50 m squares), the floor of the collision check and
+its scaling with vehicles per scene are in benchmarks/collision_floor.py.
 
 Run:  .venv/bin/python benchmarks/oracles.py [--quick] [--no-peers-venv]
 Writes benchmarks/results/oracles-cpu.json (or oracles-cpu-quick.json with --quick).
@@ -230,6 +234,16 @@ def shapely_relate_pairs(boxes: np.ndarray) -> np.ndarray:
     ii, jj = pair_index(boxes.shape[1])
     polys = shapely_polygons(boxes)
     return shapely.relate_pattern(polys[:, ii], polys[:, jj], "2********")
+
+
+def shapely_intersects_pairs(boxes: np.ndarray) -> np.ndarray:
+    """shapely 2's vectorised ``intersects`` over all pairs: (S, P) bool. Touching boxes count as
+    colliding (a looser, cheaper predicate than ours); see also benchmarks/collision_floor.py."""
+    import shapely
+
+    ii, jj = pair_index(boxes.shape[1])
+    polys = shapely_polygons(boxes)
+    return shapely.intersects(polys[:, ii], polys[:, jj])
 
 
 def shapely_strtree_pair_codes(boxes: np.ndarray) -> np.ndarray:
@@ -589,6 +603,14 @@ def bench_case(
         sub_codes, pair_codes_from_mask(shapely_relate_pairs(sub), agents)
     )
     record(
+        "collision shapely intersects (vectorised)",
+        time_call(lambda: shapely_intersects_pairs(sub), shapely_reps, max_total_s=60).scaled(scale),
+        note,
+    )
+    dis["collision shapely intersects (vectorised)"] = disagreement_pairs(
+        sub_codes, pair_codes_from_mask(shapely_intersects_pairs(sub), agents)
+    )
+    record(
         "collision shapely STRtree + area",
         time_call(lambda: shapely_strtree_pair_codes(sub), shapely_reps, max_total_s=60).scaled(scale),
         note,
@@ -662,6 +684,7 @@ def bench_case(
         "collision: shapely intersection area / ours": ("collision shapely intersection area", c1),
         "collision: shapely relate / ours": ("collision shapely relate interiors", c1),
         "collision: shapely STRtree / ours": ("collision shapely STRtree + area", c1),
+        "collision: shapely intersects / ours": ("collision shapely intersects (vectorised)", c1),
         "collision: crdc / ours": ("collision crdc", c1),
         "collision: torchdrivesim (shapely loop) / ours": ("collision torchdrivesim", c1),
         "offroad: shapely covers / ours": ("offroad shapely covers", o1),

@@ -12,6 +12,7 @@
 #include "boxes.h"
 #include "collision.h"
 #include "offroad.h"
+#include "polygon_offroad.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -78,6 +79,39 @@ void check_margin(double margin) {
   }
 }
 
+// "auto" (the widest the CPU supports) or a named instruction set this CPU supports.
+genneg::PairOptions pair_options(const std::string& isa, const std::string& broad_phase) {
+  genneg::PairOptions options;
+  if (isa == "baseline") {
+    options.isa = genneg::Isa::kBaseline;
+  } else if (isa == "avx2") {
+    options.isa = genneg::Isa::kAvx2;
+  } else if (isa == "avx512") {
+    options.isa = genneg::Isa::kAvx512;
+  } else if (isa != "auto") {
+    throw py::value_error("isa must be 'auto', 'baseline', 'avx2' or 'avx512', got '" + isa + "'");
+  }
+  if (!genneg::isa_supported(options.isa)) {
+    throw py::value_error("isa '" + isa + "' is not supported by this CPU (see genneg_ext.available_isas())");
+  }
+  if (broad_phase == "all_pairs") {
+    options.broad_phase = genneg::BroadPhase::kAllPairs;
+  } else if (broad_phase == "sweep") {
+    options.broad_phase = genneg::BroadPhase::kSweep;
+  } else if (broad_phase != "auto") {
+    throw py::value_error("broad_phase must be 'auto', 'all_pairs' or 'sweep', got '" + broad_phase + "'");
+  }
+  return options;
+}
+
+py::list available_isas() {
+  py::list out;
+  for (const auto isa : {genneg::Isa::kBaseline, genneg::Isa::kAvx2, genneg::Isa::kAvx512}) {
+    if (genneg::isa_supported(isa)) out.append(genneg::isa_name(isa));
+  }
+  return out;
+}
+
 [[noreturn]] void rethrow_box_error(const genneg::BoxInputError& e, bool batched) {
   const std::string where = batched ? "boxes[" + std::to_string(e.scene()) + ", " + std::to_string(e.vehicle()) +
                                           "] (scene " + std::to_string(e.scene()) + ", vehicle " +
@@ -88,15 +122,16 @@ void check_margin(double margin) {
 }
 
 py::array_t<bool> collisions(const py::array& boxes, const std::optional<py::array>& valid, double margin,
-                             int64_t threads, bool batched) {
+                             int64_t threads, bool batched, const std::string& isa, const std::string& broad_phase) {
   const BoxBatch batch = make_batch(boxes, valid);
   check_margin(margin);
+  const genneg::PairOptions options = pair_options(isa, broad_phase);
   const int n_threads = threads_from(threads);
   py::array_t<bool> out({batch.scenes, batch.agents});
   auto* dst = reinterpret_cast<uint8_t*>(out.mutable_data());
   try {
     py::gil_scoped_release release;
-    genneg::collisions(batch, margin, n_threads, dst);
+    genneg::collisions(batch, margin, n_threads, dst, options);
   } catch (const genneg::BoxInputError& e) {
     rethrow_box_error(e, batched);
   }
@@ -104,14 +139,16 @@ py::array_t<bool> collisions(const py::array& boxes, const std::optional<py::arr
 }
 
 py::array_t<int64_t> collision_pairs(const py::array& boxes, const std::optional<py::array>& valid,
-                                     double margin, int64_t threads, bool batched) {
+                                     double margin, int64_t threads, bool batched, const std::string& isa,
+                                     const std::string& broad_phase) {
   const BoxBatch batch = make_batch(boxes, valid);
   check_margin(margin);
+  const genneg::PairOptions options = pair_options(isa, broad_phase);
   const int n_threads = threads_from(threads);
   std::vector<int64_t> flat;
   try {
     py::gil_scoped_release release;
-    flat = genneg::collision_pairs(batch, margin, n_threads);
+    flat = genneg::collision_pairs(batch, margin, n_threads, options);
   } catch (const genneg::BoxInputError& e) {
     rethrow_box_error(e, batched);
   }
@@ -164,18 +201,69 @@ py::array_t<bool> offroad(const py::array& boxes, const std::optional<py::array>
   return out;
 }
 
+genneg::RoadGeometry road_from_rings(const py::array_t<double, py::array::c_style | py::array::forcecast>& points,
+                                     const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& offsets) {
+  if (points.ndim() != 2 || points.shape(1) != 2) {
+    throw py::value_error("points must have shape (P, 2), got " + shape_string(points));
+  }
+  if (offsets.ndim() != 1 || offsets.shape(0) < 2) {
+    throw py::value_error("ring_offsets must have shape (R + 1,) with R >= 1, got " + shape_string(offsets));
+  }
+  const int64_t* off = offsets.data();
+  const int64_t rings = offsets.shape(0) - 1;
+  if (off[0] != 0 || off[rings] != points.shape(0)) {
+    throw py::value_error("ring_offsets must start at 0 and end at the number of points (" +
+                          std::to_string(points.shape(0)) + ")");
+  }
+  for (int64_t r = 0; r < rings; ++r) {
+    if (off[r + 1] < off[r]) throw py::value_error("ring_offsets must not decrease (at ring " + std::to_string(r) + ")");
+  }
+  try {
+    py::gil_scoped_release release;
+    return genneg::build_road(points.data(), off, rings);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+py::array_t<bool> offroad_polygons(const py::array& boxes, const std::optional<py::array>& valid,
+                                   const genneg::RoadGeometry& road, int64_t threads, bool batched) {
+  const BoxBatch batch = make_batch(boxes, valid);
+  const int n_threads = threads_from(threads);
+  py::array_t<bool> out({batch.scenes, batch.agents});
+  auto* dst = reinterpret_cast<uint8_t*>(out.mutable_data());
+  try {
+    py::gil_scoped_release release;
+    genneg::offroad_polygons(batch, road, n_threads, dst);
+  } catch (const genneg::BoxInputError& e) {
+    rethrow_box_error(e, batched);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "genneg compiled traffic oracles (use the typed wrappers in genneg_ext)";
   m.attr("__version__") = GENNEG_VERSION;
   m.def("collisions", &collisions, py::arg("boxes"), py::arg("valid"), py::arg("margin"), py::arg("threads"),
-        py::arg("batched"),
+        py::arg("batched"), py::arg("isa") = "auto", py::arg("broad_phase") = "auto",
         "(S, A, 5) float32/float64 boxes, optional (S, A) bool valid -> (S, A) bool collides.");
   m.def("collision_pairs", &collision_pairs, py::arg("boxes"), py::arg("valid"), py::arg("margin"),
-        py::arg("threads"), py::arg("batched"), "(S, A, 5) boxes -> (P, 3) int64 rows (scene, i, j), i < j.");
+        py::arg("threads"), py::arg("batched"), py::arg("isa") = "auto", py::arg("broad_phase") = "auto",
+        "(S, A, 5) boxes -> (P, 3) int64 rows (scene, i, j), i < j.");
+  m.def("available_isas", &available_isas, "Instruction sets this CPU can run the collision kernels with.");
   m.def("offroad", &offroad, py::arg("boxes"), py::arg("valid"), py::arg("drivable"), py::arg("origin_x"),
         py::arg("origin_y"), py::arg("resolution"), py::arg("mode"), py::arg("threads"), py::arg("batched"),
         "(S, A, 5) boxes, (H, W) uint8 drivable raster -> (S, A) bool offroad.");
+  py::class_<genneg::RoadGeometry>(m, "RoadGeometry", "Prepared road boundary (segments and grid index).")
+      .def_property_readonly("segments", [](const genneg::RoadGeometry& g) { return g.x0.size(); })
+      .def_property_readonly("bounds", [](const genneg::RoadGeometry& g) {
+        return py::make_tuple(g.min_x, g.min_y, g.max_x, g.max_y);
+      });
+  m.def("road_from_rings", &road_from_rings, py::arg("points"), py::arg("ring_offsets"),
+        "(P, 2) float64 ring points, (R + 1,) int64 ring offsets -> RoadGeometry.");
+  m.def("offroad_polygons", &offroad_polygons, py::arg("boxes"), py::arg("valid"), py::arg("road"),
+        py::arg("threads"), py::arg("batched"), "(S, A, 5) boxes, RoadGeometry -> (S, A) bool offroad.");
   m.def("available_cores", &genneg::available_cores, "Cores this process may run on (threads=0 uses all).");
 }

@@ -7,13 +7,22 @@
 #include <vector>
 
 #include "boxes.h"
+#include "collision_simd.h"
+#include "pair_search.h"
 
 namespace genneg {
 
+// How the pairs are searched; every choice gives the same verdicts (collision_simd.h, pair_search.h).
+struct PairOptions {
+  Isa isa = best_isa();  // must be supported by this CPU
+  BroadPhase broad_phase = BroadPhase::kAuto;
+};
+
 // out: (S, A) row-major bytes, 1 = collides; absent slots get 0.
-void collisions(const BoxBatch& batch, double margin, int threads, uint8_t* out);
+void collisions(const BoxBatch& batch, double margin, int threads, uint8_t* out, const PairOptions& options = {});
 
 // Every colliding pair as (scene, i, j) with i < j, scenes ascending, then i, then j; flattened triples.
-std::vector<int64_t> collision_pairs(const BoxBatch& batch, double margin, int threads);
+std::vector<int64_t> collision_pairs(const BoxBatch& batch, double margin, int threads,
+                                     const PairOptions& options = {});
 
 }  // namespace genneg

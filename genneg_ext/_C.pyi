@@ -5,10 +5,22 @@ import numpy as np
 __version__: str
 
 def collisions(
-    boxes: np.ndarray, valid: np.ndarray | None, margin: float, threads: int, batched: bool
+    boxes: np.ndarray,
+    valid: np.ndarray | None,
+    margin: float,
+    threads: int,
+    batched: bool,
+    isa: str = "auto",
+    broad_phase: str = "auto",
 ) -> np.ndarray: ...
 def collision_pairs(
-    boxes: np.ndarray, valid: np.ndarray | None, margin: float, threads: int, batched: bool
+    boxes: np.ndarray,
+    valid: np.ndarray | None,
+    margin: float,
+    threads: int,
+    batched: bool,
+    isa: str = "auto",
+    broad_phase: str = "auto",
 ) -> np.ndarray: ...
 def offroad(
     boxes: np.ndarray,
@@ -22,3 +34,15 @@ def offroad(
     batched: bool,
 ) -> np.ndarray: ...
 def available_cores() -> int: ...
+def available_isas() -> list[str]: ...
+
+class RoadGeometry:
+    @property
+    def segments(self) -> int: ...
+    @property
+    def bounds(self) -> tuple[float, float, float, float]: ...
+
+def road_from_rings(points: np.ndarray, ring_offsets: np.ndarray) -> RoadGeometry: ...
+def offroad_polygons(
+    boxes: np.ndarray, valid: np.ndarray | None, road: RoadGeometry, threads: int, batched: bool
+) -> np.ndarray: ...

@@ -18,6 +18,23 @@ Contract (shared by :func:`collisions`, :func:`collision_pairs` and :func:`offro
 """
 
 from genneg_ext._C import __version__
-from genneg_ext._traffic import available_cores, collision_pairs, collisions, offroad
+from genneg_ext._traffic import (
+    available_cores,
+    available_isas,
+    collision_pairs,
+    collisions,
+    offroad,
+    offroad_polygons,
+    road_from_rings,
+)
 
-__all__ = ["__version__", "available_cores", "collision_pairs", "collisions", "offroad"]
+__all__ = [
+    "__version__",
+    "available_cores",
+    "available_isas",
+    "collision_pairs",
+    "collisions",
+    "offroad",
+    "offroad_polygons",
+    "road_from_rings",
+]

@@ -9,7 +9,18 @@ import numpy as np
 
 from genneg_ext import _C
 
-__all__ = ["available_cores", "collision_pairs", "collisions", "offroad"]
+__all__ = [
+    "available_cores",
+    "available_isas",
+    "collision_pairs",
+    "collisions",
+    "offroad",
+    "offroad_polygons",
+    "road_from_rings",
+]
+
+Isa = Literal["auto", "baseline", "avx2", "avx512"]
+BroadPhase = Literal["auto", "all_pairs", "sweep"]
 
 _CUDA_HINT = (
     "genneg_ext runs on the CPU only; for CUDA tensors use genneg.oracles.TrafficOracle, which sends them "
@@ -91,7 +102,21 @@ def available_cores() -> int:
     return int(_C.available_cores())
 
 
-def collisions(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int = 0) -> np.ndarray:
+def available_isas() -> list[str]:
+    """Instruction sets this CPU runs the collision kernels with: ``"baseline"`` (any x86-64) always,
+    ``"avx2"`` and ``"avx512"`` (AVX-512F) when the CPU has them. ``isa="auto"`` takes the last."""
+    return list(_C.available_isas())
+
+
+def collisions(
+    boxes: Any,
+    valid: Any = None,
+    margin: float = 0.0,
+    threads: int = 0,
+    *,
+    isa: Isa = "auto",
+    broad_phase: BroadPhase = "auto",
+) -> np.ndarray:
     """Which vehicles overlap another vehicle of the same scene.
 
     Vehicle ``i`` of scene ``s`` collides iff the interior of its rectangle intersects the interior of
@@ -104,21 +129,36 @@ def collisions(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int 
         valid: optional ``(S, A)`` / ``(A,)`` bool mask of present vehicles; absent ones are ignored.
         margin: metres, finite, >= 0.
         threads: worker threads (static chunks of scenes); 0 = all cores.
+        isa: instruction set of the pair kernels: ``"auto"`` (the widest in :func:`available_isas`),
+            ``"baseline"``, ``"avx2"`` or ``"avx512"``. Every choice gives bit-identical verdicts (the
+            same float64 expressions in the same order, no fused multiply-add); for tests and benchmarks.
+        broad_phase: ``"auto"`` (all pairs up to 64 valid vehicles in a scene, a sweep over sorted
+            bounding boxes above, so cost grows with the work rather than with ``A**2``),
+            ``"all_pairs"`` or ``"sweep"``. Every choice gives identical verdicts.
 
     Returns:
         ``(S, A)`` / ``(A,)`` bool NumPy array, True = collides; absent slots are False.
 
     Raises:
         ValueError: bad shape, NaN/inf or length/width <= 0 in a valid box (scene and vehicle named),
-            negative margin or threads. TypeError: CUDA tensor or non-numeric dtype.
+            negative margin or threads, unknown ``isa``/``broad_phase`` or an ``isa`` this CPU lacks.
+            TypeError: CUDA tensor or non-numeric dtype.
     """
     b, batched = _boxes_array(boxes)
     v = _valid_array(valid, b, batched)
-    out = _C.collisions(b, v, _check_margin(margin), _check_threads(threads), batched)
+    out = _C.collisions(b, v, _check_margin(margin), _check_threads(threads), batched, isa, broad_phase)
     return out if batched else out[0]
 
 
-def collision_pairs(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int = 0) -> np.ndarray:
+def collision_pairs(
+    boxes: Any,
+    valid: Any = None,
+    margin: float = 0.0,
+    threads: int = 0,
+    *,
+    isa: Isa = "auto",
+    broad_phase: BroadPhase = "auto",
+) -> np.ndarray:
     """Every overlapping pair, for debugging and rendering.
 
     Same semantics and arguments as :func:`collisions`.
@@ -129,7 +169,7 @@ def collision_pairs(boxes: Any, valid: Any = None, margin: float = 0.0, threads:
     """
     b, batched = _boxes_array(boxes)
     v = _valid_array(valid, b, batched)
-    return _C.collision_pairs(b, v, _check_margin(margin), _check_threads(threads), batched)
+    return _C.collision_pairs(b, v, _check_margin(margin), _check_threads(threads), batched, isa, broad_phase)
 
 
 def offroad(
@@ -187,4 +227,57 @@ def offroad(
     if mode not in ("exact", "corners"):
         raise ValueError(f"mode must be 'exact' or 'corners', got {mode!r}")
     out = _C.offroad(b, v, d, float(o[0]), float(o[1]), res, mode, _check_threads(threads), batched)
+    return out if batched else out[0]
+
+
+def road_from_rings(points: Any, ring_offsets: Any) -> _C.RoadGeometry:
+    """Prepare a road for :func:`offroad_polygons` from the rings of its drivable area, once per map.
+
+    The rings must be the boundary of the drivable area: the exterior rings and holes of the *union* of
+    the drivable polygons (``genneg.oracles.road_polygons.prepare_road`` builds it with shapely), so
+    that edges shared by adjacent lanelets are not boundary. Orientation does not matter (even-odd).
+
+    Args:
+        points: ``(P, 2)`` float (converted to float64) ring points, x m, y m; ring ``r`` is
+            ``points[ring_offsets[r]:ring_offsets[r + 1]]``, closed implicitly (a repeated closing point
+            is allowed).
+        ring_offsets: ``(R + 1,)`` int, starting at 0 and ending at ``P``, non-decreasing.
+
+    Returns:
+        A prepared road (boundary segments and a uniform-grid index); ``.segments``, ``.bounds``.
+
+    Raises:
+        ValueError: wrong shapes, offsets out of order, a non-finite point, a ring of fewer than 3 points.
+    """
+    p = np.ascontiguousarray(_as_numpy(points, "points"), dtype=np.float64)
+    o = np.ascontiguousarray(_as_numpy(ring_offsets, "ring_offsets"), dtype=np.int64)
+    return _C.road_from_rings(p, o)
+
+
+def offroad_polygons(boxes: Any, road: _C.RoadGeometry, valid: Any = None, threads: int = 0) -> np.ndarray:
+    """Which vehicles leave a road given as polygons (exact, no raster).
+
+    A vehicle is offroad iff the interior of its rectangle is not covered by the drivable area (a closed
+    set: the union of the drivable polygons). A box touching the road's boundary from inside (an edge on
+    a road edge, a corner on a vertex) is on the road; a box straddling an edge shared by two adjacent
+    lanelets is on the road. Exact up to float64 rounding at exact touching; computed relative to each
+    box's centre (coordinates near 1e6 m are fine).
+
+    Args:
+        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64 — x m, y m, length m, width m, heading rad.
+        road: from :func:`road_from_rings`.
+        valid: optional ``(S, A)`` / ``(A,)`` bool mask; absent vehicles are ignored and reported False.
+        threads: worker threads; 0 = all cores.
+
+    Returns:
+        ``(S, A)`` / ``(A,)`` bool NumPy array, True = offroad.
+
+    Raises:
+        ValueError: as for :func:`collisions`. TypeError: ``road`` is not a prepared road, CUDA tensor.
+    """
+    if not isinstance(road, _C.RoadGeometry):
+        raise TypeError(f"road must come from genneg_ext.road_from_rings, got {type(road).__name__}")
+    b, batched = _boxes_array(boxes)
+    v = _valid_array(valid, b, batched)
+    out = _C.offroad_polygons(b, v, road, _check_threads(threads), batched)
     return out if batched else out[0]

@@ -224,3 +224,34 @@ def test_fetch_real_carla_maps():
     for a, b in zip(mesh_maps, lanelet_maps):
         x, y = a.drivable_map.drivable.astype(bool), b.drivable_map.drivable.astype(bool)
         assert (x & y).sum() / (x | y).sum() > 0.99, a.name
+
+
+def test_real_map_loaders_keep_the_exact_polygons(tmp_path):
+    """lanelet2 and CARLA maps carry their drivable polygons; the oracle judges offroad against them."""
+    from genneg.oracles import TrafficOracle
+
+    path = tmp_path / "tiny.osm"
+    path.write_text(TINY_OSM)
+    lanelet_map = lanelet2_road_map(path, resolution_m=1.0, margin_m=2.0)
+    assert lanelet_map.drivable_map.polygons is not None
+    assert len(lanelet_map.drivable_map.polygons.shells) == 2  # the crosswalk is left out
+    wheel = tmp_path / "torchdrivesim-0.0.0-py3-none-any.whl"
+    _fake_wheel(wheel)
+    boxes = np.array(
+        [
+            [
+                [10.0, 2.0, 4.0, 1.8, 0.0],  # across the seam of lanelets 100 and 101: on the road
+                [3.0, 3.5, 2.0, 1.8, 0.0],  # half on the crosswalk [2, 4] x [4, 8]: offroad
+                [12.5, 1.0, 3.0, 2.0, 0.0],  # right end exactly on x = 14, bottom on y = 0: on the road
+                [12.6, 1.0, 3.0, 2.0, 0.0],  # 0.1 m past the end of the road
+            ]
+        ]
+    )
+    expected = [[False, True, False, True]]
+    for source in ("mesh", "lanelet", "union"):
+        (carla_map,) = carla_maps_from_wheel(wheel, resolution_m=1.0, drivable_source=source)
+        assert carla_map.drivable_map.polygons is not None
+        oracle = TrafficOracle(carla_map.drivable_map, offroad_geometry="polygons")
+        np.testing.assert_array_equal(oracle.details(boxes).offroad, expected, err_msg=source)
+    oracle = TrafficOracle(lanelet_map.drivable_map, offroad_geometry="polygons")
+    np.testing.assert_array_equal(oracle.details(boxes).offroad, expected)

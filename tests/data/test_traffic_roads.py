@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from collections import deque
 
 import numpy as np
 import pytest
+import shapely
 
 from genneg.data.traffic import ROAD_KINDS, RoadNetworkConfig, generate_road_map, generate_road_maps
 from genneg.data.traffic.raster import rasterise_polygons, rasterise_polylines, rasterise_triangles
@@ -86,3 +88,60 @@ def test_polyline_buffer_is_the_distance_rule():
         t = np.clip(((p - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
         d = np.minimum(d, np.linalg.norm(p - (a + t[..., None] * (b - a)), axis=-1))
     np.testing.assert_array_equal(got, (d <= 1.2).astype(np.uint8))
+
+
+def enclosed_pockets(drivable: np.ndarray) -> list[int]:
+    """Sizes (cells) of the 4-connected non-drivable regions that do not reach the raster's border."""
+    h, w = drivable.shape
+    free = drivable == 0
+    seen = np.zeros_like(free)
+
+    def flood(starts: list[tuple[int, int]]) -> int:
+        queue, count = deque(starts), 0
+        for i, j in starts:
+            seen[i, j] = True
+        while queue:
+            i, j = queue.popleft()
+            count += 1
+            for a, b in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+                if 0 <= a < h and 0 <= b < w and free[a, b] and not seen[a, b]:
+                    seen[a, b] = True
+                    queue.append((a, b))
+        return count
+
+    border = [(i, j) for i in range(h) for j in (0, w - 1)] + [(i, j) for i in (0, h - 1) for j in range(w)]
+    flood([(i, j) for i, j in set(border) if free[i, j]])
+    return [flood([(i, j)]) for i, j in zip(*np.nonzero(free)) if not seen[i, j]]
+
+
+@pytest.mark.parametrize("kind", ROAD_KINDS)
+def test_no_enclosed_pocket_smaller_than_a_vehicle(kind):
+    """Neither the exact area nor its raster has a non-drivable pocket between lane bands; the only
+    enclosed non-drivable regions are meant (a roundabout's island) and far larger than a vehicle."""
+    cfg = RoadNetworkConfig()
+    vehicle_m2 = 5.2 * 2.1
+    for seed in range(5):
+        road_map = generate_road_map(kind, cfg, seed=seed)
+        road = road_map.drivable_map.polygons
+        assert road is not None
+        holes = [abs(shapely.Polygon(h).area) for h in road.holes]
+        pockets = enclosed_pockets(road_map.drivable_map.drivable)
+        cell_m2 = cfg.resolution_m**2
+        if kind == "roundabout":
+            assert len(holes) == 1 and holes[0] > 20 * vehicle_m2, (seed, holes)
+            assert len(pockets) == 1 and pockets[0] * cell_m2 > 20 * vehicle_m2, (seed, pockets)
+        else:
+            assert holes == [] and pockets == [], (seed, holes, pockets)
+
+
+def test_raster_is_the_polygons_rasterised():
+    """The raster is the exact area under the cell-centre rule, and the oracle uses the exact area."""
+    cfg = RoadNetworkConfig()
+    road_map = generate_road_map("merge", cfg, seed=4)
+    dm = road_map.drivable_map
+    area = dm.polygons.geometry()
+    h, w = dm.shape
+    i, j = np.random.default_rng(0).integers(0, [h, w], (2000, 2)).T
+    x = dm.origin_m[0] + (j + 0.5) * dm.resolution_m
+    y = dm.origin_m[1] + (i + 0.5) * dm.resolution_m
+    np.testing.assert_array_equal(dm.drivable[i, j] == 1, shapely.intersects_xy(area, x, y))

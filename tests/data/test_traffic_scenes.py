@@ -53,7 +53,8 @@ def _blocked_cells(drivable_map):
 
 
 def _shapely_infractions(boxes: np.ndarray, drivable_map, cells, cell_tree) -> tuple[np.ndarray, np.ndarray]:
-    """Independent oracle: pairwise overlap areas and cell-by-cell overlap with non-drivable cells."""
+    """Independent oracle: pairwise overlap areas; shapely covers on the map's exact area when it has one,
+    else cell-by-cell overlap with non-drivable cells."""
     polys = _polygons(boxes)
     n = len(polys)
     collision = np.zeros(n, dtype=bool)
@@ -63,6 +64,8 @@ def _shapely_infractions(boxes: np.ndarray, drivable_map, cells, cell_tree) -> t
     hit = area > 1e-9  # m²; interiors overlap. Generated boxes are never within float error of touching.
     collision[left[pair][hit]] = True
     collision[right[pair][hit]] = True
+    if drivable_map.polygons is not None:  # the exact road: offroad iff the area does not cover the box
+        return collision, ~shapely.covers(drivable_map.polygons.geometry(), polys)
     x0, x1, y0, y1 = drivable_map.extent_m
     offroad = ~shapely.covers(shapely.box(x0, y0, x1, y1), polys)
     v_idx, c_idx = cell_tree.query(polys, predicate="intersects")

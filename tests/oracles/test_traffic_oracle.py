@@ -71,9 +71,30 @@ def _cuda_kernels_ready() -> bool:
     return has_triton() and torch.cuda.is_available() and not interpreter_enabled()
 
 
+def _cpp_path_backend(name: str) -> Backend:
+    """``cpp-<isa>-<broad phase>``: the C++ oracle with its instruction set and broad phase forced."""
+    if not _ext_ready():
+        pytest.skip("genneg_ext is not built with the traffic oracles")
+    import genneg_ext
+
+    _, isa, broad_phase = name.split("-")
+    if isa not in genneg_ext.available_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels (it has {genneg_ext.available_isas()})")
+
+    def col(boxes, valid=None, margin=0.0):
+        return genneg_ext.collisions(boxes, valid, margin=margin, isa=isa, broad_phase=broad_phase)
+
+    def off(boxes, drivable, origin, resolution, valid=None):
+        return genneg_ext.offroad(boxes, drivable, origin, resolution, valid)
+
+    return Backend(name, col, off)
+
+
 def _make_backend(name: str) -> Backend:
     if name == "reference":
         return _torch_backend(name, reference)
+    if name.startswith("cpp-"):
+        return _cpp_path_backend(name)
     if name == "cpp":
         if not _ext_ready():
             pytest.skip("genneg_ext is not built with the traffic oracles")
@@ -114,6 +135,18 @@ def _make_backend(name: str) -> Backend:
     ]
 )
 def backend(request: pytest.FixtureRequest) -> Backend:
+    return _make_backend(request.param)
+
+
+# Collision tests also run every instruction set and broad phase of the C++ oracle (all bit-identical).
+CPP_PATHS = [
+    f"cpp-{isa}-{phase}" for isa in ("baseline", "avx2", "avx512") for phase in ("all_pairs", "sweep")
+]
+
+
+@pytest.fixture(params=["reference", "cpp", "triton", pytest.param("reference-cuda", marks=pytest.mark.gpu),
+                        pytest.param("triton-cuda", marks=pytest.mark.gpu), *CPP_PATHS])
+def collision_backend(request: pytest.FixtureRequest) -> Backend:
     return _make_backend(request.param)
 
 
@@ -212,13 +245,13 @@ def road_raster(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 
 @needs_shapely
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_collisions_match_shapely_on_random_scenes(backend: Backend, dtype: type) -> None:
+def test_collisions_match_shapely_on_random_scenes(collision_backend: Backend, dtype: type) -> None:
     rng = np.random.default_rng(7)
     boxes = random_boxes(rng, 10, 11, extent_m=22.0).astype(dtype)
     valid = rng.random((10, 11)) < 0.8
     for margin in (0.0, 0.3):
         truth, certain = collision_truth(boxes, valid, margin)
-        got = backend.collisions(boxes, valid, margin=margin)
+        got = collision_backend.collisions(boxes, valid, margin=margin)
         assert got.dtype == np.bool_ and got.shape == (10, 11)
         assert certain.mean() > 0.95, "the random scenes should be almost all clear of touching"
         np.testing.assert_array_equal(got[certain], truth[certain])
@@ -283,17 +316,17 @@ def _with_dtypes(cases: list) -> list:
 
 
 @pytest.mark.parametrize(("box_a", "box_b", "margin", "expected", "dtype"), _with_dtypes(COLLISION_CASES))
-def test_collision_adversarial(backend: Backend, box_a, box_b, margin, expected, dtype) -> None:
+def test_collision_adversarial(collision_backend: Backend, box_a, box_b, margin, expected, dtype) -> None:
     boxes = np.array([box_a, box_b], dtype=dtype)
     for order in ([0, 1], [1, 0]):
-        got = backend.collisions(boxes[order], margin=margin)
+        got = collision_backend.collisions(boxes[order], margin=margin)
         np.testing.assert_array_equal(got, [expected, expected])
     # The same pair inside a batch, with an absent NaN slot between them that must change nothing.
     batch = np.full((3, 3, 5), np.nan, dtype=boxes.dtype)
     batch[1, 0], batch[1, 2] = boxes
     valid = np.zeros((3, 3), dtype=bool)
     valid[1, [0, 2]] = True
-    got = backend.collisions(batch, valid, margin=margin)
+    got = collision_backend.collisions(batch, valid, margin=margin)
     np.testing.assert_array_equal(got, [[False] * 3, [expected, False, expected], [False] * 3])
 
 
@@ -393,11 +426,11 @@ def near_touching_pairs(rng: np.random.Generator, n: int, gap: np.ndarray, offse
 
 
 @pytest.mark.parametrize("offset_m", [0.0, 1e6])
-def test_collisions_near_touching(backend: Backend, offset_m: float) -> None:
+def test_collisions_near_touching(collision_backend: Backend, offset_m: float) -> None:
     rng = np.random.default_rng(23)
     gap = np.where(rng.random(200) < 0.5, 1e-6, -1e-6)
     pairs = near_touching_pairs(rng, 200, gap, offset_m)
-    got = backend.collisions(pairs)
+    got = collision_backend.collisions(pairs)
     np.testing.assert_array_equal(got[:, 0], gap < 0)
     np.testing.assert_array_equal(got[:, 1], gap < 0)
 
@@ -433,34 +466,34 @@ def _rotate_scene(boxes: np.ndarray, angle: float, pivot: tuple[float, float]) -
     return out
 
 
-def test_collision_invariances(backend: Backend) -> None:
+def test_collision_invariances(collision_backend: Backend) -> None:
     rng = np.random.default_rng(3)
     boxes = random_boxes(rng, 6, 13, extent_m=20.0)
     valid = rng.random((6, 13)) < 0.85
-    base = backend.collisions(boxes, valid)
+    base = collision_backend.collisions(boxes, valid)
     assert base.any() and (~base & valid).any()
     perm = rng.permutation(13)
-    np.testing.assert_array_equal(backend.collisions(boxes[:, perm], valid[:, perm]), base[:, perm])
+    np.testing.assert_array_equal(collision_backend.collisions(boxes[:, perm], valid[:, perm]), base[:, perm])
     moved = _rotate_scene(boxes, 0.7, (3.0, -2.0))
     moved[..., :2] += (123.25, -45.5)
-    np.testing.assert_array_equal(backend.collisions(moved, valid), base)
+    np.testing.assert_array_equal(collision_backend.collisions(moved, valid), base)
     turned = boxes.copy()
     turned[..., 4] += np.where(rng.random((6, 13)) < 0.5, math.pi, -2 * math.pi)
-    np.testing.assert_array_equal(backend.collisions(turned, valid), base)
+    np.testing.assert_array_equal(collision_backend.collisions(turned, valid), base)
     # Invalid slots never affect others, whatever they hold.
     garbage = boxes.copy()
     garbage[~valid] = np.array([10.0, 10.0, 1e3, 1e3, 0.0])
-    np.testing.assert_array_equal(backend.collisions(garbage, valid), base)
+    np.testing.assert_array_equal(collision_backend.collisions(garbage, valid), base)
     garbage[~valid] = np.nan
-    np.testing.assert_array_equal(backend.collisions(garbage, valid), base)
+    np.testing.assert_array_equal(collision_backend.collisions(garbage, valid), base)
 
 
-def test_collision_pairs_are_symmetric(backend: Backend) -> None:
+def test_collision_pairs_are_symmetric(collision_backend: Backend) -> None:
     """Two-vehicle scenes: both vehicles get the same verdict, in either order."""
     rng = np.random.default_rng(5)
     pairs = random_boxes(rng, 30, 2, extent_m=9.0)
-    got = backend.collisions(pairs)
-    swapped = backend.collisions(pairs[:, ::-1])
+    got = collision_backend.collisions(pairs)
+    swapped = collision_backend.collisions(pairs[:, ::-1])
     np.testing.assert_array_equal(got[:, 0], got[:, 1])
     np.testing.assert_array_equal(swapped, got)
     assert got.any() and (~got).any()

@@ -7,7 +7,10 @@ Contract (the same on every backend; see :mod:`genneg.reference.traffic_oracle` 
 - **Collision**: the interior of a vehicle's rectangle, inflated by ``margin_m`` on every side, intersects
   the interior of another present vehicle's (inflated) rectangle in the same scene. Touching is allowed.
 - **Offroad**: the interior of the rectangle (not inflated) intersects the interior of a non-drivable cell of
-  the :class:`DrivableMap`, or part of the rectangle lies outside the raster. The whole box counts.
+  the :class:`DrivableMap`, or part of the rectangle lies outside the raster. The whole box counts. When
+  the map carries its exact polygons (:class:`~genneg.oracles.drivable_map.RoadPolygons`), offroad is
+  instead: the interior of the rectangle is not covered by the union of the drivable polygons (see
+  ``offroad_geometry``).
 - Geometry in float64 whatever the input dtype; exact up to float64 rounding at exact touching. Backends
   agree on every input not within 1e-6 m of touching.
 
@@ -84,6 +87,10 @@ class TrafficOracle:
         check_offroad: also check the drivable area.
         backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"torch"`` (see the module docstring).
         threads: C++ worker threads, 0 = all cores.
+        offroad_geometry: what offroad is judged against. ``"auto"``: the map's exact polygons when it
+            has them (:attr:`DrivableMap.polygons`; CARLA, lanelet2, mesh and procedural maps do) and
+            ``genneg_ext`` is built, else the raster. ``"polygons"`` requires them; ``"raster"`` always
+            uses the raster. The polygon check runs in C++ on the host whatever ``backend`` is.
     """
 
     drivable_map: DrivableMap | None
@@ -91,6 +98,7 @@ class TrafficOracle:
     check_offroad: bool = True
     backend: Literal["auto", "cpp", "triton", "torch"] = "auto"
     threads: int = 0
+    offroad_geometry: Literal["auto", "raster", "polygons"] = "auto"
     _rasters: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +115,10 @@ class TrafficOracle:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {self.backend!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads must be an int >= 0 (0 = all cores), got {self.threads!r}")
+        if self.offroad_geometry not in ("auto", "raster", "polygons"):
+            raise ValueError(
+                f"offroad_geometry must be 'auto', 'raster' or 'polygons', got {self.offroad_geometry!r}"
+            )
 
     def __call__(
         self, boxes: torch.Tensor | np.ndarray, valid: torch.Tensor | np.ndarray | None = None
@@ -161,45 +173,76 @@ class TrafficOracle:
         if valid is not None and tuple(valid.shape) != tuple(boxes.shape[:2]):
             raise ValueError(f"valid has shape {tuple(valid.shape)}, expected {tuple(boxes.shape[:2])}")
         backend = self._resolve(boxes.device)
-        if backend == "cpp":
-            return self._run_cpp(boxes, valid)
-        if backend == "triton":
-            from genneg.kernels import traffic_oracle as ops
-        else:
-            from genneg.reference import traffic_oracle as ops
-        collision = ops.collisions(boxes, valid, margin=self.margin_m)
+        collision = self._collisions(boxes, valid, backend)
         if not self.check_offroad:
             return collision, torch.zeros_like(collision)
+        if self._polygon_offroad():
+            return collision, self._offroad_polygons(boxes, valid)
+        return collision, self._offroad_raster(boxes, valid, backend)
+
+    def _collisions(self, boxes: torch.Tensor, valid: torch.Tensor | None, backend: str) -> torch.Tensor:
+        if backend == "cpp":
+            import genneg_ext
+
+            valid_host = None if valid is None else valid.cpu()
+            collision = genneg_ext.collisions(
+                boxes.cpu(), valid_host, margin=self.margin_m, threads=self.threads
+            )
+            return torch.from_numpy(collision).to(boxes.device)
+        return self._ops(backend).collisions(boxes, valid, margin=self.margin_m)
+
+    def _offroad_raster(self, boxes: torch.Tensor, valid: torch.Tensor | None, backend: str) -> torch.Tensor:
         assert self.drivable_map is not None  # checked in __post_init__
-        offroad = ops.offroad(
+        if backend == "cpp":
+            import genneg_ext
+
+            offroad = genneg_ext.offroad(
+                boxes.cpu(),
+                self.drivable_map.drivable,
+                self.drivable_map.origin_m,
+                self.drivable_map.resolution_m,
+                None if valid is None else valid.cpu(),
+                threads=self.threads,
+            )
+            return torch.from_numpy(offroad).to(boxes.device)
+        return self._ops(backend).offroad(
             boxes,
             self._raster(boxes.device),
             self.drivable_map.origin_m,
             self.drivable_map.resolution_m,
             valid,
         )
-        return collision, offroad
 
-    def _run_cpp(self, boxes: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _offroad_polygons(self, boxes: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Exact offroad against the map's polygons, on the host (C++), whatever the collision backend."""
         import genneg_ext
 
-        device = boxes.device
-        boxes_host = boxes.cpu()
-        valid_host = None if valid is None else valid.cpu()
-        collision = genneg_ext.collisions(boxes_host, valid_host, margin=self.margin_m, threads=self.threads)
-        collision_t = torch.from_numpy(collision).to(device)
-        if not self.check_offroad:
-            return collision_t, torch.zeros_like(collision_t)
         assert self.drivable_map is not None  # checked in __post_init__
-        offroad = genneg_ext.offroad(
-            boxes_host,
-            self.drivable_map.drivable,
-            self.drivable_map.origin_m,
-            self.drivable_map.resolution_m,
-            valid_host,
-            threads=self.threads,
-        )
-        return collision_t, torch.from_numpy(offroad).to(device)
+        road = self.drivable_map.prepared_road()
+        valid_host = None if valid is None else valid.cpu()
+        offroad = genneg_ext.offroad_polygons(boxes.cpu(), road, valid_host, threads=self.threads)
+        return torch.from_numpy(offroad).to(boxes.device)
+
+    def _polygon_offroad(self) -> bool:
+        """Whether offroad is judged against the map's polygons (see ``offroad_geometry``)."""
+        has_polygons = self.drivable_map is not None and self.drivable_map.polygons is not None
+        if self.offroad_geometry == "raster" or not has_polygons:
+            if self.offroad_geometry == "polygons":
+                raise ValueError("offroad_geometry='polygons' but the DrivableMap has no polygons")
+            return False
+        if _extension_ready():
+            return True
+        if self.offroad_geometry == "polygons":
+            raise ImportError("offroad_geometry='polygons' needs the compiled genneg_ext (pip install .)")
+        return False
+
+    @staticmethod
+    def _ops(backend: str) -> Any:
+        if backend == "triton":
+            from genneg.kernels import traffic_oracle as ops
+        else:
+            from genneg.reference import traffic_oracle as ops
+        return ops
 
     def _resolve(self, device: torch.device) -> Literal["cpp", "triton", "torch"]:
         from genneg.kernels._backend import resolve_backend

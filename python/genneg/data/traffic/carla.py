@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genneg.oracles.drivable_map import DrivableMap
+from genneg.oracles.drivable_map import DrivableMap, RoadPolygons
 
 from .dataset import load_road_maps, save_road_maps
 from .lanelet2 import parse_lanelet2
@@ -101,13 +101,17 @@ def carla_maps_from_wheel(
             pts = np.concatenate([triangles.reshape(-1, 2), *lanelets.polygons])
             grid_origin, shape = raster_grid_for(pts, resolution_m, margin_m)
             drivable = np.zeros(shape, dtype=np.uint8)
+            shells: list[np.ndarray] = []  # the exact drivable area, for the polygon offroad check
             if drivable_source in ("mesh", "union"):
                 drivable |= rasterise_triangles(triangles, grid_origin, resolution_m, shape)
+                shells.extend(triangles)
             if drivable_source in ("lanelet", "union"):
                 drivable |= rasterise_polygons(lanelets.polygons, grid_origin, resolution_m, shape)
-            maps.append(
-                RoadMap(town, DrivableMap(drivable, grid_origin, resolution_m), tuple(lanelets.centrelines))
+                shells.extend(lanelets.polygons)
+            drivable_map = DrivableMap(
+                drivable, grid_origin, resolution_m, polygons=RoadPolygons(tuple(shells))
             )
+            maps.append(RoadMap(town, drivable_map, tuple(lanelets.centrelines)))
     return maps
 
 

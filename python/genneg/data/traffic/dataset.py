@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from genneg.oracles.drivable_map import DrivableMap
+from genneg.oracles.drivable_map import DrivableMap, RoadPolygons
 
 from .roads import RoadMap
 from .scenes import SceneConfig, TrafficScenes, generate_scenes
@@ -41,12 +41,19 @@ FORMAT_VERSION = 1
 
 
 def save_road_maps(directory: str | Path, road_maps: Sequence[RoadMap]) -> None:
-    """Write maps as ``directory/map_KKK.npz`` (raster, origin, resolution, lanes, name)."""
+    """Write maps as ``directory/map_KKK.npz`` (raster, origin, resolution, lanes, name, and the exact road
+    polygons when the map has them)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for k, m in enumerate(road_maps):
         lengths = np.array([lane.shape[0] for lane in m.lanes], dtype=np.int64)
         points = np.concatenate(m.lanes) if m.lanes else np.zeros((0, 2))
+        polygons: dict[str, np.ndarray] = {}
+        road = m.drivable_map.polygons
+        if road is not None:
+            for key, rings in (("shell", road.shells), ("hole", road.holes)):
+                polygons[f"{key}_lengths"] = np.array([r.shape[0] for r in rings], dtype=np.int64)
+                polygons[f"{key}_points"] = np.concatenate(rings) if rings else np.zeros((0, 2))
         np.savez_compressed(
             directory / f"map_{k:03d}.npz",
             name=np.array(m.name),
@@ -55,6 +62,7 @@ def save_road_maps(directory: str | Path, road_maps: Sequence[RoadMap]) -> None:
             resolution_m=np.array(m.drivable_map.resolution_m),
             lane_lengths=lengths,
             lane_points=points,
+            **polygons,
         )
 
 
@@ -63,7 +71,18 @@ def load_road_maps(directory: str | Path) -> list[RoadMap]:
     maps = []
     for path in sorted(Path(directory).glob("map_*.npz")):
         with np.load(path) as z:
-            drivable_map = DrivableMap(z["drivable"], tuple(z["origin_m"]), float(z["resolution_m"]))
+            polygons = None
+            if "shell_points" in z:
+                shells, holes = (
+                    tuple(np.split(z[f"{key}_points"], np.cumsum(z[f"{key}_lengths"])[:-1]))
+                    if z[f"{key}_lengths"].size
+                    else ()
+                    for key in ("shell", "hole")
+                )
+                polygons = RoadPolygons(shells, holes)
+            drivable_map = DrivableMap(
+                z["drivable"], tuple(z["origin_m"]), float(z["resolution_m"]), polygons=polygons
+            )
             lanes = np.split(z["lane_points"], np.cumsum(z["lane_lengths"])[:-1])
             maps.append(RoadMap(str(z["name"]), drivable_map, tuple(lanes)))
     return maps

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genneg.oracles.drivable_map import DrivableMap
+from genneg.oracles.drivable_map import DrivableMap, RoadPolygons
 
 from .raster import raster_grid_for, rasterise_polygons
 from .roads import RoadMap
@@ -213,4 +213,5 @@ def lanelet2_road_map(
     if name is None:
         name = Path(source).stem if not isinstance(source, bytes) else "lanelet2"
     lanes = tuple(c for c in parsed.centrelines if np.hypot(*(c[-1] - c[0])) > 1e-6 or c.shape[0] > 2)
-    return RoadMap(name, DrivableMap(drivable, origin, resolution_m), lanes)
+    polygons = RoadPolygons(tuple(parsed.polygons))  # exact area, for the polygon offroad check
+    return RoadMap(name, DrivableMap(drivable, origin, resolution_m, polygons=polygons), lanes)

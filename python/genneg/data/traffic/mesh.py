@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genneg.oracles.drivable_map import DrivableMap
+from genneg.oracles.drivable_map import DrivableMap, RoadPolygons
 
 from .raster import raster_grid_for, rasterise_triangles
 
@@ -156,4 +156,5 @@ def mesh_drivable_map(
         raise ValueError("the mesh has no faces")
     triangles = vertices[faces]
     origin, shape = raster_grid_for(triangles.reshape(-1, 2), resolution_m, margin_m)
-    return DrivableMap(rasterise_triangles(triangles, origin, resolution_m, shape), origin, resolution_m)
+    drivable = rasterise_triangles(triangles, origin, resolution_m, shape)
+    return DrivableMap(drivable, origin, resolution_m, polygons=RoadPolygons(tuple(triangles)))

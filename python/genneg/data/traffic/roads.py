@@ -2,8 +2,12 @@
 
 Each map is a :class:`RoadMap`: a drivable raster (the traffic oracle's :class:`DrivableMap`) and the lane
 centrelines vehicles are placed on, in the map frame (metres, x right, y up, right-hand traffic: roundabouts
-run counter-clockwise). The drivable area is the union of all lanes thickened to ``lane_width_m / 2 +
-shoulder_m`` plus the square of every junction. A map is a function of ``(kind, config, seed)`` only.
+run counter-clockwise). The drivable area is built as polygons (shapely): the union of all lanes thickened
+to ``lane_width_m / 2 + shoulder_m`` plus the square of every junction, with gaps narrower than ``2 *
+close_gaps_m`` closed and every enclosed pocket smaller than ``fill_pockets_below_m2`` filled (a road has
+no holes between its lane bands; what stays is meant: a roundabout's island). The map keeps that exact
+area (``DrivableMap.polygons``, which the traffic oracle judges offroad against) and its raster (cell-centre
+rule). A map is a function of ``(kind, config, seed)``.
 
 Kinds (``n`` lanes per direction drawn from ``lanes_per_direction``; the feature is rotated at random):
 
@@ -20,13 +24,13 @@ Kinds (``n`` lanes per direction drawn from ``lanes_per_direction``; the feature
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
-from genneg.oracles.drivable_map import DrivableMap
-
-from .raster import rasterise_polygons, rasterise_polylines
+from genneg.oracles.drivable_map import DrivableMap, RoadPolygons
 
 __all__ = ["ROAD_KINDS", "RoadMap", "RoadNetworkConfig", "generate_road_map", "generate_road_maps"]
 
@@ -99,6 +103,10 @@ class RoadNetworkConfig:
         roundabout_radius_m: range of the inner ring lane's centreline radius.
         merge_angle_deg: approach angle of the on-ramp of a merge.
         point_spacing_m: spacing of centreline vertices.
+        fill_pockets_below_m2: enclosed non-drivable pockets of less area than this (m^2) are filled;
+            the default is above a 5.2 m x 2.1 m vehicle.
+        close_gaps_m: gaps between lane bands narrower than twice this are drivable (a gap narrower than
+            a raster cell's diagonal would leave enclosed raster pockets).
     """
 
     kinds: tuple[str, ...] = ROAD_KINDS
@@ -112,6 +120,8 @@ class RoadNetworkConfig:
     roundabout_radius_m: tuple[float, float] = (12.0, 18.0)
     merge_angle_deg: float = 10.0
     point_spacing_m: float = 1.0
+    fill_pockets_below_m2: float = 12.0
+    close_gaps_m: float = 0.5
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in ROAD_KINDS]
@@ -125,6 +135,10 @@ class RoadNetworkConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.shoulder_m < 0:
             raise ValueError(f"shoulder_m must be >= 0, got {self.shoulder_m}")
+        if not self.close_gaps_m >= 0:
+            raise ValueError(f"close_gaps_m must be >= 0, got {self.close_gaps_m}")
+        if not self.fill_pockets_below_m2 >= 0:
+            raise ValueError(f"fill_pockets_below_m2 must be >= 0, got {self.fill_pockets_below_m2}")
 
     def to_json(self) -> str:
         """The config as JSON."""
@@ -277,11 +291,87 @@ def generate_road_map(kind: str, config: RoadNetworkConfig, seed: int) -> RoadMa
 
     cells = round(cfg.size_m / cfg.resolution_m)
     origin = (-0.5 * cells * cfg.resolution_m, -0.5 * cells * cfg.resolution_m)
-    shape = (cells, cells)
-    drivable = rasterise_polylines(lanes, 0.5 * w + cfg.shoulder_m, origin, cfg.resolution_m, shape)
-    if polygons:
-        drivable |= rasterise_polygons(polygons, origin, cfg.resolution_m, shape)
-    return RoadMap(f"{kind}-{seed}", DrivableMap(drivable, origin, cfg.resolution_m), tuple(lanes))
+    half_width = 0.5 * w + cfg.shoulder_m
+    area = drivable_area(lanes, polygons, half_width, cfg.fill_pockets_below_m2, cfg.close_gaps_m)
+    # The map is the raster's square: the road ends at its border, as the raster's does.
+    area = _clip_to_square(area, origin[0], origin[0] + cells * cfg.resolution_m)
+    drivable = rasterise_area(area, origin, cfg.resolution_m, (cells, cells))
+    parts = _polygon_parts(area)
+    road = RoadPolygons(
+        tuple(np.asarray(p.exterior.coords)[:-1] for p in parts),
+        tuple(np.asarray(h.coords)[:-1] for p in parts for h in p.interiors),
+    )
+    drivable_map = DrivableMap(drivable, origin, cfg.resolution_m, polygons=road)
+    return RoadMap(f"{kind}-{seed}", drivable_map, tuple(lanes))
+
+
+def _clip_to_square(area: Any, lo_m: float, hi_m: float) -> Any:
+    import shapely
+
+    return shapely.intersection(area, shapely.box(lo_m, lo_m, hi_m, hi_m))
+
+
+def _polygon_parts(geometry: Any) -> list[Any]:
+    """The polygons with area in a shapely geometry (collections flattened)."""
+    import shapely
+
+    parts, todo = [], [geometry]
+    while todo:
+        g = todo.pop()
+        if isinstance(g, shapely.Polygon):
+            if g.area > 0:
+                parts.append(g)
+        elif hasattr(g, "geoms"):
+            todo.extend(g.geoms)
+    return parts
+
+
+def drivable_area(
+    lanes: Sequence[np.ndarray],
+    polygons: Sequence[np.ndarray],
+    half_width_m: float,
+    fill_below_m2: float,
+    close_gaps_m: float = 0.0,
+) -> Any:
+    """The drivable area of a procedural map as one shapely geometry.
+
+    Args:
+        lanes: centrelines, each ``(N, 2)`` float metres; thickened to ``half_width_m`` on each side (round
+            ends: the set of points within ``half_width_m`` of the line, arcs as 32-gons).
+        polygons: extra drivable polygons (junction squares), each ``(V, 2)`` float metres.
+        half_width_m: metres.
+        fill_below_m2: enclosed pockets (holes of the union) with less area are filled.
+        close_gaps_m: non-drivable gaps narrower than twice this (e.g. the tip of the wedge between a
+            ramp and its carriageway) become drivable (closing: grow, then shrink by this many metres).
+
+    Returns:
+        A shapely Polygon or MultiPolygon whose holes all have at least ``fill_below_m2`` of area.
+    """
+    import shapely
+
+    bands = [shapely.buffer(shapely.LineString(lane), half_width_m, quad_segs=8) for lane in lanes]
+    union = shapely.union_all([*bands, *(shapely.Polygon(p) for p in polygons)])
+    if close_gaps_m > 0:  # morphological closing: gaps narrower than 2 * close_gaps_m are road
+        union = shapely.buffer(shapely.buffer(union, close_gaps_m, quad_segs=8), -close_gaps_m, quad_segs=8)
+    kept = [
+        shapely.Polygon(p.exterior, [h for h in p.interiors if shapely.Polygon(h).area >= fill_below_m2])
+        for p in _polygon_parts(union)
+    ]
+    return shapely.union_all(kept)
+
+
+def rasterise_area(
+    area: Any, origin_m: tuple[float, float], resolution_m: float, shape: tuple[int, int]
+) -> np.ndarray:
+    """``(H, W)`` uint8 raster of a shapely area: a cell is 1 iff its centre is in the (closed) area."""
+    import shapely
+
+    h, w = shape
+    xs = origin_m[0] + (np.arange(w) + 0.5) * resolution_m
+    ys = origin_m[1] + (np.arange(h) + 0.5) * resolution_m
+    x, y = np.meshgrid(xs, ys)
+    shapely.prepare(area)
+    return shapely.intersects_xy(area, x, y).astype(np.uint8)
 
 
 def generate_road_maps(config: RoadNetworkConfig, n_maps: int, seed: int) -> list[RoadMap]:

@@ -203,16 +203,20 @@ def _check_valid(
 
     Returns:
         ``collision (S, A)`` bool (interior overlaps another valid box) and ``offroad (S, A)`` bool
-        (interior meets a non-drivable cell or leaves the raster).
+        (interior not covered by the map's exact polygons when it has them; else interior meets a
+        non-drivable cell or leaves the raster).
     """
     boxes32 = np.ascontiguousarray(boxes, dtype=np.float32)
     valid = np.ascontiguousarray(valid, dtype=bool)
     collision = np.asarray(genneg_ext.collisions(boxes32, valid=valid))
-    offroad = np.asarray(
-        genneg_ext.offroad(
-            boxes32, drivable_map.drivable, drivable_map.origin_m, drivable_map.resolution_m, valid=valid
+    if drivable_map.polygons is not None:  # the exact road, as the TrafficOracle judges it
+        offroad = np.asarray(genneg_ext.offroad_polygons(boxes32, drivable_map.prepared_road(), valid=valid))
+    else:
+        offroad = np.asarray(
+            genneg_ext.offroad(
+                boxes32, drivable_map.drivable, drivable_map.origin_m, drivable_map.resolution_m, valid=valid
+            )
         )
-    )
     return collision & valid, offroad & valid
 
 

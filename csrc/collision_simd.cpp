@@ -1,0 +1,193 @@
+// Compiled with -ffp-contract=off (CMakeLists.txt): a multiply feeding an add must stay two roundings,
+// as in the scalar code, or the AVX-512 variant (whose target implies FMA) could round differently.
+#include "collision_simd.h"
+
+#include <cmath>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define GENNEG_X86 1
+#include <immintrin.h>
+#endif
+
+namespace genneg {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+    default: return "baseline";
+  }
+}
+
+bool isa_supported(Isa isa) {
+  if (isa == Isa::kBaseline) return true;
+#ifdef GENNEG_X86
+  __builtin_cpu_init();
+  if (isa == Isa::kAvx2) return __builtin_cpu_supports("avx2");
+  if (isa == Isa::kAvx512) return __builtin_cpu_supports("avx512f");
+#endif
+  return false;
+}
+
+Isa best_isa() {
+  static const Isa best = isa_supported(Isa::kAvx512) ? Isa::kAvx512
+                          : isa_supported(Isa::kAvx2) ? Isa::kAvx2
+                                                      : Isa::kBaseline;
+  return best;
+}
+
+void RectArrays::assign(const std::vector<Rect>& source, const uint32_t* order) {
+  n = source.size();
+  const size_t padded = n + kPad;
+  if (cx.size() < padded) {
+    for (auto* v : {&cx, &cy, &c, &s, &hl, &hw, &ex, &ey}) v->resize(padded);
+  }
+  for (size_t k = 0; k < n; ++k) {
+    const Rect& r = source[order == nullptr ? k : order[k]];
+    cx[k] = r.cx;
+    cy[k] = r.cy;
+    c[k] = r.c;
+    s[k] = r.s;
+    hl[k] = r.hl;
+    hw[k] = r.hw;
+    ex[k] = r.ex;
+    ey[k] = r.ey;
+  }
+  // Lanes past n are read by the vector loads and masked out of the result; keep them finite.
+  for (size_t k = n; k < padded; ++k) cx[k] = cy[k] = c[k] = s[k] = hl[k] = hw[k] = ex[k] = ey[k] = 0.0;
+}
+
+Rect RectArrays::rect(size_t k) const {
+  Rect r;
+  r.cx = cx[k];
+  r.cy = cy[k];
+  r.c = c[k];
+  r.s = s[k];
+  r.hl = hl[k];
+  r.hw = hw[k];
+  r.ex = ex[k];
+  r.ey = ey[k];
+  return r;
+}
+
+namespace {
+
+// The scalar test, the reference of the vector variants: the bounding-box filter, then rects_overlap.
+size_t overlapping_baseline(const RectArrays& r, size_t k, size_t begin, size_t end, uint32_t* hits) {
+  const double cxk = r.cx[k], cyk = r.cy[k], exk = r.ex[k], eyk = r.ey[k];
+  size_t count = 0;
+  for (size_t l = begin; l < end; ++l) {
+    const bool x_overlap = std::fabs(r.cx[l] - cxk) < exk + r.ex[l];
+    const bool y_overlap = std::fabs(r.cy[l] - cyk) < eyk + r.ey[l];
+    if (x_overlap && y_overlap && rects_overlap(r.rect(k), r.rect(l))) hits[count++] = static_cast<uint32_t>(l);
+  }
+  return count;
+}
+
+#ifdef GENNEG_X86
+
+// Appends begin + (set bits of `mask`) to hits.
+inline size_t append_bits(uint32_t mask, size_t base, uint32_t* hits, size_t count) {
+  while (mask != 0) {
+    hits[count++] = static_cast<uint32_t>(base + static_cast<size_t>(__builtin_ctz(mask)));
+    mask &= mask - 1;
+  }
+  return count;
+}
+
+// Four lanes of l at a time. Lane by lane the arithmetic is rects_overlap(rect k, rect l) with a = k,
+// b = l: dx = b.cx - a.cx, C = |a.c b.c + a.s b.s|, S = |a.c b.s - a.s b.c|, then the four axes.
+__attribute__((target("avx2"))) size_t overlapping_avx2(const RectArrays& r, size_t k, size_t begin, size_t end,
+                                                        uint32_t* hits) {
+  const __m256d sign = _mm256_set1_pd(-0.0);
+#define GENNEG_ABS(v) _mm256_andnot_pd(sign, (v))
+#define GENNEG_LT(a, b) _mm256_cmp_pd((a), (b), _CMP_LT_OQ)
+  const __m256d cxk = _mm256_set1_pd(r.cx[k]), cyk = _mm256_set1_pd(r.cy[k]);
+  const __m256d exk = _mm256_set1_pd(r.ex[k]), eyk = _mm256_set1_pd(r.ey[k]);
+  const __m256d ck = _mm256_set1_pd(r.c[k]), sk = _mm256_set1_pd(r.s[k]);
+  const __m256d hlk = _mm256_set1_pd(r.hl[k]), hwk = _mm256_set1_pd(r.hw[k]);
+  size_t count = 0;
+  for (size_t l = begin; l < end; l += 4) {
+    const __m256d dx = _mm256_sub_pd(_mm256_loadu_pd(&r.cx[l]), cxk);
+    const __m256d dy = _mm256_sub_pd(_mm256_loadu_pd(&r.cy[l]), cyk);
+    const __m256d box = _mm256_and_pd(GENNEG_LT(GENNEG_ABS(dx), _mm256_add_pd(exk, _mm256_loadu_pd(&r.ex[l]))),
+                                      GENNEG_LT(GENNEG_ABS(dy), _mm256_add_pd(eyk, _mm256_loadu_pd(&r.ey[l]))));
+    uint32_t mask = static_cast<uint32_t>(_mm256_movemask_pd(box));
+    if (end - l < 4) mask &= (1u << (end - l)) - 1u;
+    if (mask == 0) continue;
+    const __m256d c = _mm256_loadu_pd(&r.c[l]), s = _mm256_loadu_pd(&r.s[l]);
+    const __m256d hl = _mm256_loadu_pd(&r.hl[l]), hw = _mm256_loadu_pd(&r.hw[l]);
+    const __m256d C = GENNEG_ABS(_mm256_add_pd(_mm256_mul_pd(ck, c), _mm256_mul_pd(sk, s)));
+    const __m256d S = GENNEG_ABS(_mm256_sub_pd(_mm256_mul_pd(ck, s), _mm256_mul_pd(sk, c)));
+    // Axis u_a: |dx a.c + dy a.s| < a.hl + (b.hl C + b.hw S).
+    const __m256d t1 = GENNEG_LT(GENNEG_ABS(_mm256_add_pd(_mm256_mul_pd(dx, ck), _mm256_mul_pd(dy, sk))),
+                                 _mm256_add_pd(hlk, _mm256_add_pd(_mm256_mul_pd(hl, C), _mm256_mul_pd(hw, S))));
+    // Axis v_a: |dy a.c - dx a.s| < a.hw + (b.hl S + b.hw C).
+    const __m256d t2 = GENNEG_LT(GENNEG_ABS(_mm256_sub_pd(_mm256_mul_pd(dy, ck), _mm256_mul_pd(dx, sk))),
+                                 _mm256_add_pd(hwk, _mm256_add_pd(_mm256_mul_pd(hl, S), _mm256_mul_pd(hw, C))));
+    // Axis u_b: |dx b.c + dy b.s| < b.hl + (a.hl C + a.hw S).
+    const __m256d t3 = GENNEG_LT(GENNEG_ABS(_mm256_add_pd(_mm256_mul_pd(dx, c), _mm256_mul_pd(dy, s))),
+                                 _mm256_add_pd(hl, _mm256_add_pd(_mm256_mul_pd(hlk, C), _mm256_mul_pd(hwk, S))));
+    // Axis v_b: |dy b.c - dx b.s| < b.hw + (a.hl S + a.hw C).
+    const __m256d t4 = GENNEG_LT(GENNEG_ABS(_mm256_sub_pd(_mm256_mul_pd(dy, c), _mm256_mul_pd(dx, s))),
+                                 _mm256_add_pd(hw, _mm256_add_pd(_mm256_mul_pd(hlk, S), _mm256_mul_pd(hwk, C))));
+    mask &= static_cast<uint32_t>(_mm256_movemask_pd(_mm256_and_pd(_mm256_and_pd(t1, t2), _mm256_and_pd(t3, t4))));
+    count = append_bits(mask, l, hits, count);
+  }
+#undef GENNEG_ABS
+#undef GENNEG_LT
+  return count;
+}
+
+// Eight lanes at a time; the same arithmetic as overlapping_avx2.
+__attribute__((target("avx512f"))) size_t overlapping_avx512(const RectArrays& r, size_t k, size_t begin,
+                                                             size_t end, uint32_t* hits) {
+#define GENNEG_ABS(v) _mm512_abs_pd(v)
+#define GENNEG_LT(a, b) _mm512_cmp_pd_mask((a), (b), _CMP_LT_OQ)
+  const __m512d cxk = _mm512_set1_pd(r.cx[k]), cyk = _mm512_set1_pd(r.cy[k]);
+  const __m512d exk = _mm512_set1_pd(r.ex[k]), eyk = _mm512_set1_pd(r.ey[k]);
+  const __m512d ck = _mm512_set1_pd(r.c[k]), sk = _mm512_set1_pd(r.s[k]);
+  const __m512d hlk = _mm512_set1_pd(r.hl[k]), hwk = _mm512_set1_pd(r.hw[k]);
+  size_t count = 0;
+  for (size_t l = begin; l < end; l += 8) {
+    const __m512d dx = _mm512_sub_pd(_mm512_loadu_pd(&r.cx[l]), cxk);
+    const __m512d dy = _mm512_sub_pd(_mm512_loadu_pd(&r.cy[l]), cyk);
+    uint32_t mask = static_cast<uint32_t>(GENNEG_LT(GENNEG_ABS(dx), _mm512_add_pd(exk, _mm512_loadu_pd(&r.ex[l]))) &
+                                          GENNEG_LT(GENNEG_ABS(dy), _mm512_add_pd(eyk, _mm512_loadu_pd(&r.ey[l]))));
+    if (end - l < 8) mask &= (1u << (end - l)) - 1u;
+    if (mask == 0) continue;
+    const __m512d c = _mm512_loadu_pd(&r.c[l]), s = _mm512_loadu_pd(&r.s[l]);
+    const __m512d hl = _mm512_loadu_pd(&r.hl[l]), hw = _mm512_loadu_pd(&r.hw[l]);
+    const __m512d C = GENNEG_ABS(_mm512_add_pd(_mm512_mul_pd(ck, c), _mm512_mul_pd(sk, s)));
+    const __m512d S = GENNEG_ABS(_mm512_sub_pd(_mm512_mul_pd(ck, s), _mm512_mul_pd(sk, c)));
+    const __mmask8 t1 = GENNEG_LT(GENNEG_ABS(_mm512_add_pd(_mm512_mul_pd(dx, ck), _mm512_mul_pd(dy, sk))),
+                                  _mm512_add_pd(hlk, _mm512_add_pd(_mm512_mul_pd(hl, C), _mm512_mul_pd(hw, S))));
+    const __mmask8 t2 = GENNEG_LT(GENNEG_ABS(_mm512_sub_pd(_mm512_mul_pd(dy, ck), _mm512_mul_pd(dx, sk))),
+                                  _mm512_add_pd(hwk, _mm512_add_pd(_mm512_mul_pd(hl, S), _mm512_mul_pd(hw, C))));
+    const __mmask8 t3 = GENNEG_LT(GENNEG_ABS(_mm512_add_pd(_mm512_mul_pd(dx, c), _mm512_mul_pd(dy, s))),
+                                  _mm512_add_pd(hl, _mm512_add_pd(_mm512_mul_pd(hlk, C), _mm512_mul_pd(hwk, S))));
+    const __mmask8 t4 = GENNEG_LT(GENNEG_ABS(_mm512_sub_pd(_mm512_mul_pd(dy, c), _mm512_mul_pd(dx, s))),
+                                  _mm512_add_pd(hw, _mm512_add_pd(_mm512_mul_pd(hlk, S), _mm512_mul_pd(hwk, C))));
+    mask &= static_cast<uint32_t>(t1 & t2 & t3 & t4);
+    count = append_bits(mask, l, hits, count);
+  }
+#undef GENNEG_ABS
+#undef GENNEG_LT
+  return count;
+}
+
+#endif  // GENNEG_X86
+
+}  // namespace
+
+size_t overlapping_in_range(Isa isa, const RectArrays& r, size_t k, size_t begin, size_t end, uint32_t* hits) {
+#ifdef GENNEG_X86
+  if (isa == Isa::kAvx512) return overlapping_avx512(r, k, begin, end, hits);
+  if (isa == Isa::kAvx2) return overlapping_avx2(r, k, begin, end, hits);
+#else
+  (void)isa;
+#endif
+  return overlapping_baseline(r, k, begin, end, hits);
+}
+
+}  // namespace genneg
