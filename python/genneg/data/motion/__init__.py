@@ -10,6 +10,17 @@
 Units: metres, y up, floor ``y = 0``, clips canonical (root starts at ``x = z = 0`` facing ``+z``).
 """
 
+from .dataset import MotionDataset, write_deepmimic_dataset, write_motion_dataset, write_procedural_dataset
+from .deepmimic import (
+    PYBULLET_VERSION,
+    DeepMimicClip,
+    UrdfHumanoid,
+    deepmimic_clips_from_wheel,
+    download_pybullet_wheel,
+    humanoid_from_urdf,
+    read_deepmimic_clip,
+)
+from .features import MotionNormalisation
 from .procedural import MOTION_FAMILIES, ProceduralConfig, ProceduralMotions, generate_procedural_motions
 from .skeleton import (
     ANTHROPOMETRY,
@@ -22,19 +33,36 @@ from .skeleton import (
     rotation_y,
     rotation_z,
 )
+from .windows import canonicalise, mirror, resample, slice_windows
 
 __all__ = [
     "ANTHROPOMETRY",
     "MOTION_FAMILIES",
+    "PYBULLET_VERSION",
+    "DeepMimicClip",
+    "MotionDataset",
+    "MotionNormalisation",
     "ProceduralConfig",
     "ProceduralMotions",
     "Skeleton",
+    "UrdfHumanoid",
     "axis_angle_matrix",
+    "canonicalise",
+    "deepmimic_clips_from_wheel",
+    "download_pybullet_wheel",
     "forward_kinematics",
     "generate_procedural_motions",
+    "humanoid_from_urdf",
+    "mirror",
     "procedural_skeleton",
     "quaternion_matrix",
+    "read_deepmimic_clip",
+    "resample",
     "rotation_x",
     "rotation_y",
     "rotation_z",
+    "slice_windows",
+    "write_deepmimic_dataset",
+    "write_motion_dataset",
+    "write_procedural_dataset",
 ]

@@ -185,8 +185,9 @@ def procedural_skeleton(height_m: float = 1.75) -> Skeleton:
 
 
 def _as_tensor(angle: torch.Tensor | np.ndarray | float) -> torch.Tensor:
-    t = torch.as_tensor(angle)
-    return t if t.is_floating_point() else t.to(torch.float64)
+    if isinstance(angle, torch.Tensor):
+        return angle if angle.is_floating_point() else angle.to(torch.float64)
+    return torch.as_tensor(np.asarray(angle, dtype=np.float64))  # Python and NumPy numbers: float64
 
 
 def rotation_x(angle: torch.Tensor | np.ndarray | float) -> torch.Tensor:
