@@ -5,6 +5,8 @@
     genneg train checkerboard --profile quick --run-dir runs/cb --seed 0 --set classifier.iterations=500
     genneg train checkerboard --run-dir runs/cb --resume        # continue a killed run
     genneg train traffic --profile quick --run-dir runs/traffic   # traffic scenes (Table 1 report)
+    genneg train --data train.npy --oracle mypkg.rules:is_valid --profile quick --run-dir runs/x
+    genneg train --task mypkg.tasks:make_task --profile quick --run-dir runs/y
     genneg sample --run-dir runs/cb --model iter3 --num 10000 --out samples.npy
     genneg eval --run-dir runs/cb --model distilled --num 20000
     genneg report --run-dir runs/cb
@@ -20,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -30,8 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      "oracle-invalid samples by stacked time-dependent classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="run (or resume) a named experiment stage by stage")
-    train.add_argument("experiment", help="experiment name: 'checkerboard' or 'traffic'")
+    train = sub.add_parser("train", help="run (or resume) Gen-neG on an experiment or on your own data")
+    train.add_argument("experiment", nargs="?", default=None,
+                       help="a registered experiment ('checkerboard', 'traffic', or a plug-in's); omit it "
+                            "with --data/--oracle or --task")
+    train.add_argument("--data", default=None,
+                       help="your training data: .npy, .npz or .safetensors, (N, d) (needs --oracle)")
+    train.add_argument("--heldout", default=None, help="held-out data (default: 10%% of --data)")
+    train.add_argument("--oracle", default=None,
+                       help="your oracle, 'package.module:function' or 'path/to/file.py:function': "
+                            "oracle(x) -> bool (n,), True = valid")
+    train.add_argument("--name", default="arrays", help="experiment name of a --data run (report title)")
+    train.add_argument("--task", default=None,
+                       help="a task factory 'package.module:function' or 'path/to/file.py:function' "
+                            "returning a genneg.Task")
     train.add_argument("--profile", default=None, help="tiny | quick | paper (default: quick; on --resume "
                        "the saved config is used)")
     train.add_argument("--run-dir", required=True, type=Path, help="run directory")
@@ -49,12 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="baseline | iter<k> | ablation_<mode> | distilled")
     sample.add_argument("--num", type=int, default=10_000, help="number of samples")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", type=Path, required=True, help="output .npy file (N, *shape) float32")
+    sample.add_argument("--out", type=Path, required=True,
+                        help="output file: .npy (N, *shape) float32, or .npz with the samples as 'x' and "
+                             "their conditioning as 'cond.<key>' (conditioned tasks such as traffic)")
+    sample.add_argument("--oracle", default=None, help="the oracle, for a run whose oracle has no reference")
 
     evaluate = sub.add_parser("eval", help="evaluate a model of a finished run (prints JSON)")
     evaluate.add_argument("--run-dir", required=True, type=Path)
     evaluate.add_argument("--model", default="baseline")
     evaluate.add_argument("--num", type=int, default=None, help="samples (default: the run's eval size)")
+    evaluate.add_argument("--oracle", default=None,
+                          help="the oracle, for a run whose oracle has no reference")
 
     report = sub.add_parser("report", help="rewrite report.md and the plots of a run")
     report.add_argument("--run-dir", required=True, type=Path)
@@ -76,55 +96,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _experiment_of(run_dir: Path) -> str | None:
-    """The ``experiment`` saved in a run directory's ``config.json``, or None when there is none."""
-    path = run_dir / "config.json"
-    return json.loads(path.read_text()).get("experiment") if path.is_file() else None
-
-
-def _refuse_traffic(args: argparse.Namespace) -> None:
-    if _experiment_of(args.run_dir) == "traffic":
-        raise ValueError(f"'genneg {args.command}' reads checkerboard runs; {args.run_dir} is a traffic run "
-                         "(its report.md holds every model's evaluation; see genneg.pipeline.traffic)")
-
-
 def _train(args: argparse.Namespace) -> int:
-    from genneg.io.config import apply_overrides
-    from genneg.io.rundir import RunDir
-    from genneg.pipeline.experiment import run_experiment
-    from genneg.pipeline.profiles import ExperimentConfig, get_profile
-    from genneg.pipeline.report import format_table
+    from genneg.pipeline.experiment import train
 
-    if args.experiment == "traffic":
-        from genneg.pipeline.traffic import train_traffic_command
+    sources = [name for name, value in (("an experiment", args.experiment), ("--data", args.data),
+                                        ("--task", args.task)) if value]
+    if len(sources) != 1:
+        raise ValueError("give exactly one of: an experiment name, --data (with --oracle), or --task; got "
+                         + (", ".join(sources) or "none"))
+    if (args.data is None) != (args.oracle is None):
+        raise ValueError("--data and --oracle go together")
+    if args.heldout is not None and args.data is None:
+        raise ValueError("--heldout needs --data")
+    task: Any
+    if args.data is not None:
+        import genneg
 
-        if args.resume and _experiment_of(args.run_dir) not in (None, "traffic"):
-            raise SystemExit(f"genneg: {args.run_dir} holds a '{_experiment_of(args.run_dir)}' run, not "
-                             "'traffic'")
-        return train_traffic_command(args.run_dir, profile=args.profile, seed=args.seed,
-                                     overrides=args.overrides, threads=args.threads, resume=args.resume,
-                                     overwrite=args.overwrite, quiet=args.quiet)
-
-    if args.resume and (args.run_dir / "config.json").is_file():
-        config = RunDir(args.run_dir, resume=True).read_config(ExperimentConfig)
-        if config.experiment != args.experiment:
-            raise SystemExit(f"genneg: {args.run_dir} holds a '{config.experiment}' run, not "
-                             f"'{args.experiment}'")
-        if args.profile is not None and args.profile != config.profile:
-            raise SystemExit(f"genneg: {args.run_dir} was run with profile '{config.profile}'")
+        task = genneg.Task.from_arrays(args.data, oracle=args.oracle, heldout_x=args.heldout, name=args.name)
     else:
-        config = get_profile(args.profile or "quick", args.experiment)
-    if args.seed is not None:
-        config = dataclasses.replace(config, seed=args.seed)
-    if args.threads is not None:
-        config = dataclasses.replace(config, num_threads=args.threads)
-    config = apply_overrides(config, args.overrides)
+        task = args.experiment or args.task
     start = time.perf_counter()
-    rows = run_experiment(config, args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                          progress=not args.quiet)
-    print(format_table(rows, config.eval.p))
+    rows = train(task, run_dir=args.run_dir, profile=args.profile, seed=args.seed, threads=args.threads,
+                 overrides=args.overrides, resume=args.resume, overwrite=args.overwrite,
+                 progress=not args.quiet)
+    _print_table(args.run_dir, rows)
     print(f"report: {args.run_dir / 'report.md'}  ({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _print_table(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    from genneg.pipeline.experiment import open_run
+
+    task, _, _ = open_run(run_dir)
+    print(task.format_table(rows))
+
+
+def _oracle(args: argparse.Namespace) -> Any:
+    from genneg.pipeline.registry import import_object
+
+    return import_object(args.oracle) if args.oracle else None
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -133,22 +143,36 @@ def _sample(args: argparse.Namespace) -> int:
 
     from genneg.pipeline.experiment import load_model
 
-    _refuse_traffic(args)
-    task, _, model = load_model(args.run_dir, args.model)
-    generator = torch.Generator(device=task.device).manual_seed(args.seed)
-    x = task.sample(model, args.num, generator, progress=True)
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    suffix = args.out.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise ValueError(f"--out must end in .npy or .npz, got {args.out}")
+    task, _, model = load_model(args.run_dir, args.model, oracle=_oracle(args))
+    generator = torch.Generator(device=task.generator_device).manual_seed(args.seed)
+    cond = task.eval_contexts(args.num)
+    x = task.sample(model, args.num, generator, cond=cond, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, x.cpu().numpy())
+    if suffix == ".npz":
+        arrays = {"x": x.cpu().numpy()}
+        arrays.update({f"cond.{k}": v.cpu().numpy() for k, v in (cond or {}).items()})
+        np.savez(args.out, **arrays)
+    else:
+        np.save(args.out, x.cpu().numpy())
+        if cond is not None:
+            print(f"note: these samples are conditioned on held-out contexts {sorted(cond)}; write .npz to "
+                  "keep them", file=sys.stderr)
     print(f"wrote {args.num} samples of {args.model} to {args.out}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from genneg.pipeline.experiment import evaluate_model, load_model
+    from genneg.pipeline.experiment import load_model
 
-    _refuse_traffic(args)
-    task, config, model = load_model(args.run_dir, args.model)
-    metrics, _, _ = evaluate_model(task, model, config, num_samples=args.num, progress=True)
+    if args.num is not None and args.num < 2:
+        raise ValueError(f"--num must be >= 2, got {args.num}")
+    task, _, model = load_model(args.run_dir, args.model, oracle=_oracle(args))
+    metrics, _ = task.evaluate(model, num_samples=args.num, progress=True)
     print(json.dumps({"model": args.model, **metrics}, indent=2))
     return 0
 
@@ -157,12 +181,7 @@ def _report(args: argparse.Namespace) -> int:
     from genneg.io.rundir import RunDir
     from genneg.pipeline.experiment import write_run_report
 
-    if _experiment_of(args.run_dir) == "traffic":
-        from genneg.pipeline.traffic import write_traffic_report
-
-        path = write_traffic_report(RunDir(args.run_dir, resume=True))
-    else:
-        path = write_run_report(RunDir(args.run_dir, resume=True))
+    path = write_run_report(RunDir(args.run_dir, resume=True))
     print(path.read_text())
     print(f"report: {path}")
     return 0
@@ -198,6 +217,7 @@ _COMMANDS = {"train": _train, "sample": _sample, "eval": _eval, "report": _repor
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``genneg`` (and ``python -m genneg``); returns the exit status."""
     from genneg.io.rundir import RunStateError
+    from genneg.pipeline.arrays import OracleError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fetch-carla-maps"]:  # its own parser takes every remaining argument, --help included
@@ -207,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (RunStateError, ValueError, FileNotFoundError) as err:
+    except (RunStateError, ValueError, TypeError, FileNotFoundError, ImportError, OracleError) as err:
         print(f"genneg {args.command}: error: {err}", file=sys.stderr)
         return 2
 

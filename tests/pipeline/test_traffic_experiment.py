@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from genneg.data.traffic.scene_set import SceneSet
 from genneg.diffusion.ddpm import ddpm_loss
 from genneg.io.rundir import RunDir
 from genneg.metrics import num_parallel_samples
-from genneg.pipeline.traffic import (
-    SceneSet,
-    TrafficExperimentConfig,
-    TrafficTask,
-    get_traffic_profile,
-    run_traffic,
-    scene_r_elbo,
-)
+from genneg.pipeline.experiment import open_run, run_experiment
+from genneg.pipeline.scene_training import scene_r_elbo
+from genneg.pipeline.traffic import TrafficTask
+from genneg.pipeline.traffic_profiles import TrafficExperimentConfig, get_traffic_profile
+from genneg.pipeline.traffic_report import traffic_rows
+
+
+def run_traffic(config: TrafficExperimentConfig, run_dir: Path, **kwargs) -> list[dict]:
+    return run_experiment(config, run_dir, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +36,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]
 
 @pytest.fixture(scope="module")
 def task(tiny_run: tuple[Path, list[dict]]) -> TrafficTask:
-    return TrafficTask(get_traffic_profile("tiny"), tiny_run[0] / "data")
+    task, _, _ = open_run(tiny_run[0])
+    assert isinstance(task, TrafficTask)
+    return task
 
 
 def test_tiny_run_reports_every_model(tiny_run: tuple[Path, list[dict]]) -> None:
     run_dir, rows = tiny_run
-    names = [r["model"] for r in rows]
+    names = [r["model"] for r in traffic_rows(rows)]  # Table 1's order
     assert names == ["baseline", "ablation_time_independent", "ablation_no_is", "ablation_imbalanced",
                      "iter1", "iter2", "distilled"]
     report = (run_dir / "report.md").read_text()
@@ -94,19 +100,19 @@ def test_training_scenes_pass_the_oracle_and_overlaps_do_not(task: TrafficTask) 
     tokens = train.tokens[i : i + 1].clone()
     tokens[0, 1] = tokens[0, 0]
     cond = {k: v[i : i + 1] for k, v in train.cond.items()}
-    v = task.oracle.details(tokens, **cond)
+    v = task.scene_oracle.details(tokens, **cond)
     assert bool(v.collision[0, 0]) and bool(v.collision[0, 1])
     # a vehicle far outside its window is offroad; a non-finite token counts as both infractions
     tokens = train.tokens[i : i + 1].clone()
     tokens[0, 0, :2] = 50.0
     tokens[0, 1, 0] = float("nan")
-    v = task.oracle.details(tokens, **cond)
+    v = task.scene_oracle.details(tokens, **cond)
     assert bool(v.offroad[0, 0]) and bool(v.offroad[0, 1]) and bool(v.collision[0, 1])
     assert not bool((v.collision | v.offroad)[0, ~cond["valid"][0]].any())  # padding never infracts
 
 
 def test_eps_model_is_exact_at_padding(task: TrafficTask) -> None:
-    model = task.new_eps_model()
+    model = task.new_denoiser()
     batch = task.train.rows(torch.arange(16))
     valid = batch.cond["valid"]
     assert bool((~valid).any())
@@ -158,7 +164,7 @@ def test_profiles() -> None:
 
 
 def test_box_map_samples_read_the_crop_at_box_points(task: TrafficTask) -> None:
-    from genneg.pipeline.traffic import MAP_BLUR_CELLS, box_map_samples
+    from genneg.models.scene_networks import MAP_BLUR_CELLS, box_map_samples
 
     levels = len(MAP_BLUR_CELLS)
     train = task.train
@@ -195,7 +201,7 @@ def test_box_map_samples_read_the_crop_at_box_points(task: TrafficTask) -> None:
     # with extent 1 the front corners are off the crop
     assert bool((box_map_samples(beyond, everywhere, task.norm)[0, 0, 1:3] < 0).all())
     # blurring conserves the drivable area away from the crop border
-    from genneg.pipeline.traffic import blurred_crops
+    from genneg.models.scene_networks import blurred_crops
 
     inner = torch.zeros(1, 1, 32, 32)
     inner[..., 12:20, 10:22] = 1.0
@@ -205,8 +211,9 @@ def test_box_map_samples_read_the_crop_at_box_points(task: TrafficTask) -> None:
 
 def test_dihedral_augment_moves_tokens_and_crop_together(tiny_run: tuple[Path, list[dict]],
                                                          task: TrafficTask) -> None:
+    from genneg.models.scene_networks import box_map_samples
     from genneg.pipeline.balanced import BalancedDataset
-    from genneg.pipeline.traffic import box_map_samples, dihedral_augment
+    from genneg.pipeline.traffic import dihedral_augment
 
     data = BalancedDataset.load(tiny_run[0] / "iter1" / "data" / "dataset.safetensors")
     aug = dihedral_augment(data)
@@ -227,18 +234,29 @@ def test_dihedral_augment_moves_tokens_and_crop_together(tiny_run: tuple[Path, l
     assert len({tuple(aug.x[k * n + i, j, :4].tolist()) for k in range(8)}) == 8
 
 
-def test_cli_train_traffic_resume_report_and_refusals(tiny_run: tuple[Path, list[dict]],
+def test_cli_train_traffic_resume_report_and_refusals(tiny_run: tuple[Path, list[dict]], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from genneg.cli import main
 
-    run_dir, _ = tiny_run
+    run_dir, rows = tiny_run
     assert main(["train", "traffic", "--run-dir", str(run_dir), "--resume", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| Gen-neG iteration 2 |" in out and "report:" in out
     assert main(["report", "--run-dir", str(run_dir)]) == 0
     assert "# Gen-neG on traffic scenes (tiny profile)" in capsys.readouterr().out
-    assert main(["eval", "--run-dir", str(run_dir)]) == 2
-    assert "traffic run" in capsys.readouterr().err
+    # a reopened traffic run evaluates on the run's own contexts and noise: the same numbers as its report
+    assert main(["eval", "--run-dir", str(run_dir), "--model", "iter2"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    by = {r["model"]: r for r in rows}
+    for key in ("infraction", "infraction_vehicle", "collision", "offroad", "r_elbo", "n_parallel"):
+        assert metrics[key] == by["iter2"][key], key
+    assert main(["sample", "--run-dir", str(run_dir), "--model", "guided", "--num", "5",
+                 "--out", str(tmp_path / "scenes.npz")]) == 0
+    saved = np.load(tmp_path / "scenes.npz")
+    assert saved["x"].shape == (5, 4, 7) and saved["cond.valid"].shape == (5, 4)
+    assert np.all(saved["x"][~saved["cond.valid"]] == 0)  # padding slots stay exactly zero
+    assert main(["train", "checkerboard", "--run-dir", str(run_dir), "--resume", "--quiet"]) == 2
+    assert "'traffic' run" in capsys.readouterr().err
     assert main(["train", "traffic", "--run-dir", str(run_dir), "--resume", "--profile", "quick",
                  "--quiet"]) == 2
     assert "profile 'tiny'" in capsys.readouterr().err
@@ -247,7 +265,7 @@ def test_cli_train_traffic_resume_report_and_refusals(tiny_run: tuple[Path, list
 def test_noisy_map_reading_is_the_expected_reading_over_the_noise() -> None:
     """``blurred_crops`` with ``noise_cells``: the sharp level read at a point equals the Monte-Carlo mean
     of the sharp crop read at that point plus Gaussian noise (away from the crop border)."""
-    from genneg.pipeline.traffic import blurred_crops
+    from genneg.models.scene_networks import blurred_crops
 
     g = torch.Generator().manual_seed(0)
     crop = torch.zeros(2, 1, 64, 64, dtype=torch.float64)
@@ -268,7 +286,7 @@ def test_noisy_map_reading_is_the_expected_reading_over_the_noise() -> None:
 
 
 def test_wide_blurs_on_the_pooled_crop_match_the_full_resolution_blur() -> None:
-    from genneg.pipeline.traffic import _gaussian_blur, blurred_crops
+    from genneg.models.scene_networks import _gaussian_blur, blurred_crops
 
     g = torch.Generator().manual_seed(0)
     crop = (torch.rand(1, 1, 12, 12, generator=g) > 0.5).double()

@@ -25,6 +25,7 @@ def run_dir(tmp_path_factory):
     run = RunDir(root)
     run.write_config(config)
     task = build_task(config)
+    task.setup(config, root / "data")
     torch.manual_seed(0)
     for name in ("baseline", "distilled"):
         save_checkpoint(run.path("checkpoints", f"{name}.safetensors"), task.new_denoiser(), {"stage": name})

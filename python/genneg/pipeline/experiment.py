@@ -1,77 +1,87 @@
-"""The Gen-neG experiment, stage by stage, resumable (METHOD.md Algorithm; issue 4).
+"""The one Gen-neG loop, stage by stage, resumable, for every task (METHOD.md Algorithm; issues 4, 11).
 
 ::
 
-    baseline                      train D on the training set (best held-out ELBO kept)
-    eval/baseline                 infraction, ELBO, MMD, N(r, p), sampling time
+    data                          only for tasks that write their data into the run (traffic, user arrays)
+    baseline                      train the model on the training set (best held-out likelihood kept)
+    eval/baseline                 infraction, likelihood, N(r, p), sampling time (the task's metrics)
     for k in 1..K:
         iter{k}/data              balanced oracle-labelled samples of the model guided by c_1..c_{k-1}
         iter{k}/classifier        train c_k (importance-weighted, Eq. 9)
-        eval/iter{k}              evaluate D guided by c_1..c_k
+        eval/iter{k}              evaluate the model guided by c_1..c_k
         (after k = 1) ablation/{mode}/...  and eval/ablation_{mode}
-    distill                       student D_psi matches D_K (Eq. 12)
+    distill                       student matches the guided teacher (Eq. 12); skipped when
+                                  distill.iterations == 0
     eval/distilled
-    report                        report.md and PNG plots
+    report                        report.md and the task's pictures
 
 Each stage writes its outputs, then its completion marker (``genneg.io.RunDir``); a resumed run loads
 the outputs of finished stages and reruns the first unfinished one from scratch with the same
-``torch.Generator`` (seeded from the run seed and the stage name), so a killed-and-resumed run gives the
-same numbers as an uninterrupted one.
+``torch.Generator`` (seeded from the run seed and the stage name), and every fresh network is built right
+after seeding PyTorch with its stage's init seed (and re-initialised by :meth:`Task.initialise` from a
+generator with that seed), so a killed-and-resumed run gives the same numbers as an uninterrupted one.
 
-The loop is generic over the data: a :class:`Task` bundles the data, the oracle, the network factories,
-the sampler and the likelihood metric. :func:`checkerboard_task` builds the paper's 2-D task; another
-experiment (traffic) provides its own task and calls :func:`run_gen_neg`.
+Everything that differs between problems is a :class:`~genneg.pipeline.task.Task` hook; the loop holds
+stage order, seeding, resume, the budget policy, pooling of evaluation samples, model files and the
+report skeleton. Samples drawn to evaluate model ``k`` of an unconditioned task are unbiased draws from
+it, so they are also the first draws of iteration ``k + 1``'s balanced data set.
 
-Samples drawn to evaluate model ``k`` are unbiased draws from it, so they are also the first draws of
-iteration ``k + 1``'s balanced data set (nothing is sampled twice).
+The run directory records what reopens it: ``config.json`` and ``task.json`` (the task's reference:
+a registered experiment name, a ``module:function`` task factory, or a user's array task with its
+oracle's reference; :func:`open_run`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from genneg.data.checkerboard import CheckerboardConfig, CheckerboardOracle, sample_checkerboard
-from genneg.diffusion.edm import EDMConfig, EDMPrecond
-from genneg.diffusion.samplers import heun_sample
-from genneg.diffusion.schedules import make_sigmas
-from genneg.guidance import GuidedDenoiser, TimeClassifier
-from genneg.io.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
-from genneg.io.config import config_to_dict
-from genneg.io.rundir import RunDir, stage_generator, stage_seed
-from genneg.metrics import infraction_rate, mmd, num_parallel_samples, reduction
-from genneg.models.mlp import ResidualMLP
-from genneg.oracles.base import evaluate_oracle, sample_verdicts
-from genneg.pipeline.balanced import BalancedDataset, InfractionBudgetError, draw_balanced, draw_imbalanced
-from genneg.pipeline.baseline import heldout_elbo, train_denoiser
+from genneg.io.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+    save_tensors,
+)
+from genneg.io.config import apply_overrides, config_to_dict
+from genneg.io.rundir import RunDir, RunStateError, stage_generator, stage_seed
+from genneg.metrics import reduction
+from genneg.pipeline.balanced import (
+    BalancedDataset,
+    InfractionBudgetError,
+    _label_batch,
+    draw_balanced,
+    draw_imbalanced,
+)
 from genneg.pipeline.classifier import train_classifier
-from genneg.pipeline.distill import distillation_x0, train_distilled
-from genneg.pipeline.plots import plot_classifier_maps, plot_progress, plot_samples
-from genneg.pipeline.profiles import ExperimentConfig
-from genneg.pipeline.report import EVAL_KIND, eval_rows, write_report
+from genneg.pipeline.distill import train_distilled
+from genneg.pipeline.plots import plot_progress
+from genneg.pipeline.registry import get_experiment, import_object
+from genneg.pipeline.report import EVAL_KIND, eval_rows
+from genneg.pipeline.task import Cond, Task
 
 __all__ = [
-    "EXPERIMENTS",
     "StageHook",
-    "Task",
     "build_task",
-    "checkerboard_task",
-    "evaluate_model",
+    "classifier_path",
+    "load_classifier",
     "load_model",
     "model_names",
-    "run_checkerboard",
+    "open_run",
     "run_experiment",
     "run_gen_neg",
+    "run_task",
+    "train",
     "write_run_report",
 ]
 
@@ -79,108 +89,19 @@ StageHook = Callable[[str, str], None]
 """``hook(stage, event)``, called with ``event`` in ``"start"``, ``"progress"``, ``"sampled"``, ``"done"``
 (tests raise from it to kill a run mid-stage)."""
 
-
-@dataclass
-class Task:
-    """What the Gen-neG loop needs to know about one data set.
-
-    Attributes:
-        name: experiment name (``"checkerboard"``).
-        train_x: ``(N, *shape)`` float32 training data (all valid).
-        heldout_x: ``(M, *shape)`` float32 held-out data for the likelihood and MMD.
-        oracle: ``oracle(x) -> bool (n,) or (n, P)``, True = valid.
-        edm: noise range and data scale shared by the denoiser, classifiers, ELBO and sampler.
-        new_denoiser: builds a fresh baseline-shaped denoiser ``D(x, sigma)``.
-        new_classifier: ``new_classifier(time_dependent) -> TimeClassifier``.
-        sigmas: the sampler's ``(n+1,)`` noise schedule ending in 0.
-        sample_batch_size: samples per sampler call.
-        plot_bounds: ``(xmin, xmax, ymin, ymax)`` for 2-D plots, or None (no sample/probability maps).
-        device: where the networks run.
-    """
-
-    name: str
-    train_x: torch.Tensor
-    heldout_x: torch.Tensor
-    oracle: Callable[[Any], Any]
-    edm: EDMConfig
-    new_denoiser: Callable[[], nn.Module]
-    new_classifier: Callable[[bool], nn.Module]
-    sigmas: torch.Tensor
-    sample_batch_size: int
-    plot_bounds: tuple[float, float, float, float] | None = None
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
-
-    def sample(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int,
-               generator: torch.Generator, *, progress: bool = False) -> torch.Tensor:
-        """``(n, *shape)`` samples of ``model`` (a denoiser, guided or not): Heun on the PF-ODE from
-        ``sigmas[0] · N(0, I)`` noise drawn from ``generator``, in batches."""
-        out = []
-        batches = range(0, n, self.sample_batch_size)
-        for start in tqdm(batches, disable=not progress or len(batches) < 2, desc="sampling", leave=False):
-            m = min(self.sample_batch_size, n - start)
-            noise = torch.randn((m, *self.sample_shape), generator=generator, device=self.device)
-            out.append(heun_sample(model, noise * float(self.sigmas[0]), self.sigmas))
-        return torch.cat(out) if out else torch.empty((0, *self.sample_shape), device=self.device)
-
-    def guide(self, denoiser: nn.Module, classifiers: Sequence[nn.Module], scale: float) -> nn.Module:
-        """``D_K``: ``denoiser`` guided by the stack ``classifiers`` (each with guidance scale ``scale``)."""
-        if not classifiers:
-            return denoiser
-        return GuidedDenoiser(denoiser, list(classifiers), [scale] * len(classifiers))
-
-    def elbo(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, *,
-             num_sigmas: int, seed: int) -> float:
-        """Mean held-out ELBO (nats per point) with noise draws fixed by ``seed``."""
-        return heldout_elbo(model, x, self.edm, num_sigmas=num_sigmas, seed=seed)
+TASK_FILE = "task.json"
 
 
-def checkerboard_task(config: ExperimentConfig) -> Task:
-    """The paper's 2-D checkerboard task for ``config`` (data drawn from generators seeded by
-    ``config.seed``: train and held-out sets are the same for every run with that seed)."""
-    device = torch.device(config.device)
-    board = CheckerboardConfig(grid=config.data.grid, low=config.data.low, high=config.data.high)
-    train_x = sample_checkerboard(config.data.num_train, board,
-                                  generator=stage_generator(config.seed, "data/train"))
-    heldout_x = sample_checkerboard(config.data.num_heldout, board,
-                                    generator=stage_generator(config.seed, "data/heldout"))
-    edm = config.edm
-
-    def new_denoiser() -> nn.Module:
-        return EDMPrecond(ResidualMLP(config.denoiser), edm.sigma_data).to(device)
-
-    def new_classifier(time_dependent: bool) -> nn.Module:
-        return TimeClassifier(ResidualMLP(config.classifier_net), edm.sigma_data,
-                              time_dependent=time_dependent).to(device)
-
-    sigmas = make_sigmas(config.sampling.schedule, config.sampling.num_steps, edm.sigma_min, edm.sigma_max,
-                         config.sampling.rho)
-    margin = 0.25 * (board.high - board.low)
-    bounds = (board.low - margin, board.high + margin, board.low - margin, board.high + margin)
-    return Task(name="checkerboard", train_x=train_x.to(device), heldout_x=heldout_x.to(device),
-                oracle=CheckerboardOracle(board), edm=edm, new_denoiser=new_denoiser,
-                new_classifier=new_classifier, sigmas=sigmas, sample_batch_size=config.sampling.batch_size,
-                plot_bounds=bounds, device=device)
-
-
-EXPERIMENTS: dict[str, Callable[[ExperimentConfig], Task]] = {"checkerboard": checkerboard_task}
-
-
-def build_task(config: ExperimentConfig) -> Task:
-    """The task of ``config.experiment``."""
-    if config.experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {config.experiment!r}; known: {sorted(EXPERIMENTS)}")
-    return EXPERIMENTS[config.experiment](config)
+def build_task(config: Any) -> Task:
+    """A fresh task of the registered experiment ``config.experiment`` (not yet set up)."""
+    return get_experiment(config.experiment).task_factory()
 
 
 # --------------------------------------------------------------------------------------------------
 # model names and files
 
 
-def model_names(config: ExperimentConfig) -> list[str]:
+def model_names(config: Any) -> list[str]:
     """Names of every model a run produces: ``baseline``, ``iter1..K``, ``ablation_<mode>``, ``distilled``."""
     names = ["baseline"] + [f"iter{k}" for k in range(1, config.gen_neg.iterations + 1)]
     names += [f"ablation_{mode}" for mode in config.ablations]
@@ -189,101 +110,130 @@ def model_names(config: ExperimentConfig) -> list[str]:
     return names
 
 
-def _classifier_path(run: RunDir, name: str) -> Path:
+def classifier_path(run: RunDir, name: str) -> Path:
+    """The checkpoint of classifier ``name`` (``iter<k>`` or ``ablation_<mode>``)."""
     return run.path("checkpoints", f"classifier_{name}.safetensors")
 
 
-def _load_classifier(task: Task, run: RunDir, name: str) -> nn.Module:
-    classifier = task.new_classifier(True)
-    _, meta = load_checkpoint(_classifier_path(run, name))
-    if not meta.get("time_dependent", True):
-        classifier = task.new_classifier(False)
-    load_checkpoint(_classifier_path(run, name), classifier)
+def load_classifier(task: Task, run: RunDir, name: str) -> nn.Module:
+    """Classifier ``name`` of a run, in eval mode (time-independent when it was trained so)."""
+    _, meta = load_checkpoint(classifier_path(run, name))
+    classifier = task.new_classifier(bool(meta.get("time_dependent", True)))
+    load_checkpoint(classifier_path(run, name), classifier)
     return classifier.eval()
 
 
 def _load_denoiser(task: Task, run: RunDir, name: str) -> nn.Module:
-    denoiser = task.new_denoiser()
-    load_checkpoint(run.path("checkpoints", f"{name}.safetensors"), denoiser)
-    return denoiser.eval()
+    model = task.new_denoiser()
+    load_checkpoint(run.path("checkpoints", f"{name}.safetensors"), model)
+    return model.eval()
 
 
-def load_model(run_dir: str | Path, name: str) -> tuple[Task, ExperimentConfig, nn.Module]:
-    """Rebuild a finished model of a run: ``baseline``, ``iter<k>``, ``ablation_<mode>`` or ``distilled``.
-
-    Returns ``(task, config, model)`` where ``model`` is a denoiser ``D(x, sigma)`` (guided for ``iter<k>``
-    and ablations).
-    """
-    run = RunDir(run_dir, resume=True)
-    config = run.read_config(ExperimentConfig)
-    task = build_task(config)
-    if name not in model_names(config):
-        raise ValueError(f"unknown model {name!r}; this run has {model_names(config)}")
+def _build_model(task: Task, run: RunDir, config: Any, name: str) -> nn.Module:
     if name in ("baseline", "distilled"):
-        return task, config, _load_denoiser(task, run, name)
+        return _load_denoiser(task, run, name)
     baseline = _load_denoiser(task, run, "baseline")
     if name.startswith("iter"):
-        k = int(name[4:])
-        classifiers = [_load_classifier(task, run, f"iter{j}") for j in range(1, k + 1)]
+        classifiers = [load_classifier(task, run, f"iter{j}") for j in range(1, int(name[4:]) + 1)]
     else:
-        classifiers = [_load_classifier(task, run, name)]
-    return task, config, task.guide(baseline, classifiers, config.gen_neg.guidance_scale)
+        classifiers = [load_classifier(task, run, name)]
+    return task.guide(baseline, classifiers, config.gen_neg.guidance_scale)
 
 
-# --------------------------------------------------------------------------------------------------
-# evaluation
+def _task_from_reference(reference: dict[str, Any], data_dir: Path,
+                         oracle: Callable[..., Any] | None) -> Task:
+    if reference.get("factory"):
+        task = import_object(reference["factory"])()
+        if not isinstance(task, Task):
+            raise TypeError(f"task factory {reference['factory']} returned {type(task).__name__}, not a Task")
+        if oracle is not None and hasattr(task, "user_oracle"):
+            raise ValueError("oracle= cannot replace the oracle of a task built by a factory")
+        return task
+    if reference.get("kind") == "arrays":
+        from genneg.pipeline.arrays import ArrayTask
+
+        task = ArrayTask.reopen(reference, data_dir, oracle)
+        if reference.get("fingerprint") and task.fingerprint() != reference["fingerprint"]:
+            raise RunStateError(f"the arrays in {data_dir} do not match the run's recorded fingerprint")
+        return task
+    if oracle is not None:
+        raise ValueError(f"oracle= is only for user array tasks; this run is the registered experiment "
+                         f"{reference.get('experiment')!r}, whose oracle is part of the package")
+    return get_experiment(reference["experiment"]).task_factory()
 
 
-def evaluate_model(
-    task: Task, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], config: ExperimentConfig, *,
-    num_samples: int | None = None, progress: bool = False, hook: StageHook | None = None, stage: str = "",
-) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Infraction rate (95% Wilson interval), held-out ELBO, MMD², ``N(r, p)`` and sampling time of one
-    model. The initial noise and the ELBO's noise draws come from generators seeded by the run seed only,
-    so every model of a run is measured on the same draws (paired comparisons).
+def open_run(run_dir: str | Path, *, oracle: Callable[..., Any] | None = None) -> tuple[Task, Any, RunDir]:
+    """Reopen a run: its task rebuilt from ``task.json`` (or, for runs written before it existed, from the
+    config's registered experiment), set up with the saved config.
 
-    Returns:
-        ``(metrics, samples (n, *shape), valid (n,) bool)``.
+    Args:
+        run_dir: the run directory.
+        oracle: for a user array task whose oracle has no importable reference (a lambda): the oracle.
+
+    Raises:
+        RunStateError: no run there, or its data no longer match the run.
+        TaskImportError: the task factory or oracle recorded with the run does not import (named).
     """
-    n = config.eval.num_samples if num_samples is None else num_samples
-    generator = stage_generator(config.seed, "eval/noise", task.device)
-    start = time.perf_counter()
-    samples = task.sample(model, n, generator, progress=progress)
-    seconds = time.perf_counter() - start
-    if hook is not None:
-        hook(stage, "sampled")
-    valid = sample_verdicts(evaluate_oracle(task.oracle, samples))
-    rate = infraction_rate(valid)
-    heldout = task.heldout_x
-    elbo = task.elbo(model, heldout[: config.eval.elbo_points], num_sigmas=config.eval.elbo_num_sigmas,
-                     seed=stage_seed(config.seed, "eval/elbo"))
-    m = min(config.eval.mmd_points, n, heldout.shape[0])
-    finite = torch.isfinite(samples[:m]).flatten(1).all(dim=1)
-    mmd2 = mmd(samples[:m][finite], heldout[:m]) if int(finite.sum()) >= 2 else math.nan
-    n_parallel = num_parallel_samples(rate.rate, config.eval.p) if rate.rate < 1 else None
-    metrics = {
-        "infraction": rate.rate, "infraction_low": rate.low, "infraction_high": rate.high,
-        "infractions": rate.count, "num_samples": rate.total, "elbo": elbo, "mmd": mmd2,
-        "n_parallel": n_parallel, "sample_seconds": seconds, "sample_ms_per_1k": 1e6 * seconds / max(n, 1),
-    }
-    return metrics, samples, valid
+    run = RunDir(run_dir, resume=True)
+    task_file = run.root / TASK_FILE
+    if task_file.is_file():
+        reference = json.loads(task_file.read_text())
+    else:
+        reference = {"experiment": json.loads(run.config_path.read_text()).get("experiment", "checkerboard")}
+    task = _task_from_reference(reference, run.root / "data", oracle)
+    config = run.read_config(task.config_class)
+    task.setup(config, run.root / "data")
+    return task, config, run
+
+
+def load_model(run_dir: str | Path, name: str, *, oracle: Callable[..., Any] | None = None
+               ) -> tuple[Task, Any, nn.Module]:
+    """Rebuild a finished model of a run: ``baseline``, ``iter<k>``, ``guided`` (= the last iteration),
+    ``ablation_<mode>`` or ``distilled``.
+
+    Returns ``(task, config, model)``; ``model`` is the task's sampler network, guided by its classifier
+    stack for ``iter<k>`` and ablations. ``oracle``: see :func:`open_run`.
+
+    Raises:
+        ValueError: a model name the run does not have.
+    """
+    task, config, run = open_run(run_dir, oracle=oracle)
+    name = {"guided": f"iter{config.gen_neg.iterations}"}.get(name, name)
+    if name not in model_names(config):
+        raise ValueError(f"unknown model {name!r}; this run has {model_names(config)} (and 'guided')")
+    needed = "distilled" if name == "distilled" else "baseline"
+    if not (run.root / "checkpoints" / f"{needed}.safetensors").is_file():
+        raise RunStateError(f"{run.root}: model {name!r} has not been trained yet")
+    return task, config, _build_model(task, run, config, name)
 
 
 # --------------------------------------------------------------------------------------------------
 # the loop
 
 
+@contextlib.contextmanager
+def _intra_op_threads(num_threads: int) -> Iterator[None]:
+    """PyTorch intra-op threads set to ``num_threads`` (0: unchanged) for the block."""
+    previous = torch.get_num_threads()
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class _Runner:
     """Runs stages in order, skipping finished ones (see the module docstring)."""
 
-    def __init__(self, task: Task, config: ExperimentConfig, run: RunDir, progress: bool,
-                 hook: StageHook | None) -> None:
+    def __init__(self, task: Task, config: Any, run: RunDir, progress: bool, hook: StageHook | None) -> None:
         self.task, self.config, self.run, self.progress, self.hook = task, config, run, progress, hook
         self.started = time.perf_counter()
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         if self.progress:
-            print(f"[genneg {time.perf_counter() - self.started:7.1f}s] {text}", file=sys.stderr, flush=True)
+            print(f"[genneg {self.config.experiment} {time.perf_counter() - self.started:7.1f}s] {text}",
+                  file=sys.stderr, flush=True)
 
     def _event(self, stage: str, event: str) -> None:
         if self.hook is not None:
@@ -292,97 +242,118 @@ class _Runner:
     def stage(self, name: str, body: Callable[[torch.Generator], dict[str, Any] | None]) -> bool:
         """Run ``body(generator)`` unless ``name`` has finished; returns True when it ran."""
         if self.run.is_done(name):
-            self._say(f"{name}: done earlier, loaded")
+            self.say(f"{name}: done earlier, loaded")
             return False
-        self._say(f"{name}: start")
+        self.say(f"{name}: start")
         self._event(name, "start")
         t0 = time.perf_counter()
-        info = body(stage_generator(self.config.seed, name, self.task.device)) or {}
+        info = body(stage_generator(self.config.seed, name, self.task.generator_device)) or {}
         self.run.mark_done(name, {"seconds": time.perf_counter() - t0, **info})
         self._event(name, "done")
-        self._say(f"{name}: done in {time.perf_counter() - t0:.1f}s")
+        self.say(f"{name}: done in {time.perf_counter() - t0:.1f}s")
         return True
 
+    def fresh(self, factory: Callable[[], nn.Module], init_stage: str) -> nn.Module:
+        """A network built right after seeding PyTorch with ``init_stage``'s seed, then re-initialised by
+        the task from a generator with that seed: its weights depend on the stage alone."""
+        seed = stage_seed(self.config.seed, init_stage)
+        torch.manual_seed(seed)
+        module = factory()
+        self.task.initialise(module, torch.Generator().manual_seed(seed))
+        return module
+
     # stages ------------------------------------------------------------------------------------------
-    def baseline(self) -> nn.Module:
-        task, cfg, run = self.task, self.config, self.run
-        path = run.path("checkpoints", "baseline.safetensors")
+    def data_files(self) -> None:
+        data_dir = self.run.root / "data"
 
         def body(g: torch.Generator) -> dict[str, Any]:
-            denoiser = task.new_denoiser()
-            init = torch.Generator().manual_seed(stage_seed(cfg.seed, "baseline/init"))
-            _init_from(denoiser, init)
+            data_dir.mkdir(exist_ok=True)
+            return self.task.prepare(self.config, data_dir, progress=self.progress) or {}
+
+        self.stage("data", body)
+
+    def baseline(self) -> nn.Module:
+        task, run = self.task, self.run
+
+        def body(g: torch.Generator) -> dict[str, Any]:
+            model = self.fresh(task.new_denoiser, "baseline/init")
 
             def on_eval(entry: dict[str, Any]) -> None:
                 run.log("baseline", {"kind": "train", **entry})
                 self._event("baseline", "progress")
 
-            result = train_denoiser(denoiser, task.train_x, task.heldout_x[: cfg.eval.elbo_points],
-                                    cfg.baseline, task.edm, g, progress=self.progress, on_eval=on_eval)
-            summary = {"best_iteration": result.best_iteration, "best_elbo": result.best_elbo,
-                       "iterations_run": result.iterations_run}
-            save_checkpoint(path, denoiser, {"stage": "baseline", **summary})
+            summary = task.train_baseline(model, g, progress=self.progress, on_eval=on_eval)
+            save_checkpoint(run.path("checkpoints", "baseline.safetensors"), model,
+                            {"stage": "baseline", **summary})
             run.log("baseline", {"kind": "train_summary", **summary})
             return summary
 
         self.stage("baseline", body)
         return _load_denoiser(task, run, "baseline")
 
-    def evaluate(self, name: str, group: str, iteration: int | None, model: nn.Module,
+    def evaluate(self, name: str, group: str, iteration: int | None, model: nn.Module, parameters: int,
                  baseline_n: int | None) -> dict[str, Any]:
         stage = f"eval/{name}"
-        path = self.run.path("samples", f"{name}.safetensors")
 
         def body(g: torch.Generator) -> dict[str, Any]:
-            metrics, samples, valid = evaluate_model(self.task, model, self.config, progress=self.progress,
-                                                     hook=self.hook, stage=stage)
-            save_tensors(path, {"x": samples, "valid": valid})
+            metrics, tensors = self.task.evaluate(model, progress=self.progress,
+                                                  on_sampled=lambda: self._event(stage, "sampled"))
+            save_tensors(self.run.path("samples", f"{name}.safetensors"), tensors)
             n = metrics["n_parallel"]
-            red = reduction(n, baseline_n) if n is not None and baseline_n is not None else None
-            if group == "baseline":
-                red = 0.0
-            record = {"kind": EVAL_KIND, "model": name, "group": group, "iteration": iteration,
-                      "reduction": red, **metrics}
-            self.run.log(stage, record)
+            red = 0.0 if group == "baseline" else (
+                reduction(n, baseline_n) if n is not None and baseline_n is not None else None)
+            self.run.log(stage, {"kind": EVAL_KIND, "model": name, "group": group, "iteration": iteration,
+                                 "reduction": red, "parameters": parameters, **metrics})
             return {"infraction": metrics["infraction"]}
 
         self.stage(stage, body)
         record = self.run.records(stage)[-1]
-        self._say(f"{name}: infraction {100 * record['infraction']:.2f}% "
-                  f"[{100 * record['infraction_low']:.2f}, {100 * record['infraction_high']:.2f}], "
-                  f"ELBO {record['elbo']:.3f}, N={record['n_parallel']}")
+        self.say(f"{name}: infraction {100 * record['infraction']:.2f}% "
+                 f"[{100 * record['infraction_low']:.2f}, {100 * record['infraction_high']:.2f}], "
+                 f"N={record['n_parallel']}")
         return record
 
-    def _pool_sampler(self, model: nn.Module, pool_name: str | None, g: torch.Generator
-                      ) -> Callable[[int], torch.Tensor]:
-        """``sample_fn(n)`` serving the evaluation samples of ``model`` first, then fresh draws."""
-        pool = load_tensors(self.run.path("samples", f"{pool_name}.safetensors"))["x"] if pool_name else None
+    def sampler(self, model: nn.Module, pool_name: str | None, g: torch.Generator
+                ) -> Callable[[int], tuple[torch.Tensor, Cond | None]]:
+        """``sample_fn(n) -> (x, cond)``: ``n`` training contexts (None for unconditioned tasks) and a sample
+        of ``model`` in each; for tasks that pool, the evaluation samples of ``pool_name`` come first."""
+        task = self.task
+        pool = None
+        if pool_name and task.pools_eval_samples:
+            pool = load_tensors(self.run.path("samples", f"{pool_name}.safetensors"))["x"]
         state = {"offset": 0}
 
-        def sample_fn(n: int) -> torch.Tensor:
+        def sample_fn(n: int) -> tuple[torch.Tensor, Cond | None]:
+            cond = task.train_contexts(n, g)
             parts = []
             if pool is not None and state["offset"] < pool.shape[0]:
-                take = pool[state["offset"]: state["offset"] + n].to(self.task.device)
+                take = pool[state["offset"]: state["offset"] + n].to(task.device)
                 state["offset"] += take.shape[0]
                 parts.append(take)
             missing = n - sum(p.shape[0] for p in parts)
             if missing > 0:
-                parts.append(self.task.sample(model, missing, g, progress=self.progress))
-            return torch.cat(parts)
+                parts.append(task.sample(model, missing, g, cond=cond, progress=self.progress))
+            return torch.cat(parts), cond
 
         return sample_fn
 
     def data(self, stage: str, model: nn.Module, pool_name: str | None, balanced: bool) -> BalancedDataset:
-        cfg = self.config
+        cfg, task = self.config, self.task
         path = self.run.path(stage, "dataset.safetensors")
 
         def body(g: torch.Generator) -> dict[str, Any]:
-            sample_fn = self._pool_sampler(model, pool_name, g)
+            sampler = self.sampler(model, pool_name, g)
+
+            def sample_fn(n: int) -> Any:
+                x, cond = sampler(n)
+                return x if cond is None else (x, cond)
+
             if balanced:
                 dataset = self._draw_balanced(sample_fn, g)
             else:
-                dataset = draw_imbalanced(sample_fn, self.task.oracle, cfg.gen_neg.num_samples,
-                                          batch_size=cfg.sampling.batch_size, progress=self.progress)
+                dataset = draw_imbalanced(sample_fn, task.oracle, cfg.gen_neg.num_samples,
+                                          batch_size=task.sample_batch_size, part_mask_fn=task.part_mask_fn,
+                                          progress=self.progress)
             dataset.save(path)
             info = {"pi_neg": dataset.pi_neg, "num_drawn": dataset.num_drawn, "num_pos": dataset.num_pos,
                     "num_neg": dataset.num_neg, "balanced": balanced,
@@ -391,35 +362,38 @@ class _Runner:
             return info
 
         self.stage(stage, body)
-        return BalancedDataset.load(path, device=self.task.device)
+        return BalancedDataset.load(path, device=task.device)
 
-    def _draw_balanced(self, sample_fn: Callable[[int], torch.Tensor], g: torch.Generator) -> BalancedDataset:
+    def _draw_balanced(self, sample_fn: Callable[[int], Any], g: torch.Generator) -> BalancedDataset:
         """``draw_balanced``; with ``gen_neg.budget_policy == "shrink"``, a model too rare in one class for
         the budget gets, instead of an error, every example of that class among exactly ``max_draws``
         draws and ``N/2`` of the other (the loss weights ``pi_y / f_y`` follow the actual mix)."""
-        cfg = self.config.gen_neg
-        drawn: list[torch.Tensor] = []
+        cfg, task = self.config.gen_neg, self.task
+        drawn: list[Any] = []
 
-        def recording(n: int) -> torch.Tensor:
-            x = sample_fn(n)
-            drawn.append(x)
-            return x
+        def recording(n: int) -> Any:
+            out = sample_fn(n)
+            drawn.append(out)
+            return out
 
         try:
-            return draw_balanced(recording, self.task.oracle, cfg.num_samples,
-                                 batch_size=self.config.sampling.batch_size, max_draws=cfg.max_draws,
-                                 generator=g, progress=self.progress)
+            return draw_balanced(recording, task.oracle, cfg.num_samples, batch_size=task.sample_batch_size,
+                                 max_draws=cfg.max_draws, part_mask_fn=task.part_mask_fn, generator=g,
+                                 progress=self.progress)
         except InfractionBudgetError as err:
             if cfg.budget_policy != "shrink":
                 raise
-            self._say(f"balanced data: {err}; shrinking the set to what {cfg.max_draws} draws hold")
-        total = sum(x.shape[0] for x in drawn)
+            self.say(f"balanced data: {err}; shrinking the set to what {cfg.max_draws} draws hold")
+        total = sum((d[0] if isinstance(d, tuple) else d).shape[0] for d in drawn)
         while total < cfg.max_draws:
-            n = min(self.config.sampling.batch_size, cfg.max_draws - total)
+            n = min(task.sample_batch_size, cfg.max_draws - total)
             drawn.append(sample_fn(n))
             total += n
-        x = torch.cat(drawn)
-        valid = sample_verdicts(evaluate_oracle(self.task.oracle, x))
+        xs = [d[0] if isinstance(d, tuple) else d for d in drawn]
+        conds = [d[1] if isinstance(d, tuple) else None for d in drawn]
+        x = torch.cat(xs)
+        cond = None if conds[0] is None else {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+        valid, part_labels, part_mask = _label_batch(x, task.oracle, task.part_mask_fn, cond)
         half = cfg.num_samples // 2
         pos = torch.nonzero(valid).flatten()[:half]
         neg = torch.nonzero(~valid).flatten()[:half]
@@ -430,43 +404,50 @@ class _Runner:
         keep = torch.cat([pos, neg])
         keep = keep[torch.randperm(keep.numel(), generator=g).to(x.device)]
         pi_neg = float((~valid).float().mean())
+
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[keep]
+
         # up to N/2 of each class; the importance weights pi_y / f_y correct for the actual class mix
-        return BalancedDataset(x=x[keep], labels=valid[keep], part_labels=None, pi_pos=1.0 - pi_neg,
-                               pi_neg=pi_neg, num_drawn=total, balanced=True, extra={"shrunk": True})
+        return BalancedDataset(x=x[keep], labels=valid[keep], part_labels=rows(part_labels),
+                               pi_pos=1.0 - pi_neg, pi_neg=pi_neg, num_drawn=total, part_mask=rows(part_mask),
+                               balanced=True, extra={"shrunk": True},
+                               cond=None if cond is None else {k: v[keep] for k, v in cond.items()})
 
     def classifier(self, stage: str, name: str, dataset: BalancedDataset, mode: str) -> nn.Module:
         cfg, task = self.config, self.task
         time_dependent = mode != "time_independent"
 
         def body(g: torch.Generator) -> dict[str, Any]:
-            classifier = task.new_classifier(time_dependent)
-            _init_from(classifier, torch.Generator().manual_seed(stage_seed(cfg.seed, f"{stage}/init")))
-            config = dataclasses.replace(cfg.classifier, mode=mode)
-            history = train_classifier(classifier, dataset, config, task.edm, generator=g,
-                                       progress=self.progress)
+            classifier = self.fresh(lambda: task.new_classifier(time_dependent), f"{stage}/init")
+            history = train_classifier(classifier, task.classifier_examples(dataset),
+                                       dataclasses.replace(cfg.classifier, mode=mode), task.classifier_noise,
+                                       generator=g, progress=self.progress,
+                                       noise_levels=task.classifier_noise_levels)
             losses = [float(v) for v in (history or [])]
             tail = losses[-max(1, len(losses) // 10):] if losses else []
             info = {"mode": mode, "time_dependent": time_dependent,
                     "final_loss": sum(tail) / len(tail) if tail else None}
-            save_checkpoint(_classifier_path(self.run, name), classifier, {"stage": stage, **info})
+            save_checkpoint(classifier_path(self.run, name), classifier, {"stage": stage, **info})
             self.run.log(stage, {"kind": "classifier", **info})
             return info
 
         self.stage(stage, body)
-        return _load_classifier(task, self.run, name)
+        return load_classifier(task, self.run, name)
 
     def distill(self, teacher: nn.Module, teacher_pool: str) -> nn.Module:
         cfg, task, run = self.config, self.task, self.run
 
         def body(g: torch.Generator) -> dict[str, Any]:
-            student = task.new_denoiser()
             if cfg.gen_neg.distill_init == "baseline":
+                student = task.new_denoiser()
                 load_checkpoint(run.path("checkpoints", "baseline.safetensors"), student)
             else:
-                _init_from(student, torch.Generator().manual_seed(stage_seed(cfg.seed, "distill/init")))
-            x0 = distillation_x0(cfg.distill, task.train_x, self._pool_sampler(teacher, teacher_pool, g))
-            history = train_distilled(student, teacher, x0, cfg.distill, task.edm, generator=g,
-                                      progress=self.progress)
+                student = self.fresh(task.new_denoiser, "distill/init")
+            student.train()
+            x0, cond = task.distillation_data(self.sampler(teacher, teacher_pool, g), g)
+            history = train_distilled(student, teacher, x0, cfg.distill, task.distill_noise, generator=g,
+                                      progress=self.progress, cond=cond)
             losses = [float(v) for v in (history or [])]
             info = {"x0_source": cfg.distill.x0_source, "num_x0": int(x0.shape[0]),
                     "final_loss": sum(losses[-50:]) / len(losses[-50:]) if losses else None}
@@ -479,141 +460,219 @@ class _Runner:
         return _load_denoiser(task, run, "distilled")
 
 
-def _init_from(module: nn.Module, generator: torch.Generator) -> None:
-    """Re-initialise ``module``'s parameters from ``generator`` (PyTorch's default schemes), so that a
-    stage's initial weights depend only on its seed, not on what ran before it in the process."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            bound = 1.0 / math.sqrt(sub.in_features)
-            with torch.no_grad():
-                sub.weight.copy_((torch.rand(sub.weight.shape, generator=generator) * 2 - 1) * bound)
-                if sub.bias is not None:
-                    sub.bias.copy_((torch.rand(sub.bias.shape, generator=generator) * 2 - 1) * bound)
-
-
-def run_gen_neg(task: Task, config: ExperimentConfig, run: RunDir, *, progress: bool = True,
+def run_gen_neg(task: Task, config: Any, run: RunDir, *, progress: bool = True,
                 hook: StageHook | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) every stage of the Gen-neG experiment for ``task`` in ``run``.
+    """Run (or resume) every stage of the Gen-neG loop for ``task`` in ``run`` (``config`` already saved
+    there), with ``config.num_threads`` PyTorch intra-op threads.
 
     Returns the evaluation records (one per model, ordered as in the report).
     """
-    runner = _Runner(task, config, run, progress, hook)
-    gamma = config.gen_neg.guidance_scale
-    baseline = runner.baseline()
-    base_record = runner.evaluate("baseline", "baseline", 0, baseline, None)
-    baseline_n = base_record["n_parallel"]
-    classifiers: list[nn.Module] = []
-    first_data: BalancedDataset | None = None
-    previous = "baseline"
-    for k in range(1, config.gen_neg.iterations + 1):
-        current = task.guide(baseline, classifiers, gamma)
-        dataset = runner.data(f"iter{k}/data", current, previous, balanced=True)
-        classifiers.append(runner.classifier(f"iter{k}/classifier", f"iter{k}", dataset,
-                                             config.classifier.mode))
-        runner.evaluate(f"iter{k}", "gen_neg", k, task.guide(baseline, classifiers, gamma), baseline_n)
-        previous = f"iter{k}"
-        if k == 1:
-            first_data = dataset
-            for mode in config.ablations:
-                data = first_data
-                if mode == "imbalanced":
-                    data = runner.data("ablation/imbalanced/data", baseline, "baseline", balanced=False)
-                clf = runner.classifier(f"ablation/{mode}/classifier", f"ablation_{mode}", data, mode)
-                runner.evaluate(f"ablation_{mode}", "ablation", 1, task.guide(baseline, [clf], gamma),
-                                baseline_n)
-    if config.distill.iterations > 0:
-        teacher = task.guide(baseline, classifiers, gamma)
-        student = runner.distill(teacher, previous)
-        runner.evaluate("distilled", "distilled", config.gen_neg.iterations, student, baseline_n)
-    runner._say("report: writing")
-    write_run_report(run, task=task)
-    return eval_rows(run.records())
+    with _intra_op_threads(config.num_threads):
+        runner = _Runner(task, config, run, progress, hook)
+        if task.writes_data:
+            runner.data_files()
+        task.setup(config, run.root / "data")
+        gamma = config.gen_neg.guidance_scale
+        baseline = runner.baseline()
+        base_params = task.num_parameters(baseline)
+        baseline_n = runner.evaluate("baseline", "baseline", 0, baseline, base_params, None)["n_parallel"]
+        classifiers: list[nn.Module] = []
+        previous = "baseline"
+        for k in range(1, config.gen_neg.iterations + 1):
+            current = task.guide(baseline, classifiers, gamma)
+            dataset = runner.data(f"iter{k}/data", current, previous, balanced=True)
+            classifiers.append(runner.classifier(f"iter{k}/classifier", f"iter{k}", dataset,
+                                                 config.classifier.mode))
+            params = base_params + sum(task.num_parameters(c) for c in classifiers)
+            runner.evaluate(f"iter{k}", "gen_neg", k, task.guide(baseline, classifiers, gamma), params,
+                            baseline_n)
+            previous = f"iter{k}"
+            if k == 1:
+                for mode in config.ablations:
+                    data = dataset
+                    if mode == "imbalanced":
+                        data = runner.data("ablation/imbalanced/data", baseline, "baseline", balanced=False)
+                    clf = runner.classifier(f"ablation/{mode}/classifier", f"ablation_{mode}", data, mode)
+                    runner.evaluate(f"ablation_{mode}", "ablation", 1, task.guide(baseline, [clf], gamma),
+                                    base_params + task.num_parameters(clf), baseline_n)
+        if config.distill.iterations > 0:
+            student = runner.distill(task.guide(baseline, classifiers, gamma), previous)
+            runner.evaluate("distilled", "distilled", config.gen_neg.iterations, student,
+                            task.num_parameters(student), baseline_n)
+        runner.say("report: writing")
+        write_run_report(run, task=task)
+        return eval_rows(run.records())
+
+
+# --------------------------------------------------------------------------------------------------
+# the report
 
 
 def write_run_report(run: RunDir, *, task: Task | None = None) -> Path:
-    """(Re)write ``report.md`` and the PNG plots of a run from its records, samples and checkpoints."""
-    config = run.read_config(ExperimentConfig)
-    task = build_task(config) if task is None else task
-    records = run.records()
-    rows = eval_rows(records)
-    plots: list[str] = []
-    if rows:
-        plot_progress(run.path("progress.png"), rows)
-        plots.append("progress.png")
-    if task.plot_bounds is not None and len(task.sample_shape) == 1 and task.sample_shape[0] == 2:
-        panels = [("training data", task.train_x.cpu().numpy(),
-                   sample_verdicts(evaluate_oracle(task.oracle, task.train_x)).cpu().numpy())]
-        for row in rows:
-            file = run.path("samples", f"{row['model']}.safetensors")
-            if file.is_file():
-                t = load_tensors(file)
-                panels.append((row["model"], t["x"].numpy(), t["valid"].numpy()))
-        plot_samples(run.path("samples.png"), panels, bounds=task.plot_bounds)
-        plots.append("samples.png")
-        names = [f"iter{k}" for k in range(1, config.gen_neg.iterations + 1)]
-        names += [f"ablation_{m}" for m in config.ablations]
-        found = [(n, _load_classifier(task, run, n)) for n in names if _classifier_path(run, n).is_file()]
-        time_dependent = [(n, c) for n, c in found if getattr(c, "time_dependent", True)]
-        if time_dependent:
-            plot_classifier_maps(run.path("classifiers.png"), time_dependent, config.eval.plot_sigmas,
-                                 task.plot_bounds)
-            plots.append("classifiers.png")
+    """(Re)write ``report.md`` and the task's pictures from a run's records, samples and checkpoints.
+
+    Raises:
+        ValueError: the run has no evaluation records yet.
+    """
+    if task is None:
+        task, config, run = open_run(run.root)
+    else:
+        config = task.config
+    rows = eval_rows(run.records())
+    if not rows:
+        raise ValueError(f"{run.root}: no evaluation records to report (run the experiment first)")
+    likelihood = getattr(task, "likelihood_key", "elbo")
+    plots = ["progress.png"]
+    plot_progress(run.path("progress.png"), rows, likelihood=likelihood,
+                  likelihood_label=getattr(task, "likelihood_label", "held-out ELBO (nats)"))
+    plots += task.pictures(run, rows, lambda name: _build_model(task, run, config, name))
     base = run.stage_info("baseline") if run.is_done("baseline") else {}
     seconds = sum(run.stage_info(s).get("seconds", 0.0) for s in run.completed_stages())
-    cfg = config_to_dict(config)
+    threads = config.num_threads or torch.get_num_threads()
     notes = [
         f"experiment `{config.experiment}`, profile `{config.profile}`, seed {config.seed}, device "
-        f"`{config.device}`",
+        f"`{config.device}`, {threads} PyTorch thread(s)",
         f"compute time over all stages: {seconds:.0f} s",
         f"baseline: {base.get('iterations_run', '?')} iterations, weights of iteration "
-        f"{base.get('best_iteration', '?')} kept (best held-out ELBO)",
-        f"sampling: {config.sampling.num_steps} Heun steps, {config.sampling.schedule} schedule; "
-        f"evaluation on {config.eval.num_samples} samples, ELBO on {config.eval.elbo_points} held-out "
-        f"points × {config.eval.elbo_num_sigmas} noise levels",
+        f"{base.get('best_iteration', '?')} kept (best held-out likelihood)",
         f"Gen-neG: {config.gen_neg.iterations} iterations of {config.gen_neg.num_samples} balanced samples, "
-        f"classifier {cfg['classifier']}",
+        f"classifier {config.classifier.iterations} iterations (batch {config.classifier.batch_size}), "
+        f"guidance scale {config.gen_neg.guidance_scale:g}",
     ]
+    notes += task.report_notes(run)
     for k in range(1, config.gen_neg.iterations + 1):
         recs = run.records(f"iter{k}/data")
         if recs:
             notes.append(f"iteration {k} data: {recs[-1]['num_drawn']} draws, estimated infraction rate "
                          f"{100 * recs[-1]['pi_neg']:.2f}%")
-    if rows:
-        return _write(run, config, rows, notes, plots)
-    return run.path("report.md")
-
-
-def _write(run: RunDir, config: ExperimentConfig, rows: list[dict[str, Any]], notes: list[str],
-           plots: list[str]) -> Path:
+    title = getattr(task, "title", config.experiment)
+    text = [f"# Gen-neG on {title} ({config.profile} profile)\n"]
+    text += [f"- {n}" for n in notes]
+    text += ["", task.format_table(rows)]
+    text += [f"![{name}]({name})\n" for name in plots]
     path = run.path("report.md")
-    write_report(path, rows, title=f"Gen-neG on {config.experiment} ({config.profile} profile)",
-                 p=config.eval.p, notes=notes, plots=plots)
+    atomic_write_text(path, "\n".join(text))
     return path
 
 
-def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False,
-                   overwrite: bool = False, progress: bool = True, hook: StageHook | None = None
-                   ) -> list[dict[str, Any]]:
-    """Run ``config.experiment`` into ``run_dir`` (see :func:`run_gen_neg`).
+# --------------------------------------------------------------------------------------------------
+# entry points
 
-    With ``resume=True`` the run continues from its last finished stage; ``config`` must equal the saved
-    one (``genneg.io.RunStateError`` otherwise).
+
+def _check_same_task(root: Path, reference: dict[str, Any]) -> None:
+    """Refuse to resume ``root`` with another task than the one it holds (nothing is read or written)."""
+    task_file = root / TASK_FILE
+    if task_file.is_file():
+        saved = json.loads(task_file.read_text())
+    else:
+        saved = {"experiment": json.loads((root / "config.json").read_text()).get("experiment")}
+    if saved.get("experiment") != reference.get("experiment") and not reference.get("factory"):
+        raise RunStateError(f"{root} holds a {saved.get('experiment')!r} run, not "
+                            f"{reference.get('experiment')!r}")
+    if task_file.is_file() and saved != reference:
+        keys = sorted(k for k in set(saved) | set(reference) if saved.get(k) != reference.get(k))
+        raise RunStateError(f"{root} holds a run of another task or other data (task.json differs in "
+                            f"{keys}); use a new run directory")
+
+
+def run_task(task: Task, config: Any, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+             progress: bool = True, hook: StageHook | None = None, reference: dict[str, Any] | None = None
+             ) -> list[dict[str, Any]]:
+    """Run (or resume) ``task`` with ``config`` into ``run_dir``; returns the evaluation rows.
+
+    Args:
+        reference: what ``task.json`` records to reopen the run (default: ``task.reference()``).
+
+    Raises:
+        RunStateError: a run exists there without ``resume``/``overwrite``; on resume, a config or task
+            that differs from the saved one (nothing is written then).
     """
+    if not isinstance(config, task.config_class):
+        raise TypeError(f"task {task.name!r} takes a {task.config_class.__name__}, got "
+                        f"{type(config).__name__}")
+    reference = task.reference() if reference is None else reference
+    if resume and (Path(run_dir) / "config.json").is_file():
+        _check_same_task(Path(run_dir), reference)
     run = RunDir(run_dir, resume=resume, overwrite=overwrite)
+    task_file = run.root / TASK_FILE
     run.write_config(config)
-    previous_threads = torch.get_num_threads()
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
-    try:
-        task = build_task(config)
-        return run_gen_neg(task, config, run, progress=progress, hook=hook)
-    finally:
-        torch.set_num_threads(previous_threads)
+    atomic_write_text(task_file, json.dumps(reference, indent=2, sort_keys=True) + "\n")
+    return run_gen_neg(task, config, run, progress=progress, hook=hook)
 
 
-def run_checkerboard(config: ExperimentConfig, run_dir: str | Path, resume: bool = False, **kwargs: Any
-                     ) -> list[dict[str, Any]]:
-    """The checkerboard experiment (``config.experiment`` must be ``"checkerboard"``)."""
-    if config.experiment != "checkerboard":
-        raise ValueError(f"run_checkerboard got experiment {config.experiment!r}")
-    return run_experiment(config, run_dir, resume=resume, **kwargs)
+def run_experiment(config: Any, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True, hook: StageHook | None = None) -> list[dict[str, Any]]:
+    """Run the registered experiment ``config.experiment`` into ``run_dir`` (see :func:`run_task`)."""
+    return run_task(build_task(config), config, run_dir, resume=resume, overwrite=overwrite,
+                    progress=progress, hook=hook)
+
+
+def train(
+    task: Task | str,
+    *,
+    run_dir: str | Path,
+    profile: str | None = None,
+    config: Any = None,
+    seed: int | None = None,
+    threads: int | None = None,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    hook: StageHook | None = None,
+) -> list[dict[str, Any]]:
+    """Train Gen-neG on a task: the public entry point (``genneg.train``).
+
+    Args:
+        task: a :class:`~genneg.pipeline.task.Task` (e.g. ``genneg.Task.from_arrays(x, oracle=f)``), a
+            registered experiment name (``"checkerboard"``, ``"traffic"``), or a task factory reference
+            ``"package.module:function"`` / ``"path/to/file.py:function"`` (recorded, so the run reopens
+            through it).
+        run_dir: the run directory (report, checkpoints, samples, ``metrics.jsonl``).
+        profile: ``tiny``, ``quick`` or ``paper`` (default ``quick``; on resume the saved config is used).
+        config: a full config instead of a profile.
+        seed, threads: override the config's ``seed`` / ``num_threads``.
+        overrides: ``"section.field=value"`` strings (:func:`genneg.io.config.apply_overrides`).
+        resume: continue the run in ``run_dir`` from its last finished stage.
+        overwrite: start afresh in a directory that holds a run.
+        progress: progress bars and stage messages on stderr.
+
+    Returns:
+        The evaluation rows (one per model).
+
+    Raises:
+        ValueError: bad profile, overrides or config; RunStateError: see :func:`run_task`;
+        TaskImportError: a factory reference that does not import.
+    """
+    reference = None
+    if isinstance(task, str):
+        if ":" in task:
+            reference = {"factory": task}
+            made = import_object(task)()
+            if not isinstance(made, Task):
+                raise TypeError(f"task factory {task} returned {type(made).__name__}, not a Task")
+            task_obj: Task = made
+        else:
+            task_obj = get_experiment(task).task_factory()
+    else:
+        task_obj = task
+    if reference is not None and hasattr(task_obj, "fingerprint"):
+        reference["fingerprint"] = task_obj.fingerprint()
+    root = Path(run_dir)
+    if resume and (root / "config.json").is_file():
+        _check_same_task(root, task_obj.reference() if reference is None else reference)
+    if config is None:
+        if resume and (root / "config.json").is_file():
+            config = RunDir(root, resume=True).read_config(task_obj.config_class)
+            if profile is not None and profile != config.profile:
+                raise ValueError(f"{root} was run with profile {config.profile!r}, not {profile!r}")
+        else:
+            config = task_obj.make_config(profile or "quick")
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    if threads is not None:
+        config = dataclasses.replace(config, num_threads=threads)
+    config = apply_overrides(config, list(overrides))
+    _ = config_to_dict(config)  # a config that cannot be saved fails here, before the run directory
+    return run_task(task_obj, config, root, resume=resume, overwrite=overwrite, progress=progress, hook=hook,
+                    reference=reference)

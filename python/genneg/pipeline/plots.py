@@ -121,13 +121,16 @@ def plot_classifier_maps(
     return _save(fig, path)
 
 
-def plot_progress(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+def plot_progress(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], *,
+                  likelihood: str = "elbo", likelihood_label: str = "held-out ELBO (nats)") -> Path:
     """Infraction rate and held-out ELBO versus Gen-neG iteration (0 = baseline).
 
     Args:
         path: output PNG.
         rows: evaluation records (``genneg.pipeline.report.eval_rows``) with ``group``, ``iteration``,
-            ``infraction``, ``infraction_low``, ``infraction_high`` and ``elbo``.
+            ``infraction``, ``infraction_low``, ``infraction_high`` and the ``likelihood`` key.
+        likelihood: the record key of the likelihood panel (``"elbo"``, ``"r_elbo"``); likelihood_label:
+            its axis label with units.
     """
     chain = sorted((r for r in rows if r.get("group") in ("baseline", "gen_neg")),
                    key=lambda r: r.get("iteration") or 0)
@@ -143,14 +146,15 @@ def plot_progress(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]
     ax1.set_yscale("log")
     ax1.set_xlabel("iteration (0 = baseline)")
     ax1.set_ylabel("infraction rate (%)")
-    ax2.plot(it, [r.get("elbo", np.nan) for r in chain], marker="o", label="Gen-neG")
+    ax2.plot(it, [r.get(likelihood, np.nan) for r in chain], marker="o", label="Gen-neG")
     ax2.set_xlabel("iteration (0 = baseline)")
-    ax2.set_ylabel("held-out ELBO (nats)")
+    ax2.set_ylabel(likelihood_label)
     for k, r in enumerate(others):
         color = f"C{k + 1}"
         ax1.axhline(100 * r["infraction"], ls="--", color=color, lw=1, label=r["model"])
-        if r.get("elbo") is not None:
-            ax2.axhline(r["elbo"], ls="--", color=color, lw=1, label=r["model"])
+        value = r.get(likelihood)
+        if value is not None and np.isfinite(value):
+            ax2.axhline(value, ls="--", color=color, lw=1, label=r["model"])
     for ax in (ax1, ax2):
         ax.set_xticks(it)
         ax.legend(fontsize=7)

@@ -1,0 +1,212 @@
+"""Stages of the traffic task's DDPM over scenes: ancestral sampling in contexts, the per-scene r-ELBO,
+and training of the baseline ε-model (METHOD.md 3, 7, 8 "Traffic")."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from genneg.data.traffic.scene_set import Cond, SceneSet
+from genneg.diffusion.ddpm import DDPMSchedule, ddpm_ancestral_sample, ddpm_loss
+from genneg.metrics import r_elbo
+from genneg.models.scene_networks import SceneEpsModel
+from genneg.pipeline.optim import ema_update, optimizer_step, set_learning_rate
+
+__all__ = ["SceneTrainingConfig", "mean_per_vehicle", "sample_scenes", "scene_r_elbo", "train_scene_baseline"]
+
+
+
+@dataclass(frozen=True)
+class SceneTrainingConfig:
+    """Training of the baseline ε-model.
+
+    Attributes:
+        iterations, batch_size, lr, lr_schedule, lr_min_fraction, warmup, grad_clip: Adam on the DDPM loss.
+        eval_every: held-out r-ELBO every this many steps; the best weights are kept (0 = keep the last).
+        eval_scenes, eval_timesteps: held-out scenes and timesteps per scene of that r-ELBO.
+        ema_decay: the evaluated and kept weights are an exponential moving average of the trained ones
+            with this decay (warm-up ``min(decay, (1 + step) / (10 + step))``); 0 = the trained weights.
+    """
+
+    iterations: int = 20_000
+    batch_size: int = 128
+    lr: float = 5e-4
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_min_fraction: float = 0.05
+    warmup: int = 200
+    grad_clip: float = 1.0
+    eval_every: int = 2000
+    eval_scenes: int = 256
+    eval_timesteps: int = 8
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"SceneTrainingConfig.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 0 or self.lr <= 0:
+            raise ValueError(f"SceneTrainingConfig needs iterations, batch_size >= 1, lr > 0: {self}")
+
+
+
+
+def _bind(model: Callable[..., torch.Tensor], cond: Cond
+          ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model(x, t, **cond)`` as ``f(x, t)`` for the samplers and metrics written for ``eps(x, t)``."""
+    return lambda x, t: model(x, t, **cond)
+
+
+def sample_scenes(
+    eps_model: Callable[..., torch.Tensor],
+    cond: Cond,
+    schedule: DDPMSchedule,
+    *,
+    num_steps: int,
+    batch_size: int,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[float]]:
+    """Ancestral DDPM samples of scenes in the contexts ``cond`` (one scene per row).
+
+    Args:
+        eps_model: ``eps(x_t, t, **cond)``, plain or guided.
+        cond: ``n`` contexts (see the module docstring).
+        schedule: the DDPM schedule; num_steps: sampler steps.
+        batch_size: scenes per sampler call.
+        generator: source of the initial and per-step noise (drawn on the CPU, in batch order, so that a
+            batch's noise does not depend on the model).
+        progress: progress bar over batches.
+
+    Returns:
+        ``tokens (n, A, 7)`` float32 (padding exactly 0) and the wall seconds of each batch.
+    """
+    valid = cond["valid"]
+    n, a = valid.shape
+    device = valid.device
+    out, seconds = [], []
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, disable=not progress or len(starts) < 2, desc="sampling scenes", leave=False):
+        rows = slice(start, min(start + batch_size, n))
+        batch = {k: v[rows] for k, v in cond.items()}
+        m = batch["valid"].shape[0]
+        x_T = torch.randn((m, a, 7), generator=generator).to(device)
+        step_gen = torch.Generator(device=device)
+        step_gen.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        t0 = time.perf_counter()
+        x = ddpm_ancestral_sample(_bind(eps_model, batch), x_T, schedule, num_steps=num_steps,
+                                  generator=step_gen)
+        seconds.append(time.perf_counter() - t0)
+        out.append(torch.where(batch["valid"][..., None], x, torch.zeros_like(x)))
+    return torch.cat(out), seconds
+
+
+def scene_r_elbo(
+    eps_model: Callable[..., torch.Tensor],
+    scenes: SceneSet,
+    schedule: DDPMSchedule,
+    *,
+    num_timesteps: int,
+    seed: int,
+    batch_scenes: int = 64,
+) -> torch.Tensor:
+    """r-ELBO (METHOD.md 7) of each scene: :func:`genneg.metrics.r_elbo` with the scene's conditioning.
+
+    ``r_elbo`` evaluates the ``K = num_timesteps`` draws of point ``i`` in rows ``i·K .. i·K + K - 1`` of its
+    batch, so each chunk of scenes is bound to its conditioning repeated ``K`` times per row
+    (``repeat_interleave``). Padding slots contribute exactly 0 (:class:`SceneEpsModel`).
+
+    Returns:
+        ``(S,)`` float64, summed over the real vehicles' token dimensions.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(scenes), batch_scenes):
+        stop = min(start + batch_scenes, len(scenes))
+        chunk = scenes.rows(torch.arange(start, stop, device=scenes.tokens.device))
+        cond = {k: v.repeat_interleave(num_timesteps, dim=0) for k, v in chunk.cond.items()}
+        out.append(r_elbo(_bind(eps_model, cond), chunk.tokens, schedule, num_timesteps=num_timesteps,
+                          generator=generator, batch_size=len(chunk) * num_timesteps))
+    return torch.cat(out)
+
+
+def mean_per_vehicle(values: torch.Tensor, valid: torch.Tensor) -> float:
+    """Sum of per-scene values over the number of real vehicles."""
+    return float(values.sum()) / max(int(valid.sum()), 1)
+
+
+def train_scene_baseline(
+    eps_model: SceneEpsModel,
+    train: SceneSet,
+    heldout: SceneSet,
+    config: SceneTrainingConfig,
+    schedule: DDPMSchedule,
+    generator: torch.Generator,
+    *,
+    seed: int,
+    progress: bool = False,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train the ε-model in place with Adam on :func:`~genneg.diffusion.ddpm.ddpm_loss` (masked by
+    :class:`SceneEpsModel`'s exact padding ε), keeping the (EMA) weights of the best held-out r-ELBO.
+
+    Args:
+        eps_model: the model; train/heldout: scenes; config: optimiser and selection.
+        schedule: the DDPM schedule.
+        generator: CPU source of batches, timesteps and noise.
+        seed: seed of the held-out r-ELBO draws (the same at every evaluation).
+        progress: progress bar; on_eval: called with each evaluation's record.
+
+    Returns:
+        ``{"best_iteration", "best_r_elbo" (per vehicle), "iterations_run", "final_loss"}``.
+    """
+    device = train.tokens.device
+    optimizer = torch.optim.Adam(eps_model.parameters(), lr=config.lr)
+    held = heldout.rows(torch.arange(min(config.eval_scenes, len(heldout)), device=device))
+    best = {"iteration": 0, "r_elbo": -math.inf, "state": None}
+    losses: list[float] = []
+    ema = copy.deepcopy(eps_model).eval().requires_grad_(False) if config.ema_decay > 0 else None
+    weights = ema if ema is not None else eps_model
+
+    def evaluate(step: int) -> None:
+        weights.eval()
+        value = mean_per_vehicle(scene_r_elbo(weights, held, schedule, num_timesteps=config.eval_timesteps,
+                                               seed=seed), held.cond["valid"])
+        eps_model.train()
+        record = {"iteration": step, "r_elbo_per_vehicle": value,
+                  "loss": float(np.mean(losses[-100:])) if losses else None}
+        if on_eval is not None:
+            on_eval(record)
+        if value > best["r_elbo"]:
+            best.update(iteration=step, r_elbo=value, state=copy.deepcopy(weights.state_dict()))
+
+    eps_model.train()
+    bar = tqdm(range(config.iterations), disable=not progress, desc="baseline (DDPM)", leave=False)
+    for step in bar:
+        set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
+                          config.lr_min_fraction, config.warmup)
+        idx = torch.randint(len(train), (config.batch_size,), generator=generator).to(device)
+        batch = train.rows(idx)
+        loss = ddpm_loss(_bind(eps_model, batch.cond), batch.tokens, schedule, generator=generator)
+        optimizer_step(optimizer, loss, eps_model.parameters(), config.grad_clip)
+        if ema is not None:
+            ema_update(ema, eps_model, config.ema_decay, step)
+        losses.append(float(loss.detach()))
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        if config.eval_every and (step + 1) % config.eval_every == 0:
+            evaluate(step + 1)
+    if not config.eval_every or config.iterations % config.eval_every:
+        evaluate(config.iterations)
+    if best["state"] is not None:
+        eps_model.load_state_dict(best["state"])
+    eps_model.eval()
+    return {"best_iteration": best["iteration"], "best_r_elbo": best["r_elbo"],
+            "iterations_run": config.iterations, "final_loss": float(np.mean(losses[-100:]))}
+
