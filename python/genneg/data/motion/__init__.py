@@ -10,7 +10,13 @@
 Units: metres, y up, floor ``y = 0``, clips canonical (root starts at ``x = z = 0`` facing ``+z``).
 """
 
-from .dataset import MotionDataset, write_deepmimic_dataset, write_motion_dataset, write_procedural_dataset
+from .dataset import (
+    MotionDataset,
+    write_deepmimic_dataset,
+    write_deepmimic_split,
+    write_motion_dataset,
+    write_procedural_dataset,
+)
 from .deepmimic import (
     PYBULLET_VERSION,
     DeepMimicClip,
@@ -63,6 +69,7 @@ __all__ = [
     "rotation_z",
     "slice_windows",
     "write_deepmimic_dataset",
+    "write_deepmimic_split",
     "write_motion_dataset",
     "write_procedural_dataset",
 ]

@@ -26,6 +26,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ from .procedural import MOTION_FAMILIES, ProceduralConfig, generate_procedural_m
 from .skeleton import PROCEDURAL_JOINTS, Skeleton
 from .windows import slice_windows
 
-__all__ = ["MotionDataset", "main", "write_deepmimic_dataset", "write_motion_dataset",
-           "write_procedural_dataset"]
+__all__ = ["MotionDataset", "main", "write_deepmimic_dataset", "write_deepmimic_split",
+           "write_motion_dataset", "write_procedural_dataset"]
 
 FORMAT_VERSION = 1
 
@@ -153,6 +154,52 @@ def write_deepmimic_dataset(directory: str | Path, wheel: str | Path, fps: float
              "clips": counts}
     return write_motion_dataset(directory, positions, np.concatenate(family), [c.name for c in converted],
                                 sk, fps, "deepmimic", tolerance_m, extra)
+
+
+def write_deepmimic_split(train_dir: str | Path, heldout_dir: str | Path, wheel: str | Path,
+                          heldout_fraction: float = 0.3, fps: float = 20.0, frames: int = 60, stride: int = 5,
+                          warps: Sequence[float] = (0.9, 1.0, 1.1), mirrored: bool = True,
+                          tolerance_m: float = 0.01, min_wrap_duration_s: float = 12.0) -> dict[str, Any]:
+    """Training and held-out windows of the DeepMimic clips, split in time: each clip's last
+    ``heldout_fraction`` of its duration gives the held-out windows, the rest the training windows (so no
+    window of one set overlaps a window of the other; cyclic clips repeat their cycle, so the held-out part
+    of a cyclic clip is the same motion at other times). Clips too short for a window in a part give none
+    there. Windows below the floor by more than ``tolerance_m`` are dropped.
+
+    Returns:
+        Per clip and split, the windows kept and dropped.
+
+    Raises:
+        ValueError: ``heldout_fraction`` outside ``(0, 1)``, or a split without windows.
+    """
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction}")
+    sk = deepmimic_humanoid_from_wheel(wheel).skeleton
+    converted = deepmimic_clips_from_wheel(wheel, min_wrap_duration_s=min_wrap_duration_s)
+    parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"train": ([], []), "heldout": ([], [])}
+    counts: dict[str, dict[str, int]] = {}
+    for k, clip in enumerate(converted):
+        cut = (1 - heldout_fraction) * clip.times_s[-1]
+        for split, rows in (("train", clip.times_s <= cut), ("heldout", clip.times_s >= cut)):
+            if rows.sum() < 2:
+                continue
+            w = slice_windows(clip.positions_m[rows], clip.times_s[rows], sk, fps, frames, stride, warps,
+                              mirrored)
+            ok = _lowest(w) >= -tolerance_m if len(w) else np.zeros(0, dtype=bool)
+            parts[split][0].append(w[ok])
+            parts[split][1].append(np.full(int(ok.sum()), k))
+            counts[f"{clip.name}/{split}"] = {"kept": int(ok.sum()), "dropped": int((~ok).sum())}
+    names = [c.name for c in converted]
+    for split, directory in (("train", train_dir), ("heldout", heldout_dir)):
+        windows, family = parts[split]
+        positions = np.concatenate(windows) if windows else np.zeros((0, frames, sk.num_joints, 3))
+        if len(positions) == 0:
+            raise ValueError(f"no {split} window of {frames} frames at {fps} fps: {counts}")
+        extra = {"wheel": Path(wheel).name, "split": split, "heldout_fraction": heldout_fraction,
+                 "stride": stride, "warps": list(warps), "mirrored": mirrored, "clips": counts}
+        write_motion_dataset(directory, positions, np.concatenate(family), names, sk, fps, "deepmimic",
+                             tolerance_m, extra)
+    return counts
 
 
 class MotionDataset(torch.utils.data.Dataset):
