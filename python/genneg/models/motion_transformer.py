@@ -11,8 +11,12 @@ encoder whose tokens are the frames. We follow its layout:
    label (MDM's action embedding for action-to-motion); label ``num_families`` (or ``family=None``) means
    "no label", so one network can be trained with label dropout and sampled with or without labels.
 3. ``layers`` pre-norm transformer encoder layers (self-attention over all tokens, GELU MLP).
-4. Heads, on the frame tokens: ``"eps"`` -> ``(B, F, D)`` (Linear, zero-initialised so that training starts
-   from ε = 0); ``"frame_logit"`` -> ``(B, F)`` one logit per frame; ``"clip_logit"`` -> ``(B,)`` from the
+4. Heads, on the frame tokens: ``"eps"`` -> ``(B, F, D)``: a zero-initialised Linear of the frame tokens
+   plus a **time-gated linear skip** ``g(t) ⊙ (W x)`` of each frame's input (``W`` starts at the identity,
+   the gate ``g``, a Linear of the condition token, at zero, so training starts from ε = 0). The skip
+   carries the part of ε that is linear in ``x_t`` (at high noise ``ε ≈ x_t``) past the ``width``-wide
+   trunk, which may be narrower than ``D``; the gate lets it vanish at low noise, where ε is not ``x_t``;
+   ``"frame_logit"`` -> ``(B, F)`` one logit per frame; ``"clip_logit"`` -> ``(B,)`` from the
    mean of the frame tokens.
 
 The classifier is the same network with a logit head. Per frame is the default for Gen-neG
@@ -119,9 +123,14 @@ class MotionTransformer(nn.Module):
         self.norm = nn.LayerNorm(w)
         out = config.feature_dim if config.head == "eps" else 1
         self.output = nn.Linear(w, out)
-        if config.head == "eps":
-            nn.init.zeros_(self.output.weight)
-            nn.init.zeros_(self.output.bias)
+        self.skip = nn.Linear(config.feature_dim, config.feature_dim) if config.head == "eps" else None
+        self.skip_gate = nn.Linear(w, config.feature_dim) if config.head == "eps" else None
+        if self.skip is not None and self.skip_gate is not None:
+            nn.init.eye_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
+            for layer in (self.output, self.skip_gate):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, time: torch.Tensor,
                 family: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,8 +151,8 @@ class MotionTransformer(nn.Module):
         tokens = self.input(x) + self.frame_encoding[:f].to(x.dtype)
         h = self.encoder(torch.cat([cond[:, None], tokens], dim=1))
         frames = self.norm(h[:, 1:])
-        if cfg.head == "eps":
-            return self.output(frames)
+        if self.skip is not None and self.skip_gate is not None:
+            return self.output(frames) + self.skip_gate(cond)[:, None] * self.skip(x)
         if cfg.head == "frame_logit":
             return self.output(frames)[..., 0]
         return self.output(frames.mean(dim=1))[..., 0]
