@@ -238,20 +238,21 @@ def _paper() -> MotionExperimentConfig:
 
 
 def _quick() -> MotionExperimentConfig:
-    """Sized for 2 CPU cores (not yet timed: see the issue's 30-minute target): 2-second clips at 20 fps,
-    a small transformer, one Gen-neG iteration, the w/o-IS ablation."""
+    """Sized for a shared 2-core CPU (measured: see benchmarks/results/motion-quick-cpu/): 2-second clips at
+    20 fps, a 2-layer width-64 transformer, one Gen-neG iteration, the w/o-IS ablation, a short
+    distillation."""
     return MotionExperimentConfig(
         profile="quick",
         num_threads=1,
-        data=MotionDataConfig(num_train=4000, num_heldout=512, frames=40),
-        model=MotionModelConfig(denoiser=_net(128, 4, 3, "eps"), classifier=_net(64, 4, 2, "frame_logit")),
-        baseline=MotionTrainingConfig(iterations=4000, batch_size=64, lr=1e-3, warmup=100, eval_every=1000,
-                                      eval_clips=128, eval_timesteps=8),
-        gen_neg=MotionGenNegConfig(iterations=1, num_samples=2048, max_draws=40_000, sample_steps=50,
+        data=MotionDataConfig(num_train=3000, num_heldout=400, frames=40),
+        model=MotionModelConfig(denoiser=_net(64, 4, 2, "eps"), classifier=_net(48, 4, 2, "frame_logit")),
+        baseline=MotionTrainingConfig(iterations=2000, batch_size=64, lr=1e-3, warmup=100, eval_every=500,
+                                      eval_clips=64, eval_timesteps=4),
+        gen_neg=MotionGenNegConfig(iterations=1, num_samples=1024, max_draws=20_000, sample_steps=40,
                                    sample_batch_size=256),
-        classifier=ClassifierConfig(iterations=2000, batch_size=64, lr=1e-3, grad_clip=1.0, ema_decay=0.999),
-        distill=DistillConfig(iterations=1000, batch_size=64, lr=3e-4, grad_clip=1.0),
-        eval=MotionEvalConfig(num_clips=1024, r_elbo_clips=256, r_elbo_timesteps=16, encoder_steps=600),
+        classifier=ClassifierConfig(iterations=1000, batch_size=64, lr=1e-3, grad_clip=1.0, ema_decay=0.999),
+        distill=DistillConfig(iterations=400, batch_size=64, lr=3e-4, grad_clip=1.0),
+        eval=MotionEvalConfig(num_clips=512, r_elbo_clips=128, r_elbo_timesteps=8, encoder_steps=400),
     )
 
 
