@@ -201,3 +201,11 @@ def test_every_converted_pybullet_clip_window_is_valid(tmp_path: Path):
     speed = (pos[ds.family == walk, -1, 0] - pos[ds.family == walk, 0, 0])[:, [0, 2]].norm(dim=-1) / 3.0
     assert 0.7 < float(speed.median()) < 1.6  # m/s: a walk
     assert canonicalise(np.array(ds.positions[0]), ds.skeleton).shape == (60, 15, 3)
+
+
+def test_command_writes_a_procedural_data_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from genneg.data.motion.dataset import main
+
+    assert main(["procedural", "--output", str(tmp_path / "p"), "--clips", "6", "--frames", "40"]) == 0
+    assert "6 clips of 40 frames at 20 fps, 22 joints" in capsys.readouterr().out
+    assert len(MotionDataset(tmp_path / "p")) == 6

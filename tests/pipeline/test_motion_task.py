@@ -155,3 +155,23 @@ def test_deepmimic_source_prepares_split_windows(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no pybullet wheel"):
         MotionTask().prepare(dataclasses.replace(config, data=dataclasses.replace(
             config.data, pybullet_cache_dir=str(tmp_path))), tmp_path / "other")
+
+
+def test_family_conditioned_task_samples_and_evaluates_in_contexts(tiny_run: tuple[Path, list[dict]]) -> None:
+    run_dir, _ = tiny_run
+    base = get_motion_profile("tiny")
+    config = dataclasses.replace(base, model=dataclasses.replace(base.model, condition_on_family=True))
+    task = MotionTask()
+    task.setup(config, run_dir / "data")
+    model = task.new_denoiser()
+    assert model.net.family is not None and model.net.family.num_embeddings == len(task.family_names) + 1
+    g = torch.Generator().manual_seed(0)
+    summary = task.train_baseline(model, g)
+    assert summary["iterations_run"] == config.baseline.iterations and math.isfinite(summary["best_r_elbo"])
+    cond = task.train_contexts(5, g)
+    assert cond is not None and cond["family"].shape == (5,)
+    assert task.sample(model, 5, g, cond=cond).shape == (5, *task.clip_shape)
+    with pytest.raises(ValueError, match="conditioned"):
+        task.sample(model, 5, g)
+    metrics, tensors = task.evaluate(model, num_samples=6)
+    assert metrics["num_clips"] == 6 and tensors["frame_valid"].shape == (6, config.data.frames)
