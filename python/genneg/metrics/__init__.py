@@ -1,4 +1,6 @@
-"""Metrics: infraction rate, ELBO / r-ELBO, exact PF-ODE likelihood, MMD, parallel-sample counts."""
+"""Metrics: infraction rate, ELBO / r-ELBO, exact PF-ODE likelihood, MMD, parallel-sample counts, and the
+motion metrics (foot skating, floating, FID / KID in a motion encoder's features:
+:mod:`genneg.metrics.motion`)."""
 
 from genneg.metrics.elbo import ELBOTerms, elbo, elbo_terms, r_elbo
 from genneg.metrics.gaussian import gaussian_denoiser, gaussian_elbo, gaussian_eps, gaussian_log_density

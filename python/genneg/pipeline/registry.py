@@ -71,6 +71,7 @@ class Experiment:
 _BUILTIN = {
     "checkerboard": "genneg.pipeline.checkerboard:EXPERIMENT",
     "traffic": "genneg.pipeline.traffic:EXPERIMENT",
+    "motion": "genneg.pipeline.motion:EXPERIMENT",
 }
 _REGISTERED: dict[str, Experiment] = {}
 

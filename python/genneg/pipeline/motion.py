@@ -1,0 +1,482 @@
+"""Gen-neG on human motion: the motion task (issue 15; the paper's third experiment, METHOD.md 8 "Motion").
+
+A sample is one clip: ``(F, D)`` standardised joint positions (``D = 3 J``,
+:class:`~genneg.data.motion.features.MotionNormalisation` fitted on the training clips). The oracle rejects
+a clip in which any joint at any frame is below the floor by more than ``oracle.tolerance_m``
+(:class:`~genneg.oracles.motion.GroundPenetrationOracle`), and gives one verdict per frame: frames are the
+oracle's parts (METHOD.md 4 "multi-part samples"; a clip is negative when any frame is). The one Gen-neG
+loop (:mod:`genneg.pipeline.experiment`) calls this task's hooks:
+
+- data (``data`` stage): procedural clips (:mod:`genneg.data.motion.procedural`) or the DeepMimic clips of
+  a pybullet wheel already in ``data.pybullet_cache_dir`` (split in time, :func:`write_deepmimic_split`),
+  written once to ``run/data/{train,heldout}`` and memory-mapped;
+- baseline: DDPM ε-prediction motion transformer (:class:`~genneg.models.motion_transformer.MotionEpsNet`),
+  Adam with a cosine schedule, EMA weights, the best held-out r-ELBO kept; unconditioned, or conditioned on
+  the motion family with label dropout (``model.condition_on_family``: ``cond = {"family": (n,) int64}``);
+- classifiers: the same transformer with one logit per frame
+  (:class:`~genneg.models.motion_transformer.MotionLogitNet` in a :class:`~genneg.guidance.TimeClassifier`,
+  ``sigma_data = 1``: its input ``x / sqrt(σ² + 1)`` is the DDPM ``x_t``), trained on per-frame labels;
+  guidance ``ε_K = ε − sqrt(1 − ᾱ_t) Σ_k ∇ Σ_frames log c_k`` (:class:`~genneg.guidance.GuidedEps`);
+- distillation of the stacked model into a baseline-shaped ε-model (ε form of Eq. 12);
+- evaluation of every model with the same noise: infraction per clip (Wilson interval) and per frame,
+  r-ELBO per frame on held-out clips (same draws for every model), FID and KID against the held-out clips in
+  the features of a motion-family encoder trained once per run on the training clips
+  (:mod:`genneg.metrics.motion`, saved as ``data/motion_encoder.safetensors``), foot skating, floating,
+  mean lowest-joint height, ``N(r, p)``, sampling time per batch; stick-figure filmstrips coloured by
+  verdict and lowest-joint heights over time (:mod:`genneg.pipeline.motion_report`).
+
+Configs and profiles: :mod:`genneg.pipeline.motion_profiles` (``genneg train motion --profile
+tiny|quick|paper``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from genneg.data.motion import (
+    MotionDataset,
+    MotionNormalisation,
+    ProceduralConfig,
+    write_deepmimic_split,
+    write_procedural_dataset,
+)
+from genneg.diffusion.ddpm import DDPMSchedule, ddpm_ancestral_sample, ddpm_loss
+from genneg.diffusion.edm import EDMConfig
+from genneg.guidance import GuidedEps, TimeClassifier
+from genneg.io.checkpoint import load_checkpoint, save_checkpoint
+from genneg.io.rundir import stage_generator, stage_seed
+from genneg.metrics import infraction_rate, num_parallel_samples, r_elbo
+from genneg.metrics.motion import (
+    MotionEncoder,
+    MotionEncoderConfig,
+    floating_ratio,
+    foot_skating_ratio,
+    frechet_distance,
+    kernel_inception_distance,
+    lowest_joint_height,
+    train_motion_encoder,
+)
+from genneg.models.motion_transformer import MotionEpsNet, MotionLogitNet
+from genneg.oracles.motion import GroundPenetrationOracle
+from genneg.pipeline.motion_profiles import (
+    MOTION_PROFILES,
+    MotionExperimentConfig,
+    MotionTrainingConfig,
+    get_motion_profile,
+)
+from genneg.pipeline.optim import ema_update, optimizer_step, set_learning_rate
+from genneg.pipeline.registry import Experiment
+from genneg.pipeline.task import Cond, EvalOutput, Task
+
+__all__ = ["EXPERIMENT", "MotionTask", "motion_r_elbo", "sample_motions", "train_motion_baseline"]
+
+
+def _bind(model: Callable[..., torch.Tensor], cond: Cond | None) -> Callable[[torch.Tensor, torch.Tensor],
+                                                                            torch.Tensor]:
+    """``model(x, t, **cond)`` as ``f(x, t)``."""
+    return (lambda x, t: model(x, t)) if not cond else (lambda x, t: model(x, t, **cond))
+
+
+def sample_motions(eps_model: Callable[..., torch.Tensor], n: int, shape: tuple[int, int],
+                   schedule: DDPMSchedule, *, num_steps: int, batch_size: int, generator: torch.Generator,
+                   cond: Cond | None = None, device: torch.device | str = "cpu", progress: bool = False
+                   ) -> tuple[torch.Tensor, list[float]]:
+    """Ancestral DDPM samples ``(n, F, D)`` of ``eps_model`` (plain or guided) and the wall seconds of each
+    batch. Noise is drawn on the CPU from ``generator`` in batch order (so a batch's noise does not depend on
+    the model); ``cond``: ``n`` conditioning rows or None."""
+    out, seconds = [], []
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, disable=not progress or len(starts) < 2, desc="sampling clips", leave=False):
+        m = min(batch_size, n - start)
+        batch = None if cond is None else {k: v[start:start + m] for k, v in cond.items()}
+        x_T = torch.randn((m, *shape), generator=generator).to(device)
+        step_gen = torch.Generator(device=device)
+        step_gen.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        t0 = time.perf_counter()
+        out.append(ddpm_ancestral_sample(_bind(eps_model, batch), x_T, schedule, num_steps=num_steps,
+                                         generator=step_gen))
+        seconds.append(time.perf_counter() - t0)
+    return torch.cat(out), seconds
+
+
+def motion_r_elbo(eps_model: Callable[..., torch.Tensor], x: torch.Tensor, schedule: DDPMSchedule, *,
+                  num_timesteps: int, seed: int, cond: Cond | None = None, batch_clips: int = 64
+                  ) -> torch.Tensor:
+    """r-ELBO (METHOD.md 7) of each clip ``(N,)`` float64, summed over its ``F · D`` coordinates; the same
+    draws for every model given the same ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, x.shape[0], batch_clips):
+        chunk = x[start:start + batch_clips]
+        c = None if cond is None else {k: v[start:start + batch_clips].repeat_interleave(num_timesteps, 0)
+                                       for k, v in cond.items()}
+        out.append(r_elbo(_bind(eps_model, c), chunk, schedule, num_timesteps=num_timesteps,
+                          generator=generator, batch_size=chunk.shape[0] * num_timesteps))
+    return torch.cat(out)
+
+
+def train_motion_baseline(eps_model: nn.Module, train_x: torch.Tensor, heldout_x: torch.Tensor,
+                          config: MotionTrainingConfig, schedule: DDPMSchedule, generator: torch.Generator, *,
+                          seed: int, train_family: torch.Tensor | None = None,
+                          heldout_family: torch.Tensor | None = None, num_families: int = 0,
+                          family_dropout: float = 0.0, progress: bool = False,
+                          on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train the ε-model in place with Adam on :func:`~genneg.diffusion.ddpm.ddpm_loss`, keeping the (EMA)
+    weights of the best held-out r-ELBO (per frame).
+
+    Args:
+        eps_model: the model; train_x, heldout_x: ``(N, F, D)`` clips; config: optimiser and selection.
+        schedule: the DDPM schedule; generator: CPU source of batches, timesteps and noise.
+        seed: seed of the held-out r-ELBO draws (the same at every evaluation).
+        train_family, heldout_family: ``(N,)`` labels when the model is conditioned (else None);
+            num_families: the "no label" index; family_dropout: probability of training without the label.
+
+    Returns:
+        ``{"best_iteration", "best_r_elbo" (per frame), "iterations_run", "final_loss"}``.
+    """
+    device = train_x.device
+    optimizer = torch.optim.Adam(eps_model.parameters(), lr=config.lr)
+    held = heldout_x[:config.eval_clips]
+    held_cond = None if heldout_family is None else {"family": heldout_family[:config.eval_clips]}
+    frames = train_x.shape[1]
+    best: dict[str, Any] = {"iteration": 0, "r_elbo": -math.inf, "state": None}
+    losses: list[float] = []
+    ema = copy.deepcopy(eps_model).eval().requires_grad_(False) if config.ema_decay > 0 else None
+    weights = ema if ema is not None else eps_model
+
+    def evaluate(step: int) -> None:
+        weights.eval()
+        value = float(motion_r_elbo(weights, held, schedule, num_timesteps=config.eval_timesteps, seed=seed,
+                                    cond=held_cond).mean()) / frames
+        eps_model.train()
+        record = {"iteration": step, "r_elbo_per_frame": value,
+                  "loss": float(np.mean(losses[-100:])) if losses else None}
+        if on_eval is not None:
+            on_eval(record)
+        if value > best["r_elbo"]:
+            best.update(iteration=step, r_elbo=value, state=copy.deepcopy(weights.state_dict()))
+
+    eps_model.train()
+    bar = tqdm(range(config.iterations), disable=not progress, desc="baseline (DDPM)", leave=False)
+    for step in bar:
+        set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
+                          config.lr_min_fraction, config.warmup)
+        idx = torch.randint(train_x.shape[0], (config.batch_size,), generator=generator).to(device)
+        cond = None
+        if train_family is not None:
+            family = train_family[idx].clone()
+            drop = (torch.rand(len(idx), generator=generator) < family_dropout).to(device)
+            family[drop] = num_families
+            cond = {"family": family}
+        loss = ddpm_loss(_bind(eps_model, cond), train_x[idx], schedule, generator=generator)
+        optimizer_step(optimizer, loss, eps_model.parameters(), config.grad_clip)
+        if ema is not None:
+            ema_update(ema, eps_model, config.ema_decay, step)
+        losses.append(float(loss.detach()))
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        if config.eval_every and (step + 1) % config.eval_every == 0:
+            evaluate(step + 1)
+    if not config.eval_every or config.iterations % config.eval_every:
+        evaluate(config.iterations)
+    if best["state"] is not None:
+        eps_model.load_state_dict(best["state"])
+    eps_model.eval()
+    return {"best_iteration": best["iteration"], "best_r_elbo": best["r_elbo"],
+            "iterations_run": config.iterations, "final_loss": float(np.mean(losses[-100:]))}
+
+
+class MotionTask(Task):
+    """Data, oracle, networks, sampler, metrics and report of the motion experiment (module docstring).
+
+    After :meth:`setup`: ``schedule``, ``skeleton``, ``fps``, ``norm`` (:class:`MotionNormalisation`),
+    ``train_x`` / ``heldout_x`` ``(N, F, D)`` float32 features, ``train_family`` / ``heldout_family``,
+    ``family_names``, ``motion_oracle``.
+    """
+
+    name: ClassVar[str] = "motion"
+    title: ClassVar[str] = "human motion (ground penetration)"
+    config_class: ClassVar[type] = MotionExperimentConfig
+    writes_data: ClassVar[bool] = True
+    likelihood_key: ClassVar[str] = "r_elbo"
+    likelihood_label: ClassVar[str] = "held-out r-ELBO (per frame)"
+
+    def make_config(self, profile: str) -> MotionExperimentConfig:
+        return get_motion_profile(profile)
+
+    def prepare(self, config: MotionExperimentConfig, data_dir: Path, *, progress: bool = False
+                ) -> dict[str, Any]:
+        """Write the training and held-out clips under ``data_dir`` (see the module docstring).
+
+        Raises:
+            ValueError: ``data.source == "deepmimic"`` and no pybullet wheel in the cache directory.
+        """
+        d = config.data
+        for split in ("train", "heldout"):
+            if (data_dir / split).exists():
+                shutil.rmtree(data_dir / split)
+        info: dict[str, Any] = {"source": d.source}
+        if d.source == "procedural":
+            proc = ProceduralConfig(fps=d.fps, frames=d.frames, height_range_m=d.height_range_m,
+                                    families=d.families)
+            for split, n in (("train", d.num_train), ("heldout", d.num_heldout)):
+                seed = stage_seed(config.seed, f"data/{split}")
+                write_procedural_dataset(data_dir / split, n, proc, seed=seed)
+        else:
+            wheels = sorted(Path(d.pybullet_cache_dir).glob("pybullet-*.whl"))
+            if not wheels:
+                raise ValueError(f"no pybullet wheel in {d.pybullet_cache_dir}: fetch it first with "
+                                 "`python -m genneg.data.motion deepmimic --cache-dir DIR --output DIR`")
+            counts = write_deepmimic_split(data_dir / "train", data_dir / "heldout", wheels[0],
+                                           d.heldout_fraction, d.fps, d.frames, d.window_stride, d.warps,
+                                           d.mirrored, config.oracle.tolerance_m)
+            info["dropped_windows"] = sum(c["dropped"] for c in counts.values())
+        for split in ("train", "heldout"):
+            info[f"{split}_clips"] = len(MotionDataset(data_dir / split))
+        return info
+
+    def setup(self, config: MotionExperimentConfig, data_dir: Path) -> None:
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.device = torch.device(config.device)
+        self.schedule = DDPMSchedule(config.ddpm)
+        train, heldout = MotionDataset(data_dir / "train"), MotionDataset(data_dir / "heldout")
+        self.skeleton = train.skeleton
+        self.fps = train.fps
+        self.family_names = train.family_names
+        train_pos, held_pos = np.array(train.positions), np.array(heldout.positions)
+        self.norm = MotionNormalisation.fit(train_pos)
+        self.train_x = self.norm.encode(torch.from_numpy(train_pos).double()).float().to(self.device)
+        self.heldout_x = self.norm.encode(torch.from_numpy(held_pos).double()).float().to(self.device)
+        self.train_family = torch.from_numpy(np.array(train.family)).to(self.device)
+        self.heldout_family = torch.from_numpy(np.array(heldout.family)).to(self.device)
+        self.motion_oracle = GroundPenetrationOracle(config.oracle, normalisation=self.norm)
+        self.quality = dataclasses.replace(config.eval.quality, fps=self.fps)
+        sig = self.schedule.sigmas
+        top = min(float(sig[-1]), config.model.classifier_sigma_max)
+        if not top > float(sig[0]):
+            raise ValueError(f"model.classifier_sigma_max={config.model.classifier_sigma_max} must exceed "
+                             f"the schedule's smallest noise level {float(sig[0]):.3g}")
+        self._classifier_noise = EDMConfig(sigma_min=float(sig[0]), sigma_max=top, sigma_data=1.0)
+        self._encoder: MotionEncoder | None = None
+
+    @property
+    def generator_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def conditioned(self) -> bool:
+        return self.config.model.condition_on_family
+
+    @property
+    def clip_shape(self) -> tuple[int, int]:
+        """``(F, D)``."""
+        return (int(self.train_x.shape[1]), int(self.train_x.shape[2]))
+
+    # networks ----------------------------------------------------------------------------------------
+    def _net_config(self, base: Any, head: str) -> Any:
+        frames, dim = self.clip_shape
+        return dataclasses.replace(base, head=head, feature_dim=dim, max_frames=max(frames, base.max_frames),
+                                   num_families=len(self.family_names) if self.conditioned else 0)
+
+    def new_denoiser(self) -> MotionEpsNet:
+        """A fresh baseline-shaped ε-model."""
+        return MotionEpsNet(self._net_config(self.config.model.denoiser, "eps")).to(self.device)
+
+    def new_classifier(self, time_dependent: bool) -> TimeClassifier:
+        """A fresh classifier (per frame unless ``model.classifier.head == "clip_logit"``); its output layer
+        starts at zero (``c = 1/2``: no guidance until it has learned something)."""
+        m = self.config.model
+        net = MotionLogitNet(self._net_config(m.classifier, m.classifier.head), m.classifier_time_scale,
+                             self._classifier_noise.sigma_max,
+                             shrinkage=time_dependent and m.classifier_shrinkage)
+        nn.init.zeros_(net.net.output.weight)
+        nn.init.zeros_(net.net.output.bias)
+        return TimeClassifier(net, sigma_data=1.0, time_dependent=time_dependent).to(self.device)
+
+    def train_baseline(self, model: nn.Module, generator: torch.Generator, *, progress: bool = False,
+                       on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        c = self.config
+        fam = (self.train_family, self.heldout_family) if self.conditioned else (None, None)
+        return train_motion_baseline(model, self.train_x, self.heldout_x, c.baseline, self.schedule,
+                                     generator, seed=stage_seed(c.seed, "baseline/r_elbo"),
+                                     train_family=fam[0], heldout_family=fam[1],
+                                     num_families=len(self.family_names),
+                                     family_dropout=c.model.family_dropout, progress=progress,
+                                     on_eval=on_eval)
+
+    # sampling and the oracle ------------------------------------------------------------------------
+    @property
+    def sample_batch_size(self) -> int:
+        return self.config.gen_neg.sample_batch_size
+
+    def sample_timed(self, model: Callable[..., torch.Tensor], n: int, generator: torch.Generator, *,
+                     cond: Cond | None = None, progress: bool = False) -> tuple[torch.Tensor, list[float]]:
+        """Clips of ``model`` and the wall seconds of each batch."""
+        g = self.config.gen_neg
+        return sample_motions(model, n, self.clip_shape, self.schedule, num_steps=g.sample_steps,
+                              batch_size=g.sample_batch_size, generator=generator, cond=cond,
+                              device=self.device, progress=progress)
+
+    def sample(self, model: Callable[..., torch.Tensor], n: int, generator: torch.Generator, *,
+               cond: Cond | None = None, progress: bool = False) -> torch.Tensor:
+        if self.conditioned and (cond is None or cond["family"].shape[0] != n):
+            raise ValueError(f"this motion task is conditioned on the family: pass cond with {n} rows")
+        return self.sample_timed(model, n, generator, cond=cond, progress=progress)[0]
+
+    def train_contexts(self, n: int, generator: torch.Generator) -> Cond | None:
+        """Conditioned: ``n`` training clips' families drawn uniformly (with replacement)."""
+        if not self.conditioned:
+            return None
+        idx = torch.randint(len(self.train_family), (n,), generator=generator).to(self.device)
+        return {"family": self.train_family[idx]}
+
+    def eval_contexts(self, n: int) -> Cond | None:
+        """Conditioned: the held-out clips' families, cycled to ``n``."""
+        if not self.conditioned:
+            return None
+        return {"family": self.heldout_family[torch.arange(n, device=self.device) % len(self.heldout_family)]}
+
+    def oracle(self, x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        """Per-frame verdicts ``(n, F)``, True = no joint below the floor by more than the tolerance."""
+        return self.motion_oracle(x, **cond)
+
+    # classifiers, guidance, distillation ------------------------------------------------------------
+    @property
+    def classifier_noise(self) -> EDMConfig:
+        """The DDPM's VE noise range (capped at ``model.classifier_sigma_max``), ``sigma_data = 1``."""
+        return self._classifier_noise
+
+    def guide(self, model: nn.Module, classifiers: Sequence[nn.Module], scale: float) -> nn.Module:
+        """``ε_K``: the stack's guidance (sum over frames of ``log c_k``), or the model itself."""
+        if not classifiers:
+            return model
+        scales = [scale] * len(classifiers)
+        return GuidedEps(model, self.schedule, list(classifiers), scales, coordinates="ve")
+
+    @property
+    def distill_noise(self) -> DDPMSchedule:
+        return self.schedule
+
+    def distillation_data(self, sample_teacher: Callable[[int], tuple[torch.Tensor, Cond | None]],
+                          generator: torch.Generator) -> tuple[torch.Tensor, Cond | None]:
+        if self.config.distill.x0_source == "teacher":
+            return sample_teacher(self.config.distill.num_teacher_samples)
+        return self.train_x, ({"family": self.train_family} if self.conditioned else None)
+
+    # evaluation ------------------------------------------------------------------------------------
+    def encoder(self) -> MotionEncoder:
+        """The FID/KID encoder: trained once per run on the training clips' family labels (seeded by the
+        run's ``eval/encoder`` stream) and saved as ``data/motion_encoder.safetensors``."""
+        if self._encoder is not None:
+            return self._encoder
+        e = self.config.eval
+        config = MotionEncoderConfig(feature_dim=self.clip_shape[1],
+                                     num_classes=max(2, len(self.family_names)), channels=e.encoder_channels,
+                                     steps=e.encoder_steps)
+        path = self.data_dir / "motion_encoder.safetensors"
+        if path.is_file():
+            encoder = MotionEncoder(config).to(self.device)
+            load_checkpoint(path, encoder)
+        else:
+            encoder, accuracy = train_motion_encoder(self.train_x, self.train_family, config,
+                                                     stage_generator(self.config.seed, "eval/encoder"))
+            save_checkpoint(path, encoder, {"training_accuracy": accuracy,
+                                            "config": dataclasses.asdict(config)})
+        self._encoder = encoder.eval()
+        return self._encoder
+
+    def positions(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``(n, F, D)`` -> positions ``(n, F, J, 3)`` metres."""
+        return self.norm.decode(x)
+
+    def evaluate(self, model: Callable[..., torch.Tensor], *, num_samples: int | None = None,
+                 progress: bool = False, on_sampled: Callable[[], None] | None = None) -> EvalOutput:
+        """Infraction per clip and per frame, r-ELBO per frame, FID, KID, skating, floating, lowest-joint
+        height, ``N(r, p)`` and sampling time, on the ``eval/noise`` stream and fixed r-ELBO draws (paired
+        comparisons). Tensors: ``x`` (features), ``frame_valid``."""
+        cfg, seed = self.config.eval, self.config.seed
+        n = cfg.num_clips if num_samples is None else num_samples
+        cond = self.eval_contexts(n)
+        noise = stage_generator(seed, "eval/noise")
+        x, seconds = self.sample_timed(model, n, noise, cond=cond, progress=progress)
+        if on_sampled is not None:
+            on_sampled()
+        finite = torch.isfinite(x).flatten(1).all(1)
+        x_safe = torch.where(finite[:, None, None], x, torch.zeros_like(x))
+        frame_valid = self.motion_oracle.frame_verdicts(x_safe) & finite[:, None]
+        clip = infraction_rate(frame_valid.all(1))
+        frame = infraction_rate(frame_valid.flatten())
+        held = self.heldout_x[:cfg.r_elbo_clips]
+        held_cond = None if cond is None else {"family": self.heldout_family[:cfg.r_elbo_clips]}
+        r = motion_r_elbo(model, held, self.schedule, num_timesteps=cfg.r_elbo_timesteps,
+                          seed=stage_seed(seed, "eval/r_elbo"), cond=held_cond)
+        pos = self.positions(x_safe[finite])
+        encoder = self.encoder()
+        feats, ref = encoder.embed(x_safe[finite]), encoder.embed(self.heldout_x)
+        kid, kid_std = kernel_inception_distance(feats, ref, cfg.kid_subsets, cfg.kid_subset_size,
+                                                 stage_generator(seed, "eval/kid"))
+        metrics = {
+            "infraction": clip.rate, "infraction_low": clip.low, "infraction_high": clip.high,
+            "infraction_frame": frame.rate,
+            "r_elbo": float(r.mean()) / self.clip_shape[0],
+            "fid": frechet_distance(feats, ref), "kid": kid, "kid_std": kid_std,
+            "skating": float(foot_skating_ratio(pos, self.skeleton.feet, self.quality).mean()),
+            "floating": float(floating_ratio(pos, self.quality).mean()),
+            "lowest_height_m": float(lowest_joint_height(pos).mean()),
+            "non_finite": int((~finite).sum()),
+            "n_parallel": num_parallel_samples(clip.rate, cfg.p) if clip.rate < 1 else None,
+            "num_clips": int(n), "batch_size": self.config.gen_neg.sample_batch_size,
+            "sample_seconds_per_batch": float(np.median(seconds)) if seconds else None,
+        }
+        return metrics, {"x": x.cpu(), "frame_valid": frame_valid.cpu()}
+
+    def data_reference(self) -> dict[str, float]:
+        """The metrics of held-out clips against a same-sized slice of the training clips (what a perfect
+        model would score: FID/KID floor at this sample size, the data's own skating and floating)."""
+        n = min(len(self.heldout_x), len(self.train_x))
+        encoder = self.encoder()
+        ref = encoder.embed(self.heldout_x)
+        feats = encoder.embed(self.train_x[:n])
+        pos = self.positions(self.heldout_x)
+        kid, _ = kernel_inception_distance(feats, ref, self.config.eval.kid_subsets,
+                                           self.config.eval.kid_subset_size,
+                                           stage_generator(self.config.seed, "eval/kid"))
+        return {"fid": frechet_distance(feats, ref), "kid": kid,
+                "skating": float(foot_skating_ratio(pos, self.skeleton.feet, self.quality).mean()),
+                "floating": float(floating_ratio(pos, self.quality).mean()),
+                "lowest_height_m": float(lowest_joint_height(pos).mean())}
+
+    def format_table(self, rows: Sequence[dict[str, Any]]) -> str:
+        from genneg.pipeline.motion_report import format_motion_table
+
+        return format_motion_table(rows, self.config.eval.p)
+
+    def report_notes(self, run: Any) -> list[str]:
+        from genneg.pipeline.motion_report import motion_notes
+        from genneg.pipeline.report import eval_rows
+
+        return motion_notes(self, run, eval_rows(run.records()))
+
+    def pictures(self, run: Any, rows: Sequence[dict[str, Any]],
+                 load_model: Callable[[str], nn.Module]) -> list[str]:
+        from genneg.pipeline.motion_report import render_motions
+
+        return render_motions(self, run, rows)
+
+
+EXPERIMENT = Experiment(
+    name="motion", config_class=MotionExperimentConfig, profiles=MOTION_PROFILES, task_factory=MotionTask,
+    description="human motion (procedural humanoid or DeepMimic clips): ground penetration")
