@@ -29,14 +29,16 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``genneg`` command."""
+    from genneg.pipeline.registry import experiment_names
+
     parser = argparse.ArgumentParser(prog="genneg", description="Gen-neG: diffusion models guided away from "
                                      "oracle-invalid samples by stacked time-dependent classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run (or resume) Gen-neG on an experiment or on your own data")
     train.add_argument("experiment", nargs="?", default=None,
-                       help="a registered experiment ('checkerboard', 'traffic', or a plug-in's); omit it "
-                            "with --data/--oracle or --task")
+                       help=f"a registered experiment ({', '.join(experiment_names())}); omit it with "
+                            "--data/--oracle or --task")
     train.add_argument("--data", default=None,
                        help="your training data: .npy, .npz or .safetensors, (N, d) (needs --oracle)")
     train.add_argument("--heldout", default=None, help="held-out data (default: 10%% of --data)")
