@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from genneg.diffusion.ddpm import DDPMSchedule
+from genneg.metrics._checks import check_positive
 
 __all__ = ["gaussian_denoiser", "gaussian_elbo", "gaussian_eps", "gaussian_log_density"]
 
@@ -23,8 +24,7 @@ __all__ = ["gaussian_denoiser", "gaussian_elbo", "gaussian_eps", "gaussian_log_d
 def gaussian_denoiser(mu: torch.Tensor, s: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Exact ``D(x (B, d), sigma (B,)) -> (B, d)`` of ``N(μ, s² I)`` data (``μ`` ``(d,)``, ``s`` data
     units); computed in float64, returned in ``x``'s dtype."""
-    if s <= 0:
-        raise ValueError(f"data std s must be > 0, got {s}")
+    s = check_positive("data std s", s)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])[:, None] ** 2
@@ -38,8 +38,7 @@ def gaussian_eps(mu: torch.Tensor, s: float, schedule: DDPMSchedule
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Exact ``eps(x_t (B, d), t (B,) int64) -> (B, d) = E[ε | x_t]`` of ``N(μ, s² I)`` data under
     ``schedule``; computed in float64, returned in ``x_t``'s dtype."""
-    if s <= 0:
-        raise ValueError(f"data std s must be > 0, got {s}")
+    s = check_positive("data std s", s)
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ab = schedule.alpha_cumprod_of_t(t).to(device=x.device)[:, None]

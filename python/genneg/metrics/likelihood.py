@@ -28,6 +28,7 @@ import torch
 
 from genneg.diffusion.denoiser import Denoiser
 from genneg.diffusion.edm import EDMConfig
+from genneg.metrics._checks import check_positive
 
 __all__ = ["denoiser_divergence", "pf_ode_log_likelihood"]
 
@@ -88,8 +89,7 @@ def pf_ode_log_likelihood(
     if num_steps < 1 or batch_size < 1:
         raise ValueError(f"num_steps and batch_size must be >= 1, got {num_steps}, {batch_size}")
     prior_std = config.sigma_max if prior_std is None else float(prior_std)
-    if prior_std <= 0:
-        raise ValueError(f"prior_std must be > 0, got {prior_std}")
+    prior_std = check_positive("prior_std", prior_std)
     log_sigmas = torch.linspace(math.log(config.sigma_min), math.log(config.sigma_max), num_steps + 1,
                                 dtype=torch.float64).tolist()
     d = x0[0].numel()

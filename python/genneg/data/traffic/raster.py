@@ -1,7 +1,8 @@
 """Rasterising road geometry into drivable-area grids.
 
 Every function here uses the cell-centre rule of :meth:`DrivableMap.from_polygons`: cell ``(i, j)`` is set
-iff its centre ``(ox + (j + ½)·res, oy + (i + ½)·res)`` lies inside the shape. Each shape touches only the
+iff its centre ``(ox + (j + ½)·res, oy + (i + ½)·res)`` lies in the closed shape (inside or on its
+boundary), whatever the shape's orientation or starting vertex. Each shape touches only the
 cells of its bounding box, so cost grows with the covered area, not with the raster times the shape count.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.path import Path
+
+from genneg.oracles.drivable_map import cell_centres_in_polygon
 
 __all__ = ["raster_grid_for", "rasterise_polygons", "rasterise_polylines", "rasterise_triangles"]
 
@@ -70,7 +72,10 @@ def rasterise_polygons(
         origin_m, resolution_m, shape: the grid, as for :class:`DrivableMap`.
 
     Returns:
-        ``(H, W)`` uint8, 1 where a cell centre lies inside some polygon.
+        ``(H, W)`` uint8, 1 where a cell centre lies inside or on the edge of some polygon.
+
+    Raises:
+        ValueError: a bad grid, a polygon not ``(V >= 3, 2)`` or holding NaN/inf.
     """
     _check_grid(origin_m, resolution_m, shape)
     h, w = int(shape[0]), int(shape[1])
@@ -79,14 +84,13 @@ def rasterise_polygons(
         poly = np.asarray(poly, dtype=np.float64)
         if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
             raise ValueError(f"polygon {k} must have shape (V>=3, 2), got {poly.shape}")
+        if not np.all(np.isfinite(poly)):
+            raise ValueError(f"polygon {k} holds non-finite coordinates")
         j0, j1 = _cell_range(poly[:, 0].min(), poly[:, 0].max(), origin_m[0], resolution_m, w)
         i0, i1 = _cell_range(poly[:, 1].min(), poly[:, 1].max(), origin_m[1], resolution_m, h)
         if j0 >= j1 or i0 >= i1:
             continue
-        xs = origin_m[0] + (np.arange(j0, j1) + 0.5) * resolution_m
-        ys = origin_m[1] + (np.arange(i0, i1) + 0.5) * resolution_m
-        centres = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-        inside = Path(poly).contains_points(centres).reshape(i1 - i0, j1 - j0)
+        inside = cell_centres_in_polygon(poly, origin_m, resolution_m, (i0, i1), (j0, j1))
         out[i0:i1, j0:j1] |= inside.astype(np.uint8)
     return out
 
