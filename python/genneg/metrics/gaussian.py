@@ -50,7 +50,8 @@ def gaussian_eps(mu: torch.Tensor, s: float, schedule: DDPMSchedule
 
 
 def gaussian_log_density(x: torch.Tensor, mu: torch.Tensor, var: float) -> torch.Tensor:
-    """``log N(x; μ, var I)`` per row of ``x`` ``(N, d)``: ``(N,)`` float64 nats."""
+    """``log N(x; μ, var I)`` per row of ``x`` ``(N, d)``: ``(N,)`` float64 nats; ``var`` finite > 0."""
+    var = check_positive("var", var)
     x = x.to(torch.float64)
     d = x.shape[1]
     return -0.5 * d * math.log(2 * math.pi * var) - (x - mu.to(x)).pow(2).sum(dim=1) / (2 * var)
@@ -63,6 +64,10 @@ def gaussian_elbo(x0: torch.Tensor, mu: torch.Tensor, s: float, sigma_min: float
     ``∫ E||D - x0||² / σ³ dσ = ||μ - x0||² [1/(2(s²+v))]_{v=σ_max²}^{σ_min²}
     + (d/2) [ln(v / (s² + v)) + s² / (s² + v)]_{v=σ_min²}^{σ_max²}``. Returns ``(N,)`` float64.
     """
+    s = check_positive("data std s", s)
+    sigma_min, sigma_max = check_positive("sigma_min", sigma_min), check_positive("sigma_max", sigma_max)
+    if not sigma_min < sigma_max:
+        raise ValueError(f"need sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     x0 = x0.to(torch.float64)
     d = x0.shape[1]
     s2, a, b = s * s, sigma_min**2, sigma_max**2

@@ -44,7 +44,12 @@ def denoiser_divergence(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor
 
     Returns:
         ``(D (B, *shape) detached, div (B,))`` in ``x``'s dtype. Costs one forward and ``d`` backward passes.
+        Works in every grad mode: under ``torch.inference_mode`` (which records no graph) it leaves
+        inference mode for the derivatives, with inference-tensor inputs cloned.
     """
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return denoiser_divergence(denoiser, x.clone(), sigma.clone())
     with torch.enable_grad():
         xi = x.detach().requires_grad_(True)
         out = denoiser(xi, sigma)

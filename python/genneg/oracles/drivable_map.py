@@ -7,11 +7,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DrivableMap", "cell_centres_in_polygon"]
+__all__ = ["DrivableMap", "cell_centres_in_polygon", "polygon_window"]
 
 # A cell centre within this many cells of a polygon edge is ON the edge (the closed-polygon rule below);
 # it absorbs the rounding of vertices given in metres (a vertex 1e-12 m off a centre line still counts).
 _EDGE_TOLERANCE_CELLS = 1e-9
+
+
+def polygon_window(
+    polygon_m: np.ndarray, origin_m: tuple[float, float], resolution_m: float, shape: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Half-open ``((i0, i1), (j0, j1))`` of the cells whose centres may lie in the closed polygon (its
+    bounding box, widened by the edge tolerance), clipped to a ``(H, W)`` grid."""
+    poly = np.asarray(polygon_m, dtype=np.float64)
+    u = (poly[:, 0] - origin_m[0]) / resolution_m - 0.5
+    v = (poly[:, 1] - origin_m[1]) / resolution_m - 0.5
+    tol = _EDGE_TOLERANCE_CELLS
+
+    def span(lo: float, hi: float, n: int) -> tuple[int, int]:
+        first = max(int(np.ceil(max(lo - tol, -1.0))), 0)
+        last = min(int(np.floor(min(hi + tol, float(n)))) + 1, n)
+        return first, last
+
+    rows = span(float(v.min()), float(v.max()), int(shape[0]))
+    return rows, span(float(u.min()), float(u.max()), int(shape[1]))
 
 
 def cell_centres_in_polygon(
@@ -158,7 +177,6 @@ class DrivableMap:
             raise ValueError(f"shape must be positive, got {shape}")
         if not np.isfinite(resolution_m) or resolution_m <= 0:
             raise ValueError(f"resolution_m must be a finite number > 0, got {resolution_m}")
-        window = ((0, h), (0, w))
         inside = np.zeros((h, w), dtype=bool)
         for name, shapes in (("polygon", polygons), ("hole", holes)):
             for k, poly in enumerate(shapes):
@@ -167,9 +185,13 @@ class DrivableMap:
                     raise ValueError(f"{name} {k} must have shape (V>=3, 2), got {poly.shape}")
                 if not np.all(np.isfinite(poly)):
                     raise ValueError(f"{name} {k} holds non-finite coordinates")
+                (i0, i1), (j0, j1) = polygon_window(poly, origin_m, resolution_m, (h, w))
+                if i0 >= i1 or j0 >= j1:
+                    continue
+                cells = cell_centres_in_polygon(poly, origin_m, resolution_m, (i0, i1), (j0, j1),
+                                                closed=name == "polygon")
                 if name == "polygon":
-                    inside |= cell_centres_in_polygon(poly, origin_m, resolution_m, *window)
-        for hole in holes:
-            hole = np.asarray(hole, dtype=np.float64)
-            inside &= ~cell_centres_in_polygon(hole, origin_m, resolution_m, *window, closed=False)
+                    inside[i0:i1, j0:j1] |= cells
+                else:
+                    inside[i0:i1, j0:j1] &= ~cells
         return cls(inside.astype(np.uint8), origin_m, resolution_m)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from genneg.oracles.drivable_map import cell_centres_in_polygon
+from genneg.oracles.drivable_map import cell_centres_in_polygon, polygon_window
 
 __all__ = ["raster_grid_for", "rasterise_polygons", "rasterise_polylines", "rasterise_triangles"]
 
@@ -86,8 +86,7 @@ def rasterise_polygons(
             raise ValueError(f"polygon {k} must have shape (V>=3, 2), got {poly.shape}")
         if not np.all(np.isfinite(poly)):
             raise ValueError(f"polygon {k} holds non-finite coordinates")
-        j0, j1 = _cell_range(poly[:, 0].min(), poly[:, 0].max(), origin_m[0], resolution_m, w)
-        i0, i1 = _cell_range(poly[:, 1].min(), poly[:, 1].max(), origin_m[1], resolution_m, h)
+        (i0, i1), (j0, j1) = polygon_window(poly, origin_m, resolution_m, (h, w))
         if j0 >= j1 or i0 >= i1:
             continue
         inside = cell_centres_in_polygon(poly, origin_m, resolution_m, (i0, i1), (j0, j1))
