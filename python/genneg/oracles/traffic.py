@@ -65,8 +65,19 @@ def _mask_tensor(valid: torch.Tensor | np.ndarray | None, device: torch.device) 
     if isinstance(valid, torch.Tensor):
         return valid.detach().to(device)
     if isinstance(valid, np.ndarray):
-        return torch.as_tensor(valid, device=device)
+        return torch.as_tensor(_torch_readable(valid), device=device)
     raise TypeError(f"valid must be a torch.Tensor, numpy.ndarray or None, got {type(valid).__name__}")
+
+
+def _torch_readable(a: Any) -> Any:
+    """A NumPy array torch can wrap: native byte order and no negative strides (copied only if needed)."""
+    if not isinstance(a, np.ndarray):
+        return a
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if any(stride < 0 for stride in a.strides):
+        a = np.ascontiguousarray(a)
+    return a
 
 
 @dataclass(frozen=True)
@@ -116,11 +127,12 @@ class TrafficOracle:
         """Per-vehicle verdicts, True = valid.
 
         Args:
-            boxes: ``(N, A, 5)`` float tensor (any device) or NumPy array (either byte order): x m, y m,
-                length m, width m, heading rad; float16, bfloat16 and integer inputs are converted to
-                float64. ``(N, 5 * A)`` with ``A >= 2`` (flattened vehicles) is read as ``(N, A, 5)``;
-                ``(N, 5)`` is refused as ambiguous (``genneg_ext`` reads ``(A, 5)`` as one scene). Valid
-                range of a present box: see :mod:`genneg.reference.traffic_oracle` (``MAX_*``).
+            boxes: ``(N, A, 5)`` float tensor (any device) or NumPy array (any strides, either byte
+                order): x m, y m, length m, width m, heading rad; float16, bfloat16 and integer inputs
+                are converted to float64. ``(N, 5 * A)`` with ``A >= 2`` (flattened vehicles) is read
+                as ``(N, A, 5)``; ``(N, 5)`` is refused as ambiguous (``genneg_ext`` reads ``(A, 5)``
+                as one scene). Valid range of a present box: see :mod:`genneg.reference.traffic_oracle`
+                (``MAX_*``).
             valid: optional ``(N, A)`` bool mask of present vehicles, same kind and device as ``boxes``.
 
         Returns:
@@ -147,10 +159,7 @@ class TrafficOracle:
             False when ``check_offroad`` is off.
         """
         if isinstance(boxes, np.ndarray):
-            if not boxes.dtype.isnative:  # big-endian arrays: torch reads native byte order only
-                boxes = boxes.astype(boxes.dtype.newbyteorder("="))
-            if isinstance(valid, np.ndarray) and not valid.dtype.isnative:
-                valid = valid.astype(valid.dtype.newbyteorder("="))
+            boxes, valid = _torch_readable(boxes), _torch_readable(valid)
             collision, offroad = self._run(torch.as_tensor(boxes), _mask_tensor(valid, torch.device("cpu")))
             return TrafficVerdicts(collision.numpy(), offroad.numpy())
         if not isinstance(boxes, torch.Tensor):
