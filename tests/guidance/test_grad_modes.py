@@ -131,3 +131,34 @@ def test_ddpm_classifier_refused_where_sigma_is_passed() -> None:
     mixed = [StepClassifier(), TimeClassifier(_Net(), sigma_data=0.5)]
     with pytest.raises(ValueError, match="mix"):
         GuidedEps(lambda z, tt: z, DDPMSchedule(DDPMConfig(num_steps=20)), mixed)
+
+
+@pytest.mark.parametrize("mode", list(GRAD_MODES))
+def test_fused_guidance_paths_in_every_grad_mode(mode: str) -> None:
+    """The same kind on the Triton backends (under the interpreter): the combine path of GuidedDenoiser,
+    FusedGuidedEps and the fused ancestral sampler give the guided answer in every grad mode."""
+    from genneg.kernels._backend import has_triton, interpreter_enabled
+
+    if not has_triton() or not interpreter_enabled():
+        pytest.skip("needs triton and TRITON_INTERPRET=1")
+    from genneg.guidance.fused import FusedCombineGuidance, FusedGuidedEps, fused_ddpm_ancestral_sample
+
+    x = torch.tensor([[0.3, -0.2], [1.0, 2.0], [-0.5, 0.1]])
+    sigma = torch.full((3,), 0.7)
+    fused = FusedCombineGuidance(_identity_denoiser, [DiagonalLogit()], [1.0])
+    schedule = DDPMSchedule(DDPMConfig(num_steps=20))
+    eps = GuidedEps(lambda z, tt: 0.1 * z, schedule, [DiagonalLogit()], [3.0], coordinates="ddpm")
+    t = torch.tensor([3, 17, 9])
+    ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float32)[t]
+
+    def sample_fused() -> torch.Tensor:
+        return fused_ddpm_ancestral_sample(eps, x, num_steps=4, generator=torch.Generator().manual_seed(2))
+
+    expected_sample = sample_fused()
+    with GRAD_MODES[mode]():
+        denoised = fused(x, sigma)
+        guided_eps = FusedGuidedEps(eps)(x, t)
+        sample = sample_fused()
+    torch.testing.assert_close(denoised, 0.5 * x + 0.49 * _expected(x))
+    torch.testing.assert_close(guided_eps, 0.1 * x - 3.0 * (1 - ab).sqrt()[:, None] * _expected(x))
+    torch.testing.assert_close(sample, expected_sample)
