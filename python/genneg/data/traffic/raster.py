@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from genneg.oracles.drivable_map import cell_centres_in_polygon, polygon_window
+from genneg.reference.traffic_oracle import MAX_ABS_COORDINATE_M, MAX_SIZE_M, MIN_SIZE_M
 
 __all__ = ["raster_grid_for", "rasterise_polygons", "rasterise_polylines", "rasterise_triangles"]
 
@@ -20,10 +21,13 @@ __all__ = ["raster_grid_for", "rasterise_polygons", "rasterise_polylines", "rast
 def _check_grid(origin_m: tuple[float, float], resolution_m: float, shape: tuple[int, int]) -> None:
     if len(shape) != 2 or int(shape[0]) <= 0 or int(shape[1]) <= 0:
         raise ValueError(f"shape must be two positive cell counts (H, W), got {shape}")
-    if not np.isfinite(resolution_m) or resolution_m <= 0:
-        raise ValueError(f"resolution_m must be a finite number > 0, got {resolution_m}")
-    if len(origin_m) != 2 or not np.all(np.isfinite(origin_m)):
-        raise ValueError(f"origin_m must be two finite numbers, got {origin_m}")
+    # The oracles' valid range (genneg.reference.traffic_oracle), so that every raster made here can be used.
+    if not (MIN_SIZE_M <= resolution_m <= MAX_SIZE_M):
+        raise ValueError(f"resolution_m must be in [{MIN_SIZE_M:g}, {MAX_SIZE_M:g}] m, got {resolution_m}")
+    origin = np.asarray(origin_m, dtype=np.float64)
+    if origin.shape != (2,) or not np.all(np.abs(origin) <= MAX_ABS_COORDINATE_M):
+        raise ValueError(f"origin_m must be two finite numbers with |x|, |y| <= {MAX_ABS_COORDINATE_M:g} m, "
+                         f"got {origin_m}")
 
 
 def _cell_range(
