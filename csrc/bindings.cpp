@@ -75,7 +75,7 @@ int threads_from(int64_t threads) {
 
 void check_margin(double margin) {
   if (!std::isfinite(margin) || margin < 0.0 || margin > genneg::kMaxSizeM) {
-    throw py::value_error("margin must be a number of metres in [0, 1e7], got " + std::to_string(margin));
+    throw py::value_error("margin must be a number of metres in [0, 1e100], got " + std::to_string(margin));
   }
 }
 
@@ -132,10 +132,10 @@ py::array_t<bool> offroad(const py::array& boxes, const std::optional<py::array>
   }
   if (!is_byte_mask(drivable)) throw py::type_error("drivable must be a bool or uint8 array");
   if (!(std::fabs(origin_x) <= genneg::kMaxAbsCoordinateM) || !(std::fabs(origin_y) <= genneg::kMaxAbsCoordinateM)) {
-    throw py::value_error("origin must be two finite numbers of metres with |x|, |y| <= 1e7");
+    throw py::value_error("origin must be two finite numbers of metres with |x|, |y| <= 1e100");
   }
   if (!(resolution >= genneg::kMinSizeM && resolution <= genneg::kMaxSizeM)) {
-    throw py::value_error("resolution must be a number of metres per cell in [1e-6, 1e7], got " +
+    throw py::value_error("resolution must be a number of metres per cell in [1e-100, 1e100], got " +
                           std::to_string(resolution));
   }
   genneg::OffroadMode off_mode;

@@ -34,13 +34,13 @@ void load_scene(const BoxBatch& batch, int64_t s, double margin, SceneRects* out
     for (int64_t f = 0; f < 2; ++f) {
       if (std::fabs(v[f]) > kMaxAbsCoordinateM) {
         throw BoxInputError(s, a, std::string(kFieldNames[f]) + " " + format_value(v[f]) +
-                                      " m is outside the valid range |" + kFieldNames[f] + "| <= 1e7 m");
+                                      " m is outside the valid range |" + kFieldNames[f] + "| <= 1e100 m");
       }
     }
     for (int64_t f = 2; f < 4; ++f) {
       if (v[f] < kMinSizeM || v[f] > kMaxSizeM) {
         throw BoxInputError(s, a, std::string(kFieldNames[f]) + " " + format_value(v[f]) +
-                                      " m is outside the valid range [1e-6, 1e7] m");
+                                      " m is outside the valid range [1e-100, 1e100] m");
       }
     }
     if (std::fabs(v[4]) > kMaxAbsHeadingRad) {

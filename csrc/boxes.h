@@ -18,10 +18,11 @@ enum class Dtype { kFloat32, kFloat64 };
 // every intermediate of the geometry is a finite, normal float64 and the geometry is exact up to float64
 // rounding; outside it the oracles raise ValueError instead of overflowing, underflowing or reducing a
 // huge heading inexactly (reduction by the nearest multiple of fl(pi/2) drifts by |heading| * 4e-17 rad
-// from the true angle, < 1e-12 rad within the bound).
-constexpr double kMaxAbsCoordinateM = 1e7;   // |x|, |y| of a box centre, |origin| of a raster, m
-constexpr double kMinSizeM = 1e-6;           // length, width, resolution, m (strictly positive sizes)
-constexpr double kMaxSizeM = 1e7;            // length, width, margin, resolution, m
+// from the true angle, < 1e-12 rad within the bound). Lengths are bounded far from overflow, not by
+// plausibility: every finite float32 (a wild model sample the Gen-neG loop must still label) is inside.
+constexpr double kMaxAbsCoordinateM = 1e100; // |x|, |y| of a box centre, |origin| of a raster, m
+constexpr double kMinSizeM = 1e-100;         // length, width, resolution, m (strictly positive sizes)
+constexpr double kMaxSizeM = 1e100;          // length, width, margin, resolution, m
 constexpr double kMaxAbsHeadingRad = 1e4;    // |heading|, rad (about 1,600 turns)
 
 struct BoxBatch {

@@ -8,9 +8,9 @@ Contract (shared by :func:`collisions`, :func:`collision_pairs` and :func:`offro
   used throughout the package), float32 or float64 (other real dtypes, float16 and bfloat16 tensors
   included, are converted to float64), as NumPy arrays or CPU torch tensors (read zero-copy, any
   strides, either byte order).
-* Valid range of a present box: ``|x|, |y| <= 1e7`` m, ``1e-6 <= length, width <= 1e7`` m,
-  ``|heading| <= 1e4`` rad; margin in ``[0, 1e7]`` m; raster origin ``|ox|, |oy| <= 1e7`` m, resolution in
-  ``[1e-6, 1e7]`` m (``_C.MAX_ABS_COORDINATE_M`` etc., equal to ``genneg.reference.traffic_oracle``'s).
+* Valid range of a present box: ``|x|, |y| <= 1e100`` m, ``1e-100 <= length, width <= 1e100`` m,
+  ``|heading| <= 1e4`` rad; margin in ``[0, 1e100]`` m; raster origin ``|ox|, |oy| <= 1e100`` m, resolution
+  in ``[1e-100, 1e100]`` m (``_C.MAX_ABS_COORDINATE_M`` etc., equal to ``genneg.reference.traffic_oracle``'s).
   Inside it every intermediate is finite and normal; outside it ``ValueError`` is raised.
 * ``valid``: optional bool mask ``(S, A)`` (or ``(A,)``); absent vehicles are ignored (their values are
   never read, so padding with NaN is fine) and reported False.

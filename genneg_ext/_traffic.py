@@ -102,10 +102,11 @@ def collisions(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int 
     Args:
         boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64, NumPy array or CPU torch tensor, any
             strides and byte order (integer, float16 and bfloat16 inputs are converted to float64) —
-            x m, y m, length m, width m, heading rad. Valid range of a present box: ``|x|, |y| <= 1e7`` m,
-            ``1e-6 <= length, width <= 1e7`` m, ``|heading| <= 1e4`` rad (``_C.MAX_*``, ``_C.MIN_SIZE_M``).
+            x m, y m, length m, width m, heading rad. Valid range of a present box:
+            ``|x|, |y| <= 1e100`` m, ``1e-100 <= length, width <= 1e100`` m, ``|heading| <= 1e4`` rad
+            (``_C.MAX_*``, ``_C.MIN_SIZE_M``).
         valid: optional ``(S, A)`` / ``(A,)`` bool mask of present vehicles; absent ones are ignored.
-        margin: metres, in ``[0, 1e7]``.
+        margin: metres, in ``[0, 1e100]``.
         threads: worker threads (static chunks of scenes); 0 = all cores.
 
     Returns:
@@ -113,7 +114,7 @@ def collisions(boxes: Any, valid: Any = None, margin: float = 0.0, threads: int 
 
     Raises:
         ValueError: bad shape, NaN/inf or a value outside the valid range in a valid box (scene and
-            vehicle named), margin outside ``[0, 1e7]``, negative threads. TypeError: CUDA tensor or
+            vehicle named), margin outside ``[0, 1e100]``, negative threads. TypeError: CUDA tensor or
             non-numeric dtype. RuntimeError: a worker thread could not be started (nothing leaks; retry
             with fewer threads).
     """
@@ -160,8 +161,8 @@ def offroad(
         boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64 — x m, y m, length m, width m, heading rad.
         drivable: ``(H, W)`` bool or any integer dtype (nonzero = drivable), NumPy array or CPU tensor,
             any strides and byte order, non-empty.
-        origin: ``(ox, oy)``, metres: the outer corner of cell ``[0, 0]``; ``|ox|, |oy| <= 1e7``.
-        resolution: metres per cell, in ``[1e-6, 1e7]``.
+        origin: ``(ox, oy)``, metres: the outer corner of cell ``[0, 0]``; ``|ox|, |oy| <= 1e100``.
+        resolution: metres per cell, in ``[1e-100, 1e100]``.
         valid: optional ``(S, A)`` / ``(A,)`` bool mask; absent vehicles are ignored and reported False.
         threads: worker threads; 0 = all cores.
         mode: ``"exact"`` (default) or ``"corners"`` (approximate).

@@ -102,7 +102,7 @@ def test_map_errors():
 
 def test_margin_threads_and_dtype_errors():
     for margin in (-0.1, np.nan, np.inf):
-        with pytest.raises(ValueError, match=r"margin must be a number of metres in \[0, 1e\+07\]"):
+        with pytest.raises(ValueError, match=r"margin must be a number of metres in \[0, "):
             genneg_ext.collisions(good_boxes(), margin=margin)
     for threads in (-1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be an int >= 0"):

@@ -33,8 +33,8 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list
 CLEAR_ERRORS = (ValueError, TypeError)
 EPS_M = 1e-6
 
-SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -0.0, 5e-324, 1e-310, 1e-7, 1e308, -1e308, 1e15, 1e7 + 1.0,
-           1.7e308, 65504.0]
+SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -0.0, 5e-324, 1e-310, 1e-101, 1e-7, 1e308, -1e308, 1e15,
+           1e7 + 1.0, 3.4e38, 2e100, 1.7e308, 65504.0]
 
 
 @st.composite
@@ -134,17 +134,21 @@ def _reference_collisions(values: np.ndarray, valid: np.ndarray | None, margin: 
 
 
 def _certain(fn, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The reference verdict and where it is certain (the same with boxes grown and shrunk by EPS_M)."""
+    """The reference verdict and where it is certain: the same with boxes grown and shrunk by EPS_M, or
+    by 1e-12 of the largest coordinate or size when that is more (float64 rounding grows with it)."""
     base = fn(values)
-    grown = _outcome(fn, _resized(values, EPS_M))
-    shrunk = _outcome(fn, _resized(values, -EPS_M))
+    finite = np.abs(values[..., :4][np.isfinite(values[..., :4])])
+    delta = max(EPS_M, 1e-12 * float(finite.max(initial=0.0)))
+    grown = _outcome(fn, _resized(values, delta))
+    shrunk = _outcome(fn, _resized(values, -delta))
     if grown[0] != "ok" or shrunk[0] != "ok":
         return None  # at the edge of the valid range: only the error behaviour is compared
     return base, (grown[1] == base) & (shrunk[1] == base)
 
 
 @FUZZ
-@given(cases(), st.sampled_from([0.0, 0.25, 1e7, 1.7e308, math.nan, -1.0, math.inf]), st.sampled_from([1, 2]))
+@given(cases(), st.sampled_from([0.0, 0.25, 1e7, 1e99, 1.7e308, math.nan, -1.0, math.inf]),
+       st.sampled_from([1, 2]))
 def test_fuzz_collisions(case: Case, margin: float, threads: int) -> None:
     got = _outcome(genneg_ext.collisions, case.boxes, case.valid, margin=margin, threads=threads)
     pairs = _outcome(genneg_ext.collision_pairs, case.boxes, case.valid, margin=margin, threads=threads)
@@ -260,5 +264,6 @@ def test_fuzz_drivable_map(raster: tuple[Any, np.ndarray], grid) -> None:
         np.testing.assert_array_equal(got[1].drivable, truth.astype(np.uint8))
         assert got[1].drivable.flags.c_contiguous and got[1].drivable.dtype == np.uint8
     else:
-        finite_ok = all(math.isfinite(v) and abs(v) <= 1e7 for v in (ox, oy)) and 1e-6 <= res <= 1e7
+        finite_ok = all(abs(v) <= reference.MAX_ABS_COORDINATE_M for v in (ox, oy)) and (
+            reference.MIN_SIZE_M <= res <= reference.MAX_SIZE_M)
         assert not finite_ok, got

@@ -94,12 +94,12 @@ def test_extreme_values_raise_outside_the_range(backend: str) -> None:
     collide = _collide_fn(backend)
     huge = np.array([[[0.0, 0.0, 1e308, 1e308, 0.0], [3e307, 0.0, 1e308, 1e308, 0.0]]])
     tiny = np.array([[[0.0, 0.0, 5e-324, 5e-324, 0.0], [0.0, 0.0, 5e-324, 5e-324, 0.0]]])
-    far = np.array([[[1.5e7, 0.0, 4.0, 2.0, 0.0], [1.5e7, 1.0, 4.0, 2.0, 0.0]]])
+    far = np.array([[[2e100, 0.0, 4.0, 2.0, 0.0], [2e100, 1.0, 4.0, 2.0, 0.0]]])
     for boxes in (huge, tiny, far):
         with pytest.raises(ValueError, match="range"):
             collide(boxes)
     near = np.array([[[0.0, 0.0, 4.0, 2.0, 0.0], [3.0, 0.0, 4.0, 2.0, 0.0]]])
-    for margin in (1.7e308, 1e7 * 1.01, math.nan, -1.0):
+    for margin in (1.7e308, reference.MAX_SIZE_M * 1.01, math.nan, -1.0):
         with pytest.raises(ValueError, match="margin"):
             collide(near, margin)
 
@@ -112,11 +112,17 @@ def test_extreme_values_inside_the_range_are_exact(backend: str) -> None:
     assert collide(same).all()
     side = np.array([[[0.0, 0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 1.0, 0.0]]])
     assert not collide(side).any()
-    # The largest: a 1e7 m box with the largest margin still sees a box 3e7 - 1 m away (overlap 1 m).
-    big = np.array([[[-1e7, 0.0, 1e7, 1e7, 0.0], [1e7 - 1.0, 0.0, 1e7, 1e7, 0.0]]])
+    # The largest: boxes of the largest size, a quarter of it apart ([-M, 0] and [M/4, 5M/4] along x),
+    # overlap with a margin of M/4 (2 margins > the gap) and not with M/16; every finite float32 fits.
+    m = reference.MAX_SIZE_M
+    big = np.array([[[-m / 2, 0.0, m, m, 0.0], [3 * m / 4, 0.0, m, m, 0.0]]])
     assert not collide(big).any()
-    assert collide(big, margin=5e6).all()
-    # Far from the origin (UTM-like coordinates) the same pair keeps its answer.
+    assert not collide(big, margin=m / 16).any()
+    assert collide(big, margin=m / 4).all()
+    f32 = float(np.finfo(np.float32).max)
+    wild = np.array([[[f32, -f32, f32, f32, 3.0], [-f32, f32, 0.1, 0.1, -3.0]]])
+    assert not collide(wild).any()
+    # Far from the origin (UTM-like coordinates, 1e7 m) the same pair keeps its answer.
     offset = np.array([9.9e6, -9.9e6, 0.0, 0.0, 0.0])
     assert not collide(side + offset).any()
 

@@ -97,8 +97,8 @@ class DrivableMap:
     Attributes:
         drivable: ``(H, W)`` uint8, 1 = drivable. Row ``i`` is ``y``, column ``j`` is ``x``. Given as any
             bool, integer or (finite) float array or tensor, any strides or byte order: nonzero = drivable.
-        origin_m: ``(x, y)`` of the outer corner of cell ``[0, 0]``, metres, ``|x|, |y| <= 1e7``.
-        resolution_m: cell edge length, metres per cell, in ``[1e-6, 1e7]`` (the oracles' valid range).
+        origin_m: ``(x, y)`` of the outer corner of cell ``[0, 0]``, metres, ``|x|, |y| <= 1e100``.
+        resolution_m: cell edge length, metres per cell, in ``[1e-100, 1e100]`` (the oracles' valid range).
             Cell ``(i, j)`` covers
             ``[ox + j·res, ox + (j+1)·res] × [oy + i·res, oy + (i+1)·res]``.
     """

@@ -53,10 +53,13 @@ HALF_PI = 1.57079632679489661923  # fl(pi / 2), the quarter turn headings are re
 # normal float64 and the geometry is exact up to float64 rounding; outside it the oracles raise
 # ValueError rather than overflow (a 1e308 m box plus a margin), underflow (a 5e-324 m box halves to 0)
 # or reduce a huge heading inexactly (the quarter-turn reduction by fl(pi/2) drifts by |heading| * 4e-17
-# rad from the true angle: 0.04 rad at 1e15 rad, < 1e-12 rad within the bound).
-MAX_ABS_COORDINATE_M = 1e7  # |x|, |y| of a box centre and of a raster origin, m
-MIN_SIZE_M = 1e-6  # length, width, resolution, m
-MAX_SIZE_M = 1e7  # length, width, margin, resolution, m
+# rad from the true angle: 0.04 rad at 1e15 rad, < 1e-12 rad within the bound). The lengths are bounded
+# far from overflow rather than by plausibility: every finite float32 (e.g. a model sample decoded to
+# metres, which the Gen-neG loop must label, however wild) is inside, and sums and products of two
+# in-range numbers stay below 1e200 and above 1e-200.
+MAX_ABS_COORDINATE_M = 1e100  # |x|, |y| of a box centre and of a raster origin, m
+MIN_SIZE_M = 1e-100  # length, width, resolution, m
+MAX_SIZE_M = 1e100  # length, width, margin, resolution, m
 MAX_ABS_HEADING_RAD = 1e4  # |heading|, rad (about 1,600 turns)
 
 # Elements per chunk of pair or cell tests; bounds peak memory to a few hundred MB of float64 temporaries.
