@@ -468,6 +468,7 @@ def traffic_setup(device: torch.device) -> dict[str, Any]:
         SceneContextModel(eps, ctx_valid, ctx_map),
         schedule,
         [SceneContextModel(c, ctx_valid, ctx_map) for c in clfs],
+        coordinates="ddpm",  # raw networks called with the timestep, as the ε-model (timing only)
     )
     oracle = SceneTokenOracle(TrafficOracle(road.drivable_map))
     return {

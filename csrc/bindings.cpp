@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -74,8 +75,8 @@ int threads_from(int64_t threads) {
 }
 
 void check_margin(double margin) {
-  if (!std::isfinite(margin) || margin < 0.0) {
-    throw py::value_error("margin must be a finite number of metres >= 0, got " + std::to_string(margin));
+  if (!std::isfinite(margin) || margin < 0.0 || margin > genneg::kMaxSizeM) {
+    throw py::value_error("margin must be a number of metres in [0, 1e100], got " + std::to_string(margin));
   }
 }
 
@@ -167,9 +168,11 @@ py::array_t<bool> offroad(const py::array& boxes, const std::optional<py::array>
     throw py::value_error("drivable map is empty: shape " + shape_string(drivable));
   }
   if (!is_byte_mask(drivable)) throw py::type_error("drivable must be a bool or uint8 array");
-  if (!std::isfinite(origin_x) || !std::isfinite(origin_y)) throw py::value_error("origin must be finite");
-  if (!std::isfinite(resolution) || !(resolution > 0.0)) {
-    throw py::value_error("resolution must be a finite number of metres per cell > 0, got " +
+  if (!(std::fabs(origin_x) <= genneg::kMaxAbsCoordinateM) || !(std::fabs(origin_y) <= genneg::kMaxAbsCoordinateM)) {
+    throw py::value_error("origin must be two finite numbers of metres with |x|, |y| <= 1e100");
+  }
+  if (!(resolution >= genneg::kMinSizeM && resolution <= genneg::kMaxSizeM)) {
+    throw py::value_error("resolution must be a number of metres per cell in [1e-100, 1e100], got " +
                           std::to_string(resolution));
   }
   genneg::OffroadMode off_mode;
@@ -265,5 +268,9 @@ PYBIND11_MODULE(_C, m) {
         "(P, 2) float64 ring points, (R + 1,) int64 ring offsets -> RoadGeometry.");
   m.def("offroad_polygons", &offroad_polygons, py::arg("boxes"), py::arg("valid"), py::arg("road"),
         py::arg("threads"), py::arg("batched"), "(S, A, 5) boxes, RoadGeometry -> (S, A) bool offroad.");
+  m.attr("MAX_ABS_COORDINATE_M") = genneg::kMaxAbsCoordinateM;
+  m.attr("MIN_SIZE_M") = genneg::kMinSizeM;
+  m.attr("MAX_SIZE_M") = genneg::kMaxSizeM;
+  m.attr("MAX_ABS_HEADING_RAD") = genneg::kMaxAbsHeadingRad;
   m.def("available_cores", &genneg::available_cores, "Cores this process may run on (threads=0 uses all).");
 }

@@ -14,6 +14,17 @@ namespace genneg {
 
 enum class Dtype { kFloat32, kFloat64 };
 
+// The valid range of every input number (the same bounds as genneg.reference.traffic_oracle). Inside it
+// every intermediate of the geometry is a finite, normal float64 and the geometry is exact up to float64
+// rounding; outside it the oracles raise ValueError instead of overflowing, underflowing or reducing a
+// huge heading inexactly (reduction by the nearest multiple of fl(pi/2) drifts by |heading| * 4e-17 rad
+// from the true angle, < 1e-12 rad within the bound). Lengths are bounded far from overflow, not by
+// plausibility: every finite float32 (a wild model sample the Gen-neG loop must still label) is inside.
+constexpr double kMaxAbsCoordinateM = 1e100; // |x|, |y| of a box centre, |origin| of a raster, m
+constexpr double kMinSizeM = 1e-100;         // length, width, resolution, m (strictly positive sizes)
+constexpr double kMaxSizeM = 1e100;          // length, width, margin, resolution, m
+constexpr double kMaxAbsHeadingRad = 1e4;    // |heading|, rad (about 1,600 turns)
+
 struct BoxBatch {
   const char* data = nullptr;
   Dtype dtype = Dtype::kFloat64;
@@ -52,7 +63,8 @@ struct SceneRects {
 
 // Read scene `s`: every present box becomes a Rect inflated by `margin` (m). Absent slots are skipped
 // without looking at their values. Throws BoxInputError for the first present box with a non-finite
-// field or a length or width <= 0.
+// field or a field outside the valid range above (|x|, |y| <= kMaxAbsCoordinateM; kMinSizeM <= length,
+// width <= kMaxSizeM; |heading| <= kMaxAbsHeadingRad).
 void load_scene(const BoxBatch& batch, int64_t s, double margin, SceneRects* out);
 
 }  // namespace genneg

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <exception>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -55,9 +57,21 @@ void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int6
       errors[static_cast<size_t>(k)] = std::current_exception();
     }
   };
-  for (int64_t k = 1; k < chunks; ++k) workers.emplace_back(run_chunk, k);
-  run_chunk(0);
+  // A thread that cannot be started (resource limits) must not leave joinable threads behind (their
+  // destructors would call std::terminate): join the ones started, then report it as runtime_error.
+  std::string start_failure;
+  for (int64_t k = 1; k < chunks; ++k) {
+    try {
+      workers.emplace_back(run_chunk, k);
+    } catch (const std::exception& e) {
+      start_failure = "could not start worker thread " + std::to_string(k) + " of " +
+                      std::to_string(chunks - 1) + " (" + e.what() + "); retry with fewer threads";
+      break;
+    }
+  }
+  if (start_failure.empty()) run_chunk(0);
   for (auto& w : workers) w.join();
+  if (!start_failure.empty()) throw std::runtime_error(start_failure);
   for (const auto& e : errors) {
     if (e) std::rethrow_exception(e);
   }

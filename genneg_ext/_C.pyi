@@ -3,6 +3,10 @@
 import numpy as np
 
 __version__: str
+MAX_ABS_COORDINATE_M: float
+MIN_SIZE_M: float
+MAX_SIZE_M: float
+MAX_ABS_HEADING_RAD: float
 
 def collisions(
     boxes: np.ndarray,

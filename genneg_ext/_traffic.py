@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -40,7 +39,9 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
     if _is_torch_tensor(x):
         if x.device.type != "cpu":
             raise TypeError(f"{name} is a tensor on device {x.device}; {_CUDA_HINT}")
-        x = x.detach()
+        x = x.detach().resolve_conj().resolve_neg()
+        if x.is_floating_point() and x.element_size() < 4:  # float16 / bfloat16: NumPy has no bfloat16
+            x = x.double()  # exact: every float16/bfloat16 value is a float64
         try:
             return np.from_dlpack(x)
         except (BufferError, TypeError, RuntimeError) as e:
@@ -92,8 +93,8 @@ def _check_threads(threads: int) -> int:
 
 def _check_margin(margin: float) -> float:
     m = float(margin)
-    if not math.isfinite(m) or m < 0.0:
-        raise ValueError(f"margin must be a finite number of metres >= 0, got {margin!r}")
+    if not (0.0 <= m <= _C.MAX_SIZE_M):
+        raise ValueError(f"margin must be a number of metres in [0, {_C.MAX_SIZE_M:g}], got {margin!r}")
     return m
 
 
@@ -124,10 +125,13 @@ def collisions(
     ``margin`` inflates every box's length and width by ``2 * margin`` first.
 
     Args:
-        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64, NumPy array or CPU torch tensor —
-            x m, y m, length m, width m, heading rad.
+        boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64, NumPy array or CPU torch tensor, any
+            strides and byte order (integer, float16 and bfloat16 inputs are converted to float64) —
+            x m, y m, length m, width m, heading rad. Valid range of a present box:
+            ``|x|, |y| <= 1e100`` m, ``1e-100 <= length, width <= 1e100`` m, ``|heading| <= 1e4`` rad
+            (``_C.MAX_*``, ``_C.MIN_SIZE_M``).
         valid: optional ``(S, A)`` / ``(A,)`` bool mask of present vehicles; absent ones are ignored.
-        margin: metres, finite, >= 0.
+        margin: metres, in ``[0, 1e100]``.
         threads: worker threads (static chunks of scenes); 0 = all cores.
         isa: instruction set of the pair kernels: ``"auto"`` (the widest in :func:`available_isas`),
             ``"baseline"``, ``"avx2"`` or ``"avx512"``. Every choice gives bit-identical verdicts (the
@@ -140,9 +144,11 @@ def collisions(
         ``(S, A)`` / ``(A,)`` bool NumPy array, True = collides; absent slots are False.
 
     Raises:
-        ValueError: bad shape, NaN/inf or length/width <= 0 in a valid box (scene and vehicle named),
-            negative margin or threads, unknown ``isa``/``broad_phase`` or an ``isa`` this CPU lacks.
-            TypeError: CUDA tensor or non-numeric dtype.
+        ValueError: bad shape, NaN/inf or a value outside the valid range in a valid box (scene and
+            vehicle named), margin outside ``[0, 1e100]``, negative threads, unknown
+            ``isa``/``broad_phase`` or an ``isa`` this CPU lacks. TypeError: CUDA tensor or non-numeric
+            dtype. RuntimeError: a worker thread could not be started (nothing leaks; retry with fewer
+            threads).
     """
     b, batched = _boxes_array(boxes)
     v = _valid_array(valid, b, batched)
@@ -193,9 +199,10 @@ def offroad(
 
     Args:
         boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64 — x m, y m, length m, width m, heading rad.
-        drivable: ``(H, W)`` bool/uint8 (other integer dtypes: nonzero = drivable), non-empty.
-        origin: ``(ox, oy)``, metres: the outer corner of cell ``[0, 0]``.
-        resolution: metres per cell, finite, > 0.
+        drivable: ``(H, W)`` bool or any integer dtype (nonzero = drivable), NumPy array or CPU tensor,
+            any strides and byte order, non-empty.
+        origin: ``(ox, oy)``, metres: the outer corner of cell ``[0, 0]``; ``|ox|, |oy| <= 1e100``.
+        resolution: metres per cell, in ``[1e-100, 1e100]``.
         valid: optional ``(S, A)`` / ``(A,)`` bool mask; absent vehicles are ignored and reported False.
         threads: worker threads; 0 = all cores.
         mode: ``"exact"`` (default) or ``"corners"`` (approximate).
@@ -204,26 +211,32 @@ def offroad(
         ``(S, A)`` / ``(A,)`` bool NumPy array, True = offroad.
 
     Raises:
-        ValueError: as for :func:`collisions`, plus an empty or non-2-D map, resolution <= 0, non-finite
-            origin, unknown mode. TypeError: CUDA tensor, non-numeric boxes, non-integer map.
+        ValueError: as for :func:`collisions`, plus an empty or non-2-D map, resolution or origin outside
+            the valid range, unknown mode. TypeError: CUDA tensor, non-numeric boxes, non-integer map.
     """
     b, batched = _boxes_array(boxes)
     v = _valid_array(valid, b, batched)
     d = _native(_as_numpy(drivable, "drivable"))
     if d.dtype.kind not in "biu":
-        raise TypeError(f"drivable must be a bool or uint8 raster, got dtype {d.dtype}")
+        raise TypeError(f"drivable must be a bool or integer raster (nonzero = drivable), got {d.dtype}")
     if d.ndim != 2:
         raise ValueError(f"drivable must have shape (H, W), got {d.shape}")
     if d.shape[0] == 0 or d.shape[1] == 0:
         raise ValueError(f"drivable map is empty: shape {d.shape}")
-    if d.itemsize != 1:
+    if d.dtype not in (np.bool_, np.uint8):  # int8, int16, uint16, int64, ...: nonzero = drivable
         d = d != 0
     o = np.asarray(_as_numpy(origin, "origin"), dtype=np.float64)
-    if o.shape != (2,) or not np.all(np.isfinite(o)):
-        raise ValueError(f"origin must be two finite numbers (x m, y m), got {origin!r}")
+    if o.shape != (2,) or not np.all(np.abs(o) <= _C.MAX_ABS_COORDINATE_M):
+        raise ValueError(
+            f"origin must be two finite numbers (x m, y m) with |x|, |y| <= {_C.MAX_ABS_COORDINATE_M:g}, "
+            f"got {origin!r}"
+        )
     res = float(resolution)
-    if not math.isfinite(res) or res <= 0.0:
-        raise ValueError(f"resolution must be a finite number of metres per cell > 0, got {resolution!r}")
+    if not (_C.MIN_SIZE_M <= res <= _C.MAX_SIZE_M):
+        raise ValueError(
+            f"resolution must be a number of metres per cell in [{_C.MIN_SIZE_M:g}, {_C.MAX_SIZE_M:g}], "
+            f"got {resolution!r}"
+        )
     if mode not in ("exact", "corners"):
         raise ValueError(f"mode must be 'exact' or 'corners', got {mode!r}")
     out = _C.offroad(b, v, d, float(o[0]), float(o[1]), res, mode, _check_threads(threads), batched)

@@ -22,3 +22,22 @@ assert hit.tolist() == [[True, True, False]], hit
 assert "site-packages" in genneg_ext.__file__ and "site-packages" in genneg.__file__, (genneg_ext.__file__, genneg.__file__)
 print("[wheel] ok: genneg", genneg.__version__, "from", genneg.__file__, "collisions", hit.tolist())
 PY
+# The benchmarks and the example on this plain install (no nvtx, triton or shapely extras): an absent
+# optional dependency must turn its feature off with one message, never crash. Copies, so that results
+# land in the temporary directory. GENNEG_WHEEL_SCRIPTS=full also runs the minutes-long quick benchmarks.
+cp -r "$OLDPWD/benchmarks" "$OLDPWD/examples" "$work/"
+echo "[wheel] benchmarks and example on the plain install"
+"$work/venv/bin/python" "$work/benchmarks/oracles.py" --quick --no-peers-venv > "$work/oracles.log"
+"$work/venv/bin/python" "$work/benchmarks/oracle_kernels.py" --quick > "$work/oracle_kernels.log"
+"$work/venv/bin/python" - <<PY
+import sys
+sys.path.insert(0, "$work/benchmarks")
+import guidance  # the NVTX cost probe crashed on a CPU torch without the nvtx extra
+print("[wheel] guidance.nvtx_cost:", guidance.nvtx_cost(n=1000))
+PY
+"$work/venv/bin/python" "$work/examples/planner_loop.py" --train-seconds 3 --ticks 2 > "$work/planner.log"
+if [ "${GENNEG_WHEEL_SCRIPTS:-}" = "full" ]; then
+  "$work/venv/bin/python" "$work/benchmarks/guidance.py" --quick
+  "$work/venv/bin/python" "$work/benchmarks/latency.py" --quick
+fi
+echo "[wheel] ok: benchmarks and example ran without the optional extras"

@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["nvtx_annotate", "nvtx_enabled", "nvtx_range", "set_nvtx_enabled"]
+__all__ = ["nvtx_annotate", "nvtx_available", "nvtx_enabled", "nvtx_range", "set_nvtx_enabled"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _NULL = contextlib.nullcontext()
@@ -38,7 +39,8 @@ def set_nvtx_enabled(enabled: bool) -> None:
 
 
 @functools.cache
-def _push_pop() -> tuple[Callable[[str], Any], Callable[[], Any]]:
+def _push_pop() -> tuple[Callable[[str], Any], Callable[[], Any]] | None:
+    """The NVTX push/pop pair, or None (with one warning) when no NVTX backend works here."""
     try:
         import nvtx
 
@@ -50,14 +52,31 @@ def _push_pop() -> tuple[Callable[[str], Any], Callable[[], Any]]:
 
         return push, pop
     except ImportError:
-        import torch
+        pass
+    import torch
 
-        return torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
+    try:  # a CPU build of torch has the functions but raises "NVTX functions not installed"
+        torch.cuda.nvtx.range_push("genneg.probe")
+        torch.cuda.nvtx.range_pop()
+    except (RuntimeError, AttributeError, OSError) as e:
+        warnings.warn(
+            f"NVTX ranges are off: neither the nvtx package (pip install genneg[nvtx]) nor torch's NVTX "
+            f"is available here ({e})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
+
+
+def nvtx_available() -> bool:
+    """Whether an NVTX backend works in this environment (probed once; warns once when not)."""
+    return _push_pop() is not None
 
 
 @contextlib.contextmanager
 def _range(name: str) -> Iterator[None]:
-    push, pop = _push_pop()
+    push, pop = _push_pop()  # type: ignore[misc]  # nvtx_range checked availability
     push(name)
     try:
         yield
@@ -66,8 +85,9 @@ def _range(name: str) -> Iterator[None]:
 
 
 def nvtx_range(name: str) -> contextlib.AbstractContextManager[None]:
-    """``with nvtx_range("sampler.step"): ...``: an NVTX range when enabled, a shared no-op otherwise."""
-    if not nvtx_enabled():
+    """``with nvtx_range("sampler.step"): ...``: an NVTX range when enabled, a shared no-op otherwise
+    (also when no NVTX backend is installed: the feature turns off with one warning)."""
+    if not nvtx_enabled() or not nvtx_available():
         return _NULL
     return _range(name)
 

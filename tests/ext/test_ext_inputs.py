@@ -89,20 +89,20 @@ def test_map_errors():
     with pytest.raises(ValueError, match=r"drivable must have shape \(H, W\)"):
         genneg_ext.offroad(b, np.ones((2, 2, 2), np.uint8), (0, 0), 1.0)
     for res in (0.0, -1.0, np.nan, np.inf):
-        with pytest.raises(ValueError, match="resolution must be a finite number of metres per cell > 0"):
+        with pytest.raises(ValueError, match=r"resolution must be a number of metres per cell in \["):
             genneg_ext.offroad(b, MAP, (0, 0), res)
     for origin in ((0.0,), (0.0, np.nan), (1.0, 2.0, 3.0)):
         with pytest.raises(ValueError, match="origin must be two finite numbers"):
             genneg_ext.offroad(b, MAP, origin, 1.0)
     with pytest.raises(ValueError, match="mode must be 'exact' or 'corners'"):
         genneg_ext.offroad(b, MAP, (0, 0), 1.0, mode="centre")
-    with pytest.raises(TypeError, match="drivable must be a bool or uint8 raster"):
+    with pytest.raises(TypeError, match="drivable must be a bool or integer raster"):
         genneg_ext.offroad(b, MAP.astype(np.float32), (0, 0), 1.0)
 
 
 def test_margin_threads_and_dtype_errors():
     for margin in (-0.1, np.nan, np.inf):
-        with pytest.raises(ValueError, match="margin must be a finite number of metres >= 0"):
+        with pytest.raises(ValueError, match=r"margin must be a number of metres in \[0, "):
             genneg_ext.collisions(good_boxes(), margin=margin)
     for threads in (-1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be an int >= 0"):

@@ -279,3 +279,10 @@ def test_ema_update_is_the_exponential_average():
     torch.testing.assert_close(ema.bias, torch.full((1,), 0.2))
     ema_update(ema, model, decay=0.99, step=0)  # warm-up: d = 1/10
     torch.testing.assert_close(ema.bias, torch.full((1,), 0.1 * 0.2 + 0.9 * 2.0))
+
+
+def test_config_refuses_nan_and_inf() -> None:
+    """Issue 16, kind 9 in configs: a NaN slips through a check written as ``lr <= 0``."""
+    for bad in (dict(lr=math.nan), dict(lr=math.inf), dict(weight_decay=math.nan), dict(grad_clip=math.nan)):
+        with pytest.raises(ValueError):
+            ClassifierConfig(**bad)

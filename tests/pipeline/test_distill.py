@@ -101,3 +101,17 @@ def test_x0_sources_and_checks() -> None:
     base = _student()
     with pytest.raises(ValueError, match="copy"):
         train_distilled(base, GuidedDenoiser(base, []), train_x, DistillConfig(iterations=1), EDM)
+
+
+def test_zero_iterations_means_skip_distillation() -> None:
+    """Issue 16, kind 11: every optional stage is expressible; 0 distillation steps = no distillation."""
+    config = DistillConfig(iterations=0)
+    student = torch.nn.Linear(2, 2)
+    before = [p.detach().clone() for p in student.parameters()]
+    losses = train_distilled(student, lambda x, sigma: x, torch.zeros(4, 2), config, EDMConfig())
+    assert losses == []
+    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    bad_configs = (dict(iterations=-1), dict(lr=math.nan), dict(lr=math.inf), dict(grad_clip=math.nan))
+    for bad in bad_configs:
+        with pytest.raises(ValueError):
+            DistillConfig(**bad)

@@ -28,12 +28,17 @@ __all__ = ["TimeClassifier"]
 class TimeClassifier(nn.Module):
     """Logits of the probability that a noisy sample's clean origin is valid.
 
+    Declares ``noise_coordinates = "ve"``: it takes ``sigma`` (variance-exploding coordinates), never an
+    integer DDPM timestep; :class:`genneg.guidance.GuidedEps` reads this and refuses a wrong pairing.
+
     Args:
         net: raw network ``F(x_in (B, *shape), c_noise (B,), **cond) -> (B, 1)``, ``(B,)`` or ``(B, P)``
             (one logit per part, e.g. per vehicle); ``cond`` only for conditioned samples.
         sigma_data: standard deviation of the data, in data units (same as the denoiser's).
         time_dependent: False for the time-independent ablation: ``sigma`` is ignored.
     """
+
+    noise_coordinates = "ve"
 
     def __init__(self, net: nn.Module, sigma_data: float, time_dependent: bool = True) -> None:
         super().__init__()

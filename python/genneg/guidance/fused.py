@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genneg.diffusion.denoiser import expand_sigma
+from genneg.guidance.guided import _run_outside_inference_mode
 from genneg.profiling import nvtx_range
 
 if TYPE_CHECKING:
@@ -65,7 +66,14 @@ def stack_input_gradients(
         ``grads`` ``(K, B, ...)`` float32 and ``logits`` ``(K, B)``: gradients of the logits, to be scaled
         by ``sigmoid(-l_k)``; or, for multi-part classifiers, gradients of ``Σ_parts logsigmoid(l_k)``
         and ``logits = None``.
+
+    Raises:
+        RuntimeError: called under ``torch.inference_mode`` (no gradient could be recorded: the callers
+            in this module leave inference mode first, with every tensor ``inputs`` uses).
     """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("stack_input_gradients needs autograd: call it outside torch.inference_mode "
+                           "(with tensors created outside it)")
     num_k = len(classifiers)
     with torch.enable_grad():
         x_rep = x.detach().unsqueeze(0).expand(num_k, *x.shape).clone().requires_grad_(True)
@@ -163,6 +171,8 @@ class FusedCombineGuidance:
 
     def _parts(self, x: torch.Tensor, sigma: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        if torch.is_inference_mode_enabled():  # the classifier gradients need autograd
+            return _run_outside_inference_mode(self._parts, x, sigma)
         with nvtx_range("guidance.denoiser"), torch.no_grad():
             denoised = self.denoiser(x, sigma).to(torch.float32)
         scales = torch.tensor(self.scales, dtype=torch.float32, device=x.device)
@@ -274,6 +284,8 @@ class FusedGuidedEps:
 
     def _parts(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        if torch.is_inference_mode_enabled():  # the classifier gradients need autograd
+            return _run_outside_inference_mode(self._parts, x_t, t, alpha_bar)
         with nvtx_range("guidance.eps_model"), torch.no_grad():
             eps = self.eps_model(x_t, t).to(torch.float32)
         scales = torch.tensor(self.scales, dtype=torch.float32, device=x_t.device)

@@ -57,6 +57,84 @@ def _is_time_dependent(classifier: Any) -> bool:
     return bool(getattr(classifier, "time_dependent", True))
 
 
+_COORDINATES = ("ddpm", "ve")
+
+
+def _declared_coordinates(classifiers: Sequence[Any]) -> set[str]:
+    """The ``noise_coordinates`` the time-dependent classifiers declare (``"ve"`` for a TimeClassifier)."""
+    declared: set[str] = set()
+    for i, c in enumerate(classifiers):
+        coords = getattr(c, "noise_coordinates", None)
+        if coords is None or not _is_time_dependent(c):
+            continue
+        if coords not in _COORDINATES:
+            raise ValueError(
+                f"classifier {i} declares noise_coordinates={coords!r}; expected one of {_COORDINATES}"
+            )
+        declared.add(coords)
+    return declared
+
+
+def _check_ve_classifiers(classifiers: Sequence[Any]) -> None:
+    """Refuse classifiers that declare DDPM (integer-timestep) coordinates where ``sigma`` is passed."""
+    for i, c in enumerate(classifiers):
+        if _is_time_dependent(c) and getattr(c, "noise_coordinates", None) == "ddpm":
+            raise ValueError(
+                f"classifier {i} declares noise_coordinates='ddpm' (integer timesteps) but this guidance "
+                "passes sigma (variance-exploding coordinates); use GuidedEps(coordinates='ddpm')"
+            )
+
+
+def _resolve_coordinates(classifiers: Sequence[Any], coordinates: str | None) -> str:
+    """The one coordinate system of a GuidedEps stack; a wrong pairing raises ``ValueError``."""
+    if coordinates is not None and coordinates not in _COORDINATES:
+        raise ValueError(f"coordinates must be 'ddpm' or 've', got {coordinates!r}")
+    declared = _declared_coordinates(classifiers)
+    if len(declared) > 1:
+        raise ValueError(f"the classifiers mix noise coordinates {sorted(declared)}; one stack needs one")
+    if coordinates is None:
+        if declared:
+            return declared.pop()
+        if any(_is_time_dependent(c) for c in classifiers):
+            raise ValueError(
+                "GuidedEps cannot tell how to call these classifiers: pass coordinates='ddpm' (c(x_t, t), "
+                "integer timesteps) or 've' (c(x_t / sqrt(ᾱ_t), sigma_t)), or give each classifier a "
+                "noise_coordinates attribute"
+            )
+        return "ddpm"
+    if declared and coordinates not in declared:
+        raise ValueError(
+            f"coordinates={coordinates!r} but the classifiers declare noise_coordinates={declared.pop()!r}: "
+            "a TimeClassifier takes sigma, never an integer timestep"
+        )
+    return coordinates
+
+
+def _autograd_copy(t: Any) -> Any:
+    """``t`` usable in autograd: an inference-mode tensor (or one in a dict) is cloned; call it outside
+    inference mode."""
+    if isinstance(t, Mapping):
+        return {k: _autograd_copy(v) for k, v in t.items()}
+    if isinstance(t, torch.Tensor) and t.is_inference():
+        return t.clone()
+    return t
+
+
+def _run_outside_inference_mode(fn: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Call ``fn`` with autograd available even under ``torch.inference_mode()``.
+
+    Guidance differentiates the classifiers; inside inference mode ``torch.enable_grad`` records nothing
+    and the gradient would silently be zero. So the call leaves inference mode (grad mode off, as the
+    samplers' ``no_grad``) with inference-tensor arguments cloned; the result is a normal tensor.
+    """
+    if not torch.is_inference_mode_enabled():
+        return fn(*args, **kwargs)
+    with torch.inference_mode(False), torch.no_grad():
+        args = tuple(_autograd_copy(a) for a in args)
+        kwargs = {k: _autograd_copy(v) for k, v in kwargs.items()}
+        return fn(*args, **kwargs)
+
+
 def _part_mask(cond: Mapping[str, torch.Tensor], key: str | None, batch: int) -> torch.Tensor | None:
     """``cond[key]`` checked as a ``(batch, P)`` bool mask, or None without a key."""
     if key is None:
@@ -148,9 +226,19 @@ def guidance_gradient(
         part_mask_key: name of the ``(B, P)`` bool entry of ``cond`` marking real parts (module docstring).
 
     Returns:
-        ``(B, *shape)`` detached gradient in ``x``'s dtype, zeros when every scale is 0. Works under
-        ``torch.no_grad``.
+        ``(B, *shape)`` detached gradient in ``x``'s dtype, zeros when every scale is 0. Works in every
+        grad mode: under ``torch.no_grad`` and under ``torch.inference_mode`` (which it leaves for the
+        classifier gradients; the result is then a normal tensor).
+
+    Raises:
+        ValueError: a classifier declares ``noise_coordinates = "ddpm"`` (it would be handed sigma as
+            its timestep), mismatched scales, or a malformed part mask.
     """
+    if torch.is_inference_mode_enabled():
+        return _run_outside_inference_mode(
+            lambda xx, ss, cc: guidance_gradient(classifiers, xx, ss, scales, denoiser, cond=cc,
+                                                 part_mask_key=part_mask_key), x, sigma, cond)
+    _check_ve_classifiers(classifiers)
     scales = _check_scales(classifiers, scales)
     sigma = expand_sigma(sigma, x)
     cond = {} if cond is None else dict(cond)
@@ -197,6 +285,7 @@ class GuidedDenoiser(nn.Module):
         for i, c in enumerate(classifiers):
             if not isinstance(c, nn.Module):
                 raise TypeError(f"classifier {i} must be an nn.Module, got {type(c).__name__}")
+        _check_ve_classifiers(classifiers)
         self.denoiser = denoiser
         self.classifiers = nn.ModuleList(classifiers)
         self.scales = _check_scales(classifiers, scales)
@@ -217,8 +306,11 @@ class GuidedDenoiser(nn.Module):
         ``cond``: per-sample conditioning tensors (leading dimension ``B``) passed to the denoiser and to
         every classifier. The guidance term is detached unless grad mode is on and ``x`` requires grad, in
         which case its graph is kept (second derivatives, e.g. the PF-ODE divergence); ``D(x; sigma)``
-        follows the caller's grad mode.
+        follows the caller's grad mode. Under ``torch.inference_mode`` the call leaves inference mode for
+        the guidance gradient (the guided answer, never the unguided one) and returns a normal tensor.
         """
+        if torch.is_inference_mode_enabled():
+            return _run_outside_inference_mode(lambda xx, ss, cc: self.forward(xx, ss, **cc), x, sigma, cond)
         sigma = expand_sigma(sigma, x)
         if not cond and resolve_backend(self.backend, x.device) == "triton":
             fused = self._fused(x.device)
@@ -288,10 +380,17 @@ class GuidedEps(nn.Module):
         coordinates: how time-dependent classifiers are called. ``"ddpm"``: ``c(x_t, t)`` with integer
             timesteps. ``"ve"``: ``c(x_t / sqrt(ᾱ_t), sigma_t)`` with ``sigma_t = sqrt((1-ᾱ_t)/ᾱ_t)``
             (a :class:`TimeClassifier` trained in EDM coordinates); the chain rule to ``x_t`` is exact.
+            None (default): the coordinates the classifiers declare in their ``noise_coordinates``
+            attribute (a :class:`TimeClassifier` declares ``"ve"``).
         part_mask_key: entry of ``cond`` holding the ``(B, P)`` bool mask of real parts, or None.
 
     Time-independent classifiers (``time_dependent = False``) see the one-step estimate
     ``x0_hat = (x_t - sqrt(1-ᾱ_t) ε_theta(x_t, t)) / sqrt(ᾱ_t)``.
+
+    Raises:
+        ValueError: a wrong pairing of coordinates: ``coordinates`` disagrees with a classifier's declared
+            ``noise_coordinates``, the classifiers declare different ones, or ``coordinates`` is None and
+            a time-dependent classifier declares none (the call would be a guess).
     """
 
     def __init__(
@@ -300,12 +399,11 @@ class GuidedEps(nn.Module):
         schedule: DDPMSchedule,
         classifiers: Sequence[nn.Module] = (),
         scales: Sequence[float] | None = None,
-        coordinates: Literal["ddpm", "ve"] = "ddpm",
+        coordinates: Literal["ddpm", "ve"] | None = None,
         part_mask_key: str | None = None,
     ) -> None:
         super().__init__()
-        if coordinates not in ("ddpm", "ve"):
-            raise ValueError(f"coordinates must be 'ddpm' or 've', got {coordinates!r}")
+        coordinates = _resolve_coordinates(classifiers, coordinates)
         self.eps_model = eps_model
         self.schedule = schedule
         self.classifiers = nn.ModuleList(classifiers)
@@ -314,7 +412,8 @@ class GuidedEps(nn.Module):
         self.part_mask_key = part_mask_key
 
     def with_classifier(self, classifier: nn.Module, scale: float = 1.0) -> GuidedEps:
-        """A new guided ε-model with ``classifier`` stacked on top."""
+        """A new guided ε-model with ``classifier`` stacked on top (same coordinates; a classifier that
+        declares other ones raises ``ValueError``)."""
         return GuidedEps(self.eps_model, self.schedule, [*self.classifiers, classifier],
                          [*self.scales, scale], coordinates=self.coordinates,
                         part_mask_key=self.part_mask_key)
@@ -323,7 +422,10 @@ class GuidedEps(nn.Module):
         """``x_t`` ``(B, *shape)`` float, ``t`` ``(B,)`` int64 timesteps -> guided ε ``(B, *shape)``.
 
         ``cond``: per-sample conditioning tensors (leading dimension ``B``) passed to the ε-model and to
-        every classifier."""
+        every classifier. Works in every grad mode, ``torch.inference_mode`` included (see
+        :class:`GuidedDenoiser`)."""
+        if torch.is_inference_mode_enabled():
+            return _run_outside_inference_mode(lambda xx, tt, cc: self.forward(xx, tt, **cc), x_t, t, cond)
         if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
             raise ValueError(f"t must have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
         alpha_bar = torch.as_tensor(self.schedule.alphas_cumprod, device=x_t.device)[t].to(x_t.dtype)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from genneg.diffusion.ddpm import DDPMSchedule
+from genneg.metrics._checks import check_positive
 
 __all__ = ["gaussian_denoiser", "gaussian_elbo", "gaussian_eps", "gaussian_log_density"]
 
@@ -23,8 +24,7 @@ __all__ = ["gaussian_denoiser", "gaussian_elbo", "gaussian_eps", "gaussian_log_d
 def gaussian_denoiser(mu: torch.Tensor, s: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Exact ``D(x (B, d), sigma (B,)) -> (B, d)`` of ``N(μ, s² I)`` data (``μ`` ``(d,)``, ``s`` data
     units); computed in float64, returned in ``x``'s dtype."""
-    if s <= 0:
-        raise ValueError(f"data std s must be > 0, got {s}")
+    s = check_positive("data std s", s)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s2 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])[:, None] ** 2
@@ -38,8 +38,7 @@ def gaussian_eps(mu: torch.Tensor, s: float, schedule: DDPMSchedule
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Exact ``eps(x_t (B, d), t (B,) int64) -> (B, d) = E[ε | x_t]`` of ``N(μ, s² I)`` data under
     ``schedule``; computed in float64, returned in ``x_t``'s dtype."""
-    if s <= 0:
-        raise ValueError(f"data std s must be > 0, got {s}")
+    s = check_positive("data std s", s)
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ab = schedule.alpha_cumprod_of_t(t).to(device=x.device)[:, None]
@@ -51,7 +50,8 @@ def gaussian_eps(mu: torch.Tensor, s: float, schedule: DDPMSchedule
 
 
 def gaussian_log_density(x: torch.Tensor, mu: torch.Tensor, var: float) -> torch.Tensor:
-    """``log N(x; μ, var I)`` per row of ``x`` ``(N, d)``: ``(N,)`` float64 nats."""
+    """``log N(x; μ, var I)`` per row of ``x`` ``(N, d)``: ``(N,)`` float64 nats; ``var`` finite > 0."""
+    var = check_positive("var", var)
     x = x.to(torch.float64)
     d = x.shape[1]
     return -0.5 * d * math.log(2 * math.pi * var) - (x - mu.to(x)).pow(2).sum(dim=1) / (2 * var)
@@ -64,6 +64,10 @@ def gaussian_elbo(x0: torch.Tensor, mu: torch.Tensor, s: float, sigma_min: float
     ``∫ E||D - x0||² / σ³ dσ = ||μ - x0||² [1/(2(s²+v))]_{v=σ_max²}^{σ_min²}
     + (d/2) [ln(v / (s² + v)) + s² / (s² + v)]_{v=σ_min²}^{σ_max²}``. Returns ``(N,)`` float64.
     """
+    s = check_positive("data std s", s)
+    sigma_min, sigma_max = check_positive("sigma_min", sigma_min), check_positive("sigma_max", sigma_max)
+    if not sigma_min < sigma_max:
+        raise ValueError(f"need sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     x0 = x0.to(torch.float64)
     d = x0.shape[1]
     s2, a, b = s * s, sigma_min**2, sigma_max**2

@@ -8,6 +8,8 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from genneg.metrics._checks import check_counts
+
 __all__ = ["RateEstimate", "infraction_rate", "wilson_interval"]
 
 
@@ -36,13 +38,14 @@ def wilson_interval(count: np.ndarray | int, total: np.ndarray | int, confidence
 
     Returns:
         ``(low, high)`` float64 arrays with the broadcast shape, inside ``[0, 1]``.
+
+    Raises:
+        ValueError: a count that is NaN, inf, fractional, negative or above its total; total < 1;
+            confidence outside ``(0, 1)``. TypeError: non-numeric counts.
     """
-    if not 0 < confidence < 1:
+    if not 0 < confidence < 1:  # False for NaN too
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    k = np.asarray(count, dtype=np.float64)
-    n = np.asarray(total, dtype=np.float64)
-    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
-        raise ValueError("wilson_interval needs total >= 1 and 0 <= count <= total")
+    k, n = check_counts(count, total)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = k / n
     denom = 1 + z * z / n

@@ -28,6 +28,7 @@ import torch
 
 from genneg.diffusion.denoiser import Denoiser
 from genneg.diffusion.edm import EDMConfig
+from genneg.metrics._checks import check_positive
 
 __all__ = ["denoiser_divergence", "pf_ode_log_likelihood"]
 
@@ -43,7 +44,12 @@ def denoiser_divergence(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor
 
     Returns:
         ``(D (B, *shape) detached, div (B,))`` in ``x``'s dtype. Costs one forward and ``d`` backward passes.
+        Works in every grad mode: under ``torch.inference_mode`` (which records no graph) it leaves
+        inference mode for the derivatives, with inference-tensor inputs cloned.
     """
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return denoiser_divergence(denoiser, x.clone(), sigma.clone())
     with torch.enable_grad():
         xi = x.detach().requires_grad_(True)
         out = denoiser(xi, sigma)
@@ -88,8 +94,7 @@ def pf_ode_log_likelihood(
     if num_steps < 1 or batch_size < 1:
         raise ValueError(f"num_steps and batch_size must be >= 1, got {num_steps}, {batch_size}")
     prior_std = config.sigma_max if prior_std is None else float(prior_std)
-    if prior_std <= 0:
-        raise ValueError(f"prior_std must be > 0, got {prior_std}")
+    prior_std = check_positive("prior_std", prior_std)
     log_sigmas = torch.linspace(math.log(config.sigma_min), math.log(config.sigma_max), num_steps + 1,
                                 dtype=torch.float64).tolist()
     d = x0[0].numel()

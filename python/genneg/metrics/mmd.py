@@ -12,6 +12,7 @@ identical sets. Pairwise kernels are summed block by block in float64, never hel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -62,7 +63,7 @@ def mmd(
     n, m = x.shape[0], y.shape[0]
     if min(n, m) < (2 if unbiased else 1):
         raise ValueError(f"mmd needs at least {2 if unbiased else 1} samples per set, got n={n}, m={m}")
-    if len(bandwidths) == 0 or any(h <= 0 for h in bandwidths):
+    if len(bandwidths) == 0 or not all(math.isfinite(h) and h > 0 for h in bandwidths):
         raise ValueError(f"bandwidths must be a non-empty sequence of positive widths, got {bandwidths}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")

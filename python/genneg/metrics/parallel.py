@@ -47,6 +47,6 @@ def num_parallel_samples(r: float, p: float) -> int:
 def reduction(n_model: float, n_baseline: float) -> float:
     """Relative reduction ``1 - n_model / n_baseline`` (0.47 = 47% fewer samples than the baseline;
     negative when the model needs more). Both counts must be positive."""
-    if n_model <= 0 or n_baseline <= 0:
+    if not (math.isfinite(n_model) and n_model > 0 and math.isfinite(n_baseline) and n_baseline > 0):
         raise ValueError(f"sample counts must be positive, got n_model={n_model}, n_baseline={n_baseline}")
     return 1.0 - n_model / n_baseline

@@ -7,9 +7,88 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from matplotlib.path import Path
 
-__all__ = ["DrivableMap", "RoadPolygons"]
+__all__ = ["DrivableMap", "RoadPolygons", "cell_centres_in_polygon", "polygon_window"]
+
+# A cell centre within this many cells of a polygon edge is ON the edge (the closed-polygon rule below);
+# it absorbs the rounding of vertices given in metres (a vertex 1e-12 m off a centre line still counts).
+_EDGE_TOLERANCE_CELLS = 1e-9
+
+
+def polygon_window(
+    polygon_m: np.ndarray, origin_m: tuple[float, float], resolution_m: float, shape: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Half-open ``((i0, i1), (j0, j1))`` of the cells whose centres may lie in the closed polygon (its
+    bounding box, widened by the edge tolerance), clipped to a ``(H, W)`` grid."""
+    poly = np.asarray(polygon_m, dtype=np.float64)
+    u = (poly[:, 0] - origin_m[0]) / resolution_m - 0.5
+    v = (poly[:, 1] - origin_m[1]) / resolution_m - 0.5
+    tol = _EDGE_TOLERANCE_CELLS
+
+    def span(lo: float, hi: float, n: int) -> tuple[int, int]:
+        first = max(int(np.ceil(max(lo - tol, -1.0))), 0)
+        last = min(int(np.floor(min(hi + tol, float(n)))) + 1, n)
+        return first, last
+
+    rows = span(float(v.min()), float(v.max()), int(shape[0]))
+    return rows, span(float(u.min()), float(u.max()), int(shape[1]))
+
+
+def cell_centres_in_polygon(
+    polygon_m: np.ndarray,
+    origin_m: tuple[float, float],
+    resolution_m: float,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    closed: bool = True,
+) -> np.ndarray:
+    """Which cell centres of a grid window lie in the CLOSED polygon (interior or boundary).
+
+    The rule every rasteriser of the package uses: cell ``(i, j)`` is in iff its centre
+    ``(ox + (j + ½)·res, oy + (i + ½)·res)`` lies inside the polygon or on one of its edges (within
+    ``1e-9`` cells). The test works in cell units on edges with canonically ordered end points, so the
+    result does not depend on the polygon's orientation or on its starting vertex.
+
+    Args:
+        polygon_m: ``(V >= 3, 2)`` float vertices in metres, either orientation, closed or not.
+        origin_m, resolution_m: the grid (as for :class:`DrivableMap`).
+        rows: ``(i0, i1)`` half-open row range of the window; ``cols``: ``(j0, j1)`` column range.
+        closed: False gives the open interior instead (centres on an edge are out), for holes.
+
+    Returns:
+        ``(i1 - i0, j1 - j0)`` bool.
+    """
+    poly = np.asarray(polygon_m, dtype=np.float64)
+    u = (poly[:, 0] - origin_m[0]) / resolution_m - 0.5  # cell centres sit at integer (u, v)
+    v = (poly[:, 1] - origin_m[1]) / resolution_m - 0.5
+    jj = np.arange(cols[0], cols[1], dtype=np.float64)[None, :]
+    ii = np.arange(rows[0], rows[1], dtype=np.float64)[:, None]
+    crossings = np.zeros((ii.shape[0], jj.shape[1]), dtype=bool)
+    on_edge = np.zeros_like(crossings)
+    n = poly.shape[0]
+    for k in range(n):
+        a = (u[k], v[k])
+        b = (u[(k + 1) % n], v[(k + 1) % n])
+        if a == b:
+            continue
+        (ua, va), (ub, vb) = sorted((a, b))  # canonical order: orientation-independent arithmetic
+        du, dv = ub - ua, vb - va
+        # On the edge: distance to the segment <= tolerance.
+        cross = du * (ii - va) - dv * (jj - ua)
+        dot = du * (jj - ua) + dv * (ii - va)
+        length2 = du * du + dv * dv
+        near_line = cross * cross <= (_EDGE_TOLERANCE_CELLS**2) * length2
+        within = (dot >= -_EDGE_TOLERANCE_CELLS * np.sqrt(length2)) & (
+            dot <= length2 + _EDGE_TOLERANCE_CELLS * np.sqrt(length2))
+        on_edge |= near_line & within
+        # Even-odd crossings of the ray to +u, half-open in v (each vertex counted once).
+        if va == vb:
+            continue
+        (u0, v0), (u1, v1) = ((ua, va), (ub, vb)) if va < vb else ((ub, vb), (ua, va))
+        spans = (ii >= v0) & (ii < v1)
+        u_cross = u0 + (ii - v0) * ((u1 - u0) / (v1 - v0))
+        crossings ^= spans & (jj < u_cross)
+    return crossings | on_edge if closed else crossings & ~on_edge
 
 
 def _vertex_arrays(polygons: Sequence[np.ndarray], what: str) -> tuple[np.ndarray, ...]:
@@ -70,9 +149,11 @@ class DrivableMap:
     them (``genneg_ext.offroad_polygons``); the raster stays for rendering and for raster-only maps.
 
     Attributes:
-        drivable: ``(H, W)`` uint8, 1 = drivable. Row ``i`` is ``y``, column ``j`` is ``x``.
-        origin_m: ``(x, y)`` of the outer corner of cell ``[0, 0]``, metres.
-        resolution_m: cell edge length, metres per cell. Cell ``(i, j)`` covers
+        drivable: ``(H, W)`` uint8, 1 = drivable. Row ``i`` is ``y``, column ``j`` is ``x``. Given as any
+            bool, integer or (finite) float array or tensor, any strides or byte order: nonzero = drivable.
+        origin_m: ``(x, y)`` of the outer corner of cell ``[0, 0]``, metres, ``|x|, |y| <= 1e100``.
+        resolution_m: cell edge length, metres per cell, in ``[1e-100, 1e100]`` (the oracles' valid range).
+            Cell ``(i, j)`` covers
             ``[ox + j·res, ox + (j+1)·res] × [oy + i·res, oy + (i+1)·res]``.
         polygons: the exact drivable area, or None for a raster-only map.
     """
@@ -86,14 +167,32 @@ class DrivableMap:
     def __post_init__(self) -> None:
         if self.polygons is not None and not isinstance(self.polygons, RoadPolygons):
             raise TypeError(f"polygons must be RoadPolygons or None, got {type(self.polygons).__name__}")
-        raster = np.ascontiguousarray(np.asarray(self.drivable), dtype=np.uint8)
+        from genneg.reference.traffic_oracle import MAX_ABS_COORDINATE_M, MAX_SIZE_M, MIN_SIZE_M
+
+        raw = self.drivable
+        if hasattr(raw, "detach") and hasattr(raw, "cpu"):  # a torch tensor (any dtype, device)
+            raw = raw.detach().cpu()
+            raw = raw.numpy() if raw.dtype != getattr(raw.dtype, "bfloat16", None) else raw.float().numpy()
+        raster = np.asarray(raw)
+        if raster.dtype.kind == "f":
+            if not np.all(np.isfinite(raster)):
+                raise ValueError("drivable holds NaN or inf; nonzero finite values mean drivable")
+        elif raster.dtype.kind not in "biu":
+            raise TypeError(f"drivable must be a bool, integer or float raster (nonzero = drivable), "
+                            f"got dtype {raster.dtype}")
         if raster.ndim != 2 or raster.shape[0] == 0 or raster.shape[1] == 0:
             raise ValueError(f"drivable must be a non-empty (H, W) array, got shape {raster.shape}")
-        if not np.isfinite(self.resolution_m) or self.resolution_m <= 0:
-            raise ValueError(f"resolution_m must be a finite number > 0, got {self.resolution_m}")
-        if len(self.origin_m) != 2 or not np.all(np.isfinite(self.origin_m)):
-            raise ValueError(f"origin_m must be two finite numbers, got {self.origin_m}")
-        object.__setattr__(self, "drivable", (raster != 0).astype(np.uint8))
+        if not (MIN_SIZE_M <= self.resolution_m <= MAX_SIZE_M):
+            raise ValueError(
+                f"resolution_m must be in [{MIN_SIZE_M:g}, {MAX_SIZE_M:g}] m, got {self.resolution_m}"
+            )
+        origin = np.asarray(self.origin_m, dtype=np.float64)
+        if origin.shape != (2,) or not np.all(np.abs(origin) <= MAX_ABS_COORDINATE_M):
+            raise ValueError(
+                f"origin_m must be two finite numbers with |x|, |y| <= {MAX_ABS_COORDINATE_M:g} m, "
+                f"got {self.origin_m}"
+            )
+        object.__setattr__(self, "drivable", np.ascontiguousarray(raster != 0).astype(np.uint8))
         object.__setattr__(self, "origin_m", (float(self.origin_m[0]), float(self.origin_m[1])))
         object.__setattr__(self, "resolution_m", float(self.resolution_m))
 
@@ -132,35 +231,41 @@ class DrivableMap:
         shape: tuple[int, int],
         holes: Sequence[np.ndarray] = (),
     ) -> DrivableMap:
-        """Rasterise drivable polygons: a cell is drivable iff its centre lies inside some polygon and
-        inside no hole. The polygons are kept (``polygons``) for the exact offroad check.
+        """Rasterise drivable polygons: a cell is drivable iff its centre lies in some CLOSED polygon
+        (inside it or on an edge) and in the interior of no hole (a centre on a hole's edge stays
+        drivable). The result does not depend on the polygons' orientation or starting vertex
+        (:func:`cell_centres_in_polygon`). The polygons are kept (``polygons``) for the exact offroad check.
 
         Args:
             polygons: each ``(V, 2)`` float, vertices in metres (either orientation, closed or not).
             origin_m, resolution_m: as for the class.
             shape: ``(H, W)`` cells.
             holes: ``(V, 2)`` polygons cut out of the drivable area (islands, medians).
+
+        Raises:
+            ValueError: a non-positive shape, a polygon or hole not ``(V >= 3, 2)`` or holding NaN/inf.
         """
         h, w = int(shape[0]), int(shape[1])
         if h <= 0 or w <= 0:
             raise ValueError(f"shape must be positive, got {shape}")
-        xs = origin_m[0] + (np.arange(w) + 0.5) * resolution_m
-        ys = origin_m[1] + (np.arange(h) + 0.5) * resolution_m
-        centres = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-        inside = np.zeros(h * w, dtype=bool)
-        for k, poly in enumerate(polygons):
-            poly = np.asarray(poly, dtype=np.float64)
-            if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
-                raise ValueError(f"polygon {k} must have shape (V>=3, 2), got {poly.shape}")
-            inside |= Path(poly).contains_points(centres)
-        for k, hole in enumerate(holes):
-            hole = np.asarray(hole, dtype=np.float64)
-            if hole.ndim != 2 or hole.shape[1] != 2 or hole.shape[0] < 3:
-                raise ValueError(f"hole {k} must have shape (V>=3, 2), got {hole.shape}")
-            inside &= ~Path(hole).contains_points(centres)
-        return cls(
-            inside.reshape(h, w).astype(np.uint8),
-            origin_m,
-            resolution_m,
-            polygons=RoadPolygons(tuple(polygons), tuple(holes)),
-        )
+        if not np.isfinite(resolution_m) or resolution_m <= 0:
+            raise ValueError(f"resolution_m must be a finite number > 0, got {resolution_m}")
+        inside = np.zeros((h, w), dtype=bool)
+        for name, shapes in (("polygon", polygons), ("hole", holes)):
+            for k, poly in enumerate(shapes):
+                poly = np.asarray(poly, dtype=np.float64)
+                if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
+                    raise ValueError(f"{name} {k} must have shape (V>=3, 2), got {poly.shape}")
+                if not np.all(np.isfinite(poly)):
+                    raise ValueError(f"{name} {k} holds non-finite coordinates")
+                (i0, i1), (j0, j1) = polygon_window(poly, origin_m, resolution_m, (h, w))
+                if i0 >= i1 or j0 >= j1:
+                    continue
+                cells = cell_centres_in_polygon(poly, origin_m, resolution_m, (i0, i1), (j0, j1),
+                                                closed=name == "polygon")
+                if name == "polygon":
+                    inside[i0:i1, j0:j1] |= cells
+                else:
+                    inside[i0:i1, j0:j1] &= ~cells
+        return cls(inside.astype(np.uint8), origin_m, resolution_m,
+                   polygons=RoadPolygons(tuple(polygons), tuple(holes)))

@@ -27,7 +27,6 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -69,8 +68,19 @@ def _mask_tensor(valid: torch.Tensor | np.ndarray | None, device: torch.device) 
     if isinstance(valid, torch.Tensor):
         return valid.detach().to(device)
     if isinstance(valid, np.ndarray):
-        return torch.as_tensor(valid, device=device)
+        return torch.as_tensor(_torch_readable(valid), device=device)
     raise TypeError(f"valid must be a torch.Tensor, numpy.ndarray or None, got {type(valid).__name__}")
+
+
+def _torch_readable(a: Any) -> Any:
+    """A NumPy array torch can wrap: native byte order and no negative strides (copied only if needed)."""
+    if not isinstance(a, np.ndarray):
+        return a
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if any(stride < 0 for stride in a.strides):
+        a = np.ascontiguousarray(a)
+    return a
 
 
 @dataclass(frozen=True)
@@ -107,9 +117,12 @@ class TrafficOracle:
                 raise ValueError("drivable_map is None but check_offroad is True; give a DrivableMap")
         elif not isinstance(self.drivable_map, DrivableMap):
             raise TypeError(f"drivable_map must be a DrivableMap, got {type(self.drivable_map).__name__}")
+        from genneg.reference.traffic_oracle import MAX_SIZE_M
+
         margin = float(self.margin_m)
-        if not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"margin_m must be a finite number >= 0 (metres), got {self.margin_m}")
+        if not (0 <= margin <= MAX_SIZE_M):
+            raise ValueError(f"margin_m must be a number of metres in [0, {MAX_SIZE_M:g}], "
+                             f"got {self.margin_m}")
         object.__setattr__(self, "margin_m", margin)
         if self.backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {self.backend!r}")
@@ -126,8 +139,12 @@ class TrafficOracle:
         """Per-vehicle verdicts, True = valid.
 
         Args:
-            boxes: ``(N, A, 5)`` float32/float64 tensor (any device) or NumPy array: x m, y m, length m,
-                width m, heading rad. ``(N, 5 * A)`` (flattened vehicles) is read as ``(N, A, 5)``.
+            boxes: ``(N, A, 5)`` float tensor (any device) or NumPy array (any strides, either byte
+                order): x m, y m, length m, width m, heading rad; float16, bfloat16 and integer inputs
+                are converted to float64. ``(N, 5 * A)`` with ``A >= 2`` (flattened vehicles) is read
+                as ``(N, A, 5)``; ``(N, 5)`` is refused as ambiguous (``genneg_ext`` reads ``(A, 5)``
+                as one scene). Valid range of a present box: see :mod:`genneg.reference.traffic_oracle`
+                (``MAX_*``).
             valid: optional ``(N, A)`` bool mask of present vehicles, same kind and device as ``boxes``.
 
         Returns:
@@ -136,8 +153,8 @@ class TrafficOracle:
 
         Raises:
             TypeError: ``boxes`` is neither a tensor nor an array, or has a non-float dtype.
-            ValueError: bad shape, NaN/inf or length/width <= 0 in a present box (scene and vehicle named),
-                mismatched ``valid``.
+            ValueError: bad or ambiguous shape, NaN/inf or a value outside the valid range in a present
+                box (scene and vehicle named), mismatched ``valid``.
         """
         verdicts = self.details(boxes, valid)
         if self.check_offroad:
@@ -154,6 +171,7 @@ class TrafficOracle:
             False when ``check_offroad`` is off.
         """
         if isinstance(boxes, np.ndarray):
+            boxes, valid = _torch_readable(boxes), _torch_readable(valid)
             collision, offroad = self._run(torch.as_tensor(boxes), _mask_tensor(valid, torch.device("cpu")))
             return TrafficVerdicts(collision.numpy(), offroad.numpy())
         if not isinstance(boxes, torch.Tensor):
@@ -163,8 +181,24 @@ class TrafficOracle:
 
     def _run(self, boxes: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Both masks for tensors, dispatched to the backend; shapes checked here, values by the backend."""
+        if boxes.ndim == 2 and boxes.shape[1] == 5:
+            # genneg_ext and the reference read (A, 5) as ONE scene of A vehicles; (N, 5 * A) flattened
+            # scenes with A = 1 would read as N scenes. Refuse the ambiguous shape instead of guessing.
+            raise ValueError(
+                f"boxes of shape {tuple(boxes.shape)} are ambiguous: pass (1, A, 5) for one scene of A "
+                f"vehicles or (N, 1, 5) for N one-vehicle scenes"
+            )
         if boxes.ndim == 2 and boxes.shape[1] % 5 == 0 and boxes.shape[1] > 0:
             boxes = boxes.reshape(boxes.shape[0], boxes.shape[1] // 5, 5)
+        if boxes.dtype.is_complex or boxes.dtype == torch.bool:
+            raise TypeError(f"boxes must hold real numbers (float32 or float64), got {boxes.dtype}")
+        if boxes.dtype not in (torch.float32, torch.float64):  # float16, bfloat16, integers: exact
+            boxes = boxes.to(torch.float64)
+        if valid is not None and valid.dtype != torch.bool:
+            if valid.dtype.is_floating_point or valid.dtype.is_complex:
+                raise TypeError(f"valid must be a bool (or integer, nonzero = present) mask, "
+                                f"got {valid.dtype}")
+            valid = valid != 0
         if boxes.ndim != 3 or boxes.shape[2] != 5:
             raise ValueError(
                 f"boxes must have shape (N, A, 5) or (N, 5*A) [x m, y m, length m, width m, heading rad], "

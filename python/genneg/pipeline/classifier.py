@@ -87,9 +87,12 @@ class ClassifierConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.iterations < 1 or self.batch_size < 1 or self.warmup < 0:
             raise ValueError(f"need iterations >= 1, batch_size >= 1, warmup >= 0, got {self}")
-        if self.lr <= 0 or not 0 <= self.lr_min_fraction <= 1 or self.weight_decay < 0 or self.grad_clip < 0:
+        # Written as the good range, so that NaN fails too (NaN <= 0 is False).
+        good = (0 < self.lr < math.inf and 0 <= self.lr_min_fraction <= 1
+                and 0 <= self.weight_decay < math.inf and 0 <= self.grad_clip < math.inf)
+        if not good:
             raise ValueError(
-                f"need lr > 0, 0 <= lr_min_fraction <= 1, weight_decay >= 0, grad_clip >= 0: {self}")
+                f"need finite lr > 0, 0 <= lr_min_fraction <= 1, weight_decay >= 0, grad_clip >= 0: {self}")
 
 
 

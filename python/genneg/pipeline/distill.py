@@ -45,7 +45,8 @@ class DistillConfig:
     """Distillation training.
 
     Attributes:
-        iterations: Adam steps (paper, checkerboard: 250k); 0 skips the distillation stage.
+        iterations: Adam steps (paper, checkerboard: 250k); 0 = skip distillation (the Gen-neG loop then
+            trains no student and :func:`train_distilled` returns no losses).
         batch_size: ``x0`` per step (paper: 1000), drawn uniformly with replacement.
         lr: Adam learning rate.
         x0_source: ``"train"`` (the training set, the paper's choice) or ``"teacher"`` (teacher samples).
@@ -72,10 +73,12 @@ class DistillConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.iterations < 0 or self.batch_size < 1 or self.num_teacher_samples < 1 or self.warmup < 0:
-            raise ValueError(f"need iterations >= 0 (0: no distillation stage), batch_size, "
-                             f"num_teacher_samples >= 1, warmup >= 0: {self}")
-        if self.lr <= 0 or not 0 <= self.lr_min_fraction <= 1 or self.grad_clip < 0:
-            raise ValueError(f"need lr > 0, 0 <= lr_min_fraction <= 1, grad_clip >= 0: {self}")
+            raise ValueError(f"need iterations >= 0 (0 = skip distillation), batch_size, num_teacher_samples "
+                             f">= 1, warmup >= 0: {self}")
+        # Written as the good range so that NaN fails too.
+        good = self.lr > 0 and 0 <= self.lr_min_fraction <= 1 and self.grad_clip >= 0
+        if not good or self.lr == math.inf:
+            raise ValueError(f"need finite lr > 0, 0 <= lr_min_fraction <= 1, grad_clip >= 0: {self}")
 
 
 def distillation_x0(
@@ -196,7 +199,8 @@ def train_distilled(
         cond: conditioning tensors of the pool (leading dimension ``N``), or None.
 
     Returns:
-        the loss of every step, ``config.iterations`` floats.
+        the loss of every step, ``config.iterations`` floats (none, and the student untouched, when
+        ``config.iterations == 0``).
     """
     for attr in ("denoiser", "eps_model"):
         if getattr(teacher, attr, None) is student:

@@ -69,14 +69,19 @@ def plot_samples(
         if x.ndim != 2 or x.shape[1] != 2 or valid.shape != (x.shape[0],):
             raise ValueError(f"panel {title!r}: need x (N, 2) and valid (N,), got {x.shape} and "
                              f"{valid.shape}")
-        ax.scatter(x[valid, 0], x[valid, 1], s=1.5, c=_VALID, linewidths=0, label="valid")
-        ax.scatter(x[~valid, 0], x[~valid, 1], s=3.0, c=_INVALID, linewidths=0, label="invalid")
+        ax.scatter(x[valid, 0], x[valid, 1], s=1.5, c=_VALID, linewidths=0, label="valid (oracle)")
+        ax.scatter(x[~valid, 0], x[~valid, 1], s=3.0, c=_INVALID, linewidths=0, label="invalid (oracle)")
         ax.set_title(f"{title}\ninvalid {100 * (1 - valid.mean()):.2f}% of {len(valid)}", fontsize=9)
         ax.set_aspect("equal")
         if bounds is not None:
             ax.set_xlim(bounds[0], bounds[1])
             ax.set_ylim(bounds[2], bounds[3])
+        ax.set_xlabel("x₁ (data units)", fontsize=7)
+        ax.set_ylabel("x₂ (data units)", fontsize=7)
         ax.tick_params(labelsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, markerscale=4, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
     return _save(fig, path)
 
 
@@ -126,6 +131,8 @@ def plot_classifier_maps(
             ax = axes[i, j]
             image = ax.imshow(prob, origin="lower", extent=bounds, vmin=0, vmax=1, cmap="viridis")
             ax.set_title(f"{title}, σ={sigma:g}", fontsize=8)
+            ax.set_xlabel("x₁ (data units)", fontsize=6)
+            ax.set_ylabel("x₂ (data units)", fontsize=6)
             ax.tick_params(labelsize=6)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="P(valid | x_σ)")

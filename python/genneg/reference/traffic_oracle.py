@@ -28,15 +28,39 @@ interiors iff their projections on every edge normal overlap with positive lengt
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["collisions", "heading_axis", "offroad", "validate_boxes", "validate_margin", "validate_raster"]
+__all__ = [
+    "MAX_ABS_COORDINATE_M",
+    "MAX_ABS_HEADING_RAD",
+    "MAX_SIZE_M",
+    "MIN_SIZE_M",
+    "collisions",
+    "heading_axis",
+    "offroad",
+    "validate_boxes",
+    "validate_margin",
+    "validate_raster",
+]
 
 HALF_PI = 1.57079632679489661923  # fl(pi / 2), the quarter turn headings are reduced by
+
+# The valid range of every input number, the same on every backend (csrc/boxes.h holds the C++ copy;
+# genneg_ext._C exposes it and a test holds the two equal). Inside it every intermediate is a finite,
+# normal float64 and the geometry is exact up to float64 rounding; outside it the oracles raise
+# ValueError rather than overflow (a 1e308 m box plus a margin), underflow (a 5e-324 m box halves to 0)
+# or reduce a huge heading inexactly (the quarter-turn reduction by fl(pi/2) drifts by |heading| * 4e-17
+# rad from the true angle: 0.04 rad at 1e15 rad, < 1e-12 rad within the bound). The lengths are bounded
+# far from overflow rather than by plausibility: every finite float32 (e.g. a model sample decoded to
+# metres, which the Gen-neG loop must label, however wild) is inside, and sums and products of two
+# in-range numbers stay below 1e200 and above 1e-200.
+MAX_ABS_COORDINATE_M = 1e100  # |x|, |y| of a box centre and of a raster origin, m
+MIN_SIZE_M = 1e-100  # length, width, resolution, m
+MAX_SIZE_M = 1e100  # length, width, margin, resolution, m
+MAX_ABS_HEADING_RAD = 1e4  # |heading|, rad (about 1,600 turns)
 
 # Elements per chunk of pair or cell tests; bounds peak memory to a few hundred MB of float64 temporaries.
 _CHUNK_ELEMENTS = 1 << 21
@@ -58,7 +82,9 @@ def validate_boxes(
     Raises:
         TypeError: ``boxes``/``valid`` is not a tensor, or has the wrong dtype.
         ValueError: wrong rank or last dimension, mismatched ``valid`` shape or device, a non-finite
-            value or a length/width <= 0 in a valid slot (the message names scene and vehicle index).
+            value, a length/width <= 0 or a value outside the valid range (``MAX_ABS_COORDINATE_M``,
+            ``MIN_SIZE_M``, ``MAX_SIZE_M``, ``MAX_ABS_HEADING_RAD``) in a valid slot (the message names
+            scene and vehicle index).
     """
     if not isinstance(boxes, torch.Tensor):
         raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
@@ -88,24 +114,36 @@ def validate_boxes(
     if boxes3.numel() == 0:
         return boxes3, valid3, squeeze
     # One host synchronisation for all checks; the error path pays for locating the culprit.
-    finite = torch.isfinite(boxes3).all(dim=-1)
-    positive = (boxes3[..., 2] > 0) & (boxes3[..., 3] > 0)
-    bad = valid3 & ~(finite & positive)
+    b = boxes3.to(torch.float64)
+    finite = torch.isfinite(b).all(dim=-1)
+    positive = (b[..., 2] > 0) & (b[..., 3] > 0)
+    in_range = (
+        (b[..., :2].abs() <= MAX_ABS_COORDINATE_M).all(dim=-1)
+        & ((b[..., 2:4] >= MIN_SIZE_M) & (b[..., 2:4] <= MAX_SIZE_M)).all(dim=-1)
+        & (b[..., 4].abs() <= MAX_ABS_HEADING_RAD)
+    )
+    bad = valid3 & ~(finite & positive & in_range)
     if bool(bad.any()):
         s, a = (int(v) for v in torch.nonzero(bad)[0].tolist())
         where = f"boxes[{a}] (vehicle {a})" if squeeze else f"boxes[{s}, {a}] (scene {s}, vehicle {a})"
         values = boxes3[s, a].tolist()
         if not bool(finite[s, a]):
             raise ValueError(f"{where} has a non-finite value: {values}")
-        raise ValueError(f"{where} has length or width <= 0: length={values[2]}, width={values[3]}")
+        if not bool(positive[s, a]):
+            raise ValueError(f"{where} has length or width <= 0: length={values[2]}, width={values[3]}")
+        raise ValueError(
+            f"{where} = {values} is outside the valid range (|x|, |y| <= {MAX_ABS_COORDINATE_M:g} m, "
+            f"{MIN_SIZE_M:g} m <= length, width <= {MAX_SIZE_M:g} m, "
+            f"|heading| <= {MAX_ABS_HEADING_RAD:g} rad)"
+        )
     return boxes3, valid3, squeeze
 
 
 def validate_margin(margin: float) -> float:
-    """Return ``margin`` as a float after checking it is finite and >= 0 (metres)."""
+    """Return ``margin`` as a float after checking it is in ``[0, MAX_SIZE_M]`` (metres), else ValueError."""
     margin = float(margin)
-    if not math.isfinite(margin) or margin < 0:
-        raise ValueError(f"margin must be a finite number >= 0 (metres), got {margin}")
+    if not (0 <= margin <= MAX_SIZE_M):
+        raise ValueError(f"margin must be a number of metres in [0, {MAX_SIZE_M:g}], got {margin}")
     return margin
 
 
@@ -125,7 +163,8 @@ def validate_raster(
 
     Raises:
         TypeError: ``drivable`` is not a bool/integer tensor.
-        ValueError: empty or non-2-D raster, raster on another device, non-finite origin, resolution <= 0.
+        ValueError: empty or non-2-D raster, raster on another device, origin or resolution outside the
+            valid range (module constants).
     """
     if not isinstance(drivable, torch.Tensor):
         raise TypeError(f"drivable must be a torch.Tensor, got {type(drivable).__name__}")
@@ -138,11 +177,13 @@ def validate_raster(
     if drivable.device != torch.device(device):
         raise ValueError(f"drivable is on {drivable.device} but boxes are on {device}")
     origin_xy = tuple(float(v) for v in origin)
-    if len(origin_xy) != 2 or not all(math.isfinite(v) for v in origin_xy):
-        raise ValueError(f"origin must be two finite numbers (x m, y m), got {origin}")
+    if len(origin_xy) != 2 or not all(abs(v) <= MAX_ABS_COORDINATE_M for v in origin_xy):
+        raise ValueError(f"origin must be two finite numbers (x m, y m) with |x|, |y| <= "
+                         f"{MAX_ABS_COORDINATE_M:g}, got {origin}")
     resolution = float(resolution)
-    if not math.isfinite(resolution) or resolution <= 0:
-        raise ValueError(f"resolution must be a finite number > 0 (metres per cell), got {resolution}")
+    if not (MIN_SIZE_M <= resolution <= MAX_SIZE_M):
+        raise ValueError(f"resolution must be a number of metres per cell in "
+                         f"[{MIN_SIZE_M:g}, {MAX_SIZE_M:g}], got {resolution}")
     return drivable, (origin_xy[0], origin_xy[1]), resolution
 
 

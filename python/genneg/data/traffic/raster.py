@@ -1,7 +1,8 @@
 """Rasterising road geometry into drivable-area grids.
 
 Every function here uses the cell-centre rule of :meth:`DrivableMap.from_polygons`: cell ``(i, j)`` is set
-iff its centre ``(ox + (j + ½)·res, oy + (i + ½)·res)`` lies inside the shape. Each shape touches only the
+iff its centre ``(ox + (j + ½)·res, oy + (i + ½)·res)`` lies in the closed shape (inside or on its
+boundary), whatever the shape's orientation or starting vertex. Each shape touches only the
 cells of its bounding box, so cost grows with the covered area, not with the raster times the shape count.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.path import Path
+
+from genneg.oracles.drivable_map import cell_centres_in_polygon, polygon_window
+from genneg.reference.traffic_oracle import MAX_ABS_COORDINATE_M, MAX_SIZE_M, MIN_SIZE_M
 
 __all__ = ["raster_grid_for", "rasterise_polygons", "rasterise_polylines", "rasterise_triangles"]
 
@@ -18,10 +21,13 @@ __all__ = ["raster_grid_for", "rasterise_polygons", "rasterise_polylines", "rast
 def _check_grid(origin_m: tuple[float, float], resolution_m: float, shape: tuple[int, int]) -> None:
     if len(shape) != 2 or int(shape[0]) <= 0 or int(shape[1]) <= 0:
         raise ValueError(f"shape must be two positive cell counts (H, W), got {shape}")
-    if not np.isfinite(resolution_m) or resolution_m <= 0:
-        raise ValueError(f"resolution_m must be a finite number > 0, got {resolution_m}")
-    if len(origin_m) != 2 or not np.all(np.isfinite(origin_m)):
-        raise ValueError(f"origin_m must be two finite numbers, got {origin_m}")
+    # The oracles' valid range (genneg.reference.traffic_oracle), so that every raster made here can be used.
+    if not (MIN_SIZE_M <= resolution_m <= MAX_SIZE_M):
+        raise ValueError(f"resolution_m must be in [{MIN_SIZE_M:g}, {MAX_SIZE_M:g}] m, got {resolution_m}")
+    origin = np.asarray(origin_m, dtype=np.float64)
+    if origin.shape != (2,) or not np.all(np.abs(origin) <= MAX_ABS_COORDINATE_M):
+        raise ValueError(f"origin_m must be two finite numbers with |x|, |y| <= {MAX_ABS_COORDINATE_M:g} m, "
+                         f"got {origin_m}")
 
 
 def _cell_range(
@@ -70,7 +76,10 @@ def rasterise_polygons(
         origin_m, resolution_m, shape: the grid, as for :class:`DrivableMap`.
 
     Returns:
-        ``(H, W)`` uint8, 1 where a cell centre lies inside some polygon.
+        ``(H, W)`` uint8, 1 where a cell centre lies inside or on the edge of some polygon.
+
+    Raises:
+        ValueError: a bad grid, a polygon not ``(V >= 3, 2)`` or holding NaN/inf.
     """
     _check_grid(origin_m, resolution_m, shape)
     h, w = int(shape[0]), int(shape[1])
@@ -79,14 +88,12 @@ def rasterise_polygons(
         poly = np.asarray(poly, dtype=np.float64)
         if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
             raise ValueError(f"polygon {k} must have shape (V>=3, 2), got {poly.shape}")
-        j0, j1 = _cell_range(poly[:, 0].min(), poly[:, 0].max(), origin_m[0], resolution_m, w)
-        i0, i1 = _cell_range(poly[:, 1].min(), poly[:, 1].max(), origin_m[1], resolution_m, h)
+        if not np.all(np.isfinite(poly)):
+            raise ValueError(f"polygon {k} holds non-finite coordinates")
+        (i0, i1), (j0, j1) = polygon_window(poly, origin_m, resolution_m, (h, w))
         if j0 >= j1 or i0 >= i1:
             continue
-        xs = origin_m[0] + (np.arange(j0, j1) + 0.5) * resolution_m
-        ys = origin_m[1] + (np.arange(i0, i1) + 0.5) * resolution_m
-        centres = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-        inside = Path(poly).contains_points(centres).reshape(i1 - i0, j1 - j0)
+        inside = cell_centres_in_polygon(poly, origin_m, resolution_m, (i0, i1), (j0, j1))
         out[i0:i1, j0:j1] |= inside.astype(np.uint8)
     return out
 

@@ -8,7 +8,14 @@ import numpy as np
 
 from genneg.oracles.drivable_map import DrivableMap
 
-__all__ = ["VERDICT_COLOURS", "render_scene", "save_scene_grid"]
+__all__ = [
+    "VERDICT_COLOURS",
+    "VERDICT_LABELS",
+    "legend_handles",
+    "render_scene",
+    "save_scene_grid",
+    "scene_grid_figure",
+]
 
 #: Face colours by verdict: valid, collision, offroad, collision and offroad; no verdict given.
 VERDICT_COLOURS = {
@@ -18,6 +25,57 @@ VERDICT_COLOURS = {
     "both": "#a50f15",
     "unknown": "#969696",
 }
+
+#: Legend text of each verdict colour.
+VERDICT_LABELS = {
+    "valid": "valid vehicle",
+    "collision": "collision",
+    "offroad": "offroad",
+    "both": "collision and offroad",
+    "unknown": "vehicle (no verdict)",
+}
+
+# The map's grey levels: imshow(drivable, cmap="gray", vmin=-0.6, vmax=1.25) below.
+_MAP_VMIN, _MAP_VMAX = -0.6, 1.25
+
+
+def _map_grey(value: float) -> tuple[float, float, float]:
+    g = (value - _MAP_VMIN) / (_MAP_VMAX - _MAP_VMIN)
+    return (g, g, g)
+
+
+def legend_handles(verdict_keys: set[str] | None = None) -> list:
+    """Patches for a legend: the drivable and non-drivable map cells, then each verdict colour used
+    (``verdict_keys``, keys of :data:`VERDICT_COLOURS`; default all)."""
+    from matplotlib.patches import Patch
+
+    keys = [k for k in VERDICT_COLOURS if verdict_keys is None or k in verdict_keys]
+    handles = [
+        Patch(facecolor=_map_grey(1.0), edgecolor="black", linewidth=0.4, label="drivable"),
+        Patch(facecolor=_map_grey(0.0), edgecolor="black", linewidth=0.4, label="not drivable"),
+    ]
+    handles += [
+        Patch(facecolor=VERDICT_COLOURS[k], edgecolor="black", linewidth=0.4, label=VERDICT_LABELS[k])
+        for k in keys
+    ]
+    return handles
+
+
+def _verdict_keys(verdicts: dict[str, np.ndarray] | np.ndarray | None, valid: np.ndarray) -> set[str]:
+    """The colour keys :func:`render_scene` uses for these verdicts."""
+    valid = np.asarray(valid, dtype=bool)
+    if verdicts is None:
+        return {"unknown"} if valid.any() else set()
+    if isinstance(verdicts, dict):
+        col = np.asarray(verdicts["collision"], dtype=bool)[valid]
+        off = np.asarray(verdicts["offroad"], dtype=bool)[valid]
+        keys = {"valid"} if (~col & ~off).any() else set()
+        keys |= {"collision"} if (col & ~off).any() else set()
+        keys |= {"offroad"} if (off & ~col).any() else set()
+        keys |= {"both"} if (col & off).any() else set()
+        return keys
+    ok = np.asarray(verdicts, dtype=bool)[valid]
+    return ({"valid"} if ok.any() else set()) | ({"collision"} if (~ok).any() else set())
 
 
 def _corners(boxes: np.ndarray) -> np.ndarray:
@@ -39,7 +97,8 @@ def render_scene(
     verdicts: dict[str, np.ndarray] | np.ndarray | None = None,
     window_m: tuple[float, float, float, float] | None = None,
 ) -> None:
-    """Draw one scene: drivable cells light grey, the rest dark, each vehicle as a box with a heading tick.
+    """Draw one scene: drivable cells light grey, the rest dark, each vehicle as a box with a heading tick;
+    axes in metres (map frame). :func:`legend_handles` explains the colours.
 
     Args:
         ax: a matplotlib ``Axes``.
@@ -80,8 +139,8 @@ def render_scene(
         origin="lower",
         extent=drivable_map.extent_m,
         cmap="gray",
-        vmin=-0.6,
-        vmax=1.25,
+        vmin=_MAP_VMIN,
+        vmax=_MAP_VMAX,
         interpolation="nearest",
     )
     corners = _corners(boxes[valid])
@@ -99,8 +158,9 @@ def render_scene(
         ax.set_xlim(window_m[0], window_m[1])
         ax.set_ylim(window_m[2], window_m[3])
     ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xlabel("x (m)", fontsize=7)
+    ax.set_ylabel("y (m)", fontsize=7)
+    ax.tick_params(labelsize=6)
 
 
 def save_scene_grid(
@@ -113,7 +173,8 @@ def save_scene_grid(
     columns: int = 4,
     titles: list[str] | None = None,
 ) -> Path:
-    """Render scenes side by side into a PNG (Agg canvas; written to a temporary name, then renamed).
+    """Render scenes side by side into a PNG (Agg canvas; written to a temporary name, then renamed), with
+    a legend of the map and verdict colours and metres on the axes (:func:`scene_grid_figure`).
 
     Args:
         path: output ``.png`` path.
@@ -127,6 +188,25 @@ def save_scene_grid(
     Returns:
         The written path.
     """
+    fig = scene_grid_figure(drivable_maps, boxes, valid, verdicts, windows_m, columns, titles)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    tmp.replace(path)
+    return path
+
+
+def scene_grid_figure(
+    drivable_maps: list[DrivableMap],
+    boxes: np.ndarray,
+    valid: np.ndarray,
+    verdicts: list[dict[str, np.ndarray] | np.ndarray | None] | None = None,
+    windows_m: np.ndarray | None = None,
+    columns: int = 4,
+    titles: list[str] | None = None,
+):
+    """The matplotlib ``Figure`` (Agg canvas) :func:`save_scene_grid` writes; arguments as there."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -135,8 +215,9 @@ def save_scene_grid(
     if len(drivable_maps) != s:
         raise ValueError(f"need one map per scene: {len(drivable_maps)} maps for {s} scenes")
     rows = max(int(np.ceil(s / columns)), 1)
-    fig = Figure(figsize=(3.2 * min(columns, s), 3.2 * rows))
+    fig = Figure(figsize=(3.2 * min(columns, s), 3.2 * rows + 0.6))
     FigureCanvasAgg(fig)
+    used: set[str] = set()
     for k in range(s):
         ax = fig.add_subplot(rows, min(columns, s), k + 1)
         render_scene(
@@ -149,10 +230,8 @@ def save_scene_grid(
         )
         if titles is not None:
             ax.set_title(titles[k], fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    tmp.replace(path)
-    return path
+        used |= _verdict_keys(None if verdicts is None else verdicts[k], np.asarray(valid)[k])
+    handles = legend_handles(used)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (3.2 * rows + 0.6), 1, 1))
+    return fig
