@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--oracle", default=None,
                        help="your oracle, 'package.module:function' or 'path/to/file.py:function': "
                             "oracle(x) -> bool (n,), True = valid")
+    train.add_argument("--oracle-input", default="numpy", choices=("numpy", "torch"),
+                       help="what the --oracle function is given: a NumPy array (default) or a torch tensor")
     train.add_argument("--name", default="arrays", help="experiment name of a --data run (report title)")
     train.add_argument("--task", default=None,
                        help="a task factory 'package.module:function' or 'path/to/file.py:function' "
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rewrite report.md and the plots of a run")
     report.add_argument("--run-dir", required=True, type=Path)
+    report.add_argument("--oracle", default=None, help="the oracle, for a run whose oracle has no reference")
 
     demo = sub.add_parser("demo", help="the quick checkerboard profile end to end, with report and plots")
     demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
@@ -103,18 +106,32 @@ def _train(args: argparse.Namespace) -> int:
 
     sources = [name for name, value in (("an experiment", args.experiment), ("--data", args.data),
                                         ("--task", args.task)) if value]
+    if not sources and args.resume:  # the run records its task, data reference and config
+        from genneg.pipeline.experiment import resume_run
+
+        if args.profile or args.overrides or args.seed is not None or args.threads is not None:
+            raise ValueError("--resume without an experiment, --data or --task continues the run as it was "
+                             "recorded: --profile, --set, --seed and --threads cannot change it")
+        start = time.perf_counter()
+        rows = resume_run(args.run_dir, progress=not args.quiet, oracle=_oracle(args))
+        _print_table(args.run_dir, rows)
+        print(f"report: {args.run_dir / 'report.md'}  ({time.perf_counter() - start:.0f} s)")
+        return 0
     if len(sources) != 1:
         raise ValueError("give exactly one of: an experiment name, --data (with --oracle), or --task; got "
                          + (", ".join(sources) or "none"))
     if (args.data is None) != (args.oracle is None):
         raise ValueError("--data and --oracle go together")
+    if args.oracle_input != "numpy" and args.data is None:
+        raise ValueError("--oracle-input goes with --data/--oracle")
     if args.heldout is not None and args.data is None:
         raise ValueError("--heldout needs --data")
     task: Any
     if args.data is not None:
         import genneg
 
-        task = genneg.Task.from_arrays(args.data, oracle=args.oracle, heldout_x=args.heldout, name=args.name)
+        task = genneg.Task.from_arrays(args.data, oracle=args.oracle, heldout_x=args.heldout, name=args.name,
+                                       oracle_input=args.oracle_input)
     else:
         task = args.experiment or args.task
     start = time.perf_counter()
@@ -180,10 +197,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from genneg.io.rundir import RunDir
-    from genneg.pipeline.experiment import write_run_report
+    from genneg.pipeline.experiment import open_run, write_run_report
 
-    path = write_run_report(RunDir(args.run_dir, resume=True))
+    task, _, run = open_run(args.run_dir, oracle=_oracle(args))
+    path = write_run_report(run, task=task)
     print(path.read_text())
     print(f"report: {path}")
     return 0
@@ -232,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunStateError, ValueError, TypeError, FileNotFoundError, ImportError, OracleError) as err:
         print(f"genneg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        run_dir = getattr(args, "run_dir", None)
+        hint = (f"; continue with: genneg train --run-dir {run_dir} --resume" if args.command == "train"
+                else "")
+        print(f"\ngenneg {args.command}: interrupted (finished stages are kept{hint})", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

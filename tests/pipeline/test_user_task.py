@@ -168,6 +168,7 @@ def test_command_line_user_task(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "# Gen-neG on ring" in capsys.readouterr().out
     before = (run_dir / "metrics.jsonl").read_text()
     assert main(argv + sets + ["--resume"]) == 0
+    assert main(["train", "--run-dir", str(run_dir), "--resume", "--quiet"]) == 0  # all it needs is recorded
     assert (run_dir / "metrics.jsonl").read_text() == before
 
     # a task factory: recorded by reference, the run reopens through it
@@ -213,12 +214,43 @@ def test_command_line_user_task(tmp_path: Path, capsys: pytest.CaptureFixture[st
         (lambda x: (x, lambda y: ~ring_oracle(y)), ValueError, "all 1000 points of train_x are invalid"),
         (lambda x: (x, "genneg_no_such_module:f"), TaskImportError, "genneg_no_such_module"),
         (lambda x: (x.astype(bool), ring_oracle), TypeError, "real numbers"),
+        (lambda x: (x, lambda y: None), ValueError, "oracle returned None"),
+        (lambda x: (x, lambda y: np.array(["yes"] * len(y))), ValueError, "dtype <U3"),
+        (lambda x: (x, lambda y: ring_oracle(y).astype(int) * 5 + 2), ValueError, "non-boolean"),
+        (lambda x: (np.repeat(x[:1], len(x), axis=0), ring_oracle), ValueError, "1000 identical points"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(make, error, message) -> None:
     data, oracle = make(ring_points(1000))
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         genneg.Task.from_arrays(data, oracle=oracle)
+
+
+def test_the_oracle_gets_a_copy_of_the_input_type_it_asks_for(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[type] = []
+
+    def scribbles(x):
+        seen.append(type(x))
+        valid = ring_oracle(np.asarray(x))
+        x[:] = 0  # writes into its input: must change nothing of the task's
+        return valid
+
+    data = ring_points(300)
+    original = data.copy()
+    task = genneg.Task.from_arrays(data, oracle=scribbles)
+    assert set(seen) == {np.ndarray} and np.array_equal(data, original)  # the caller's array untouched
+    kept = np.concatenate([task.train_x.numpy(), task.heldout_x.numpy()])
+    assert sorted(map(tuple, kept.tolist())) == sorted(map(tuple, original.tolist()))  # and the task's
+    seen.clear()
+    genneg.Task.from_arrays(data, oracle=scribbles, oracle_input="torch")
+    assert set(seen) == {torch.Tensor}
+    # a file reference given relative to the working directory is recorded absolute
+    rules = "import numpy as np\n\n\ndef ok(x):\n    return np.ones(len(x), bool)\n"
+    (tmp_path / "rel_rules.py").write_text(rules)
+    monkeypatch.chdir(tmp_path)
+    task = genneg.Task.from_arrays(data, oracle="rel_rules.py:ok")
+    assert task.reference()["oracle"] == f"{(tmp_path / 'rel_rules.py').resolve()}:ok"
 
 
 def test_oracle_that_raises_is_chained_with_its_batch(tmp_path: Path) -> None:

@@ -86,7 +86,8 @@ class RunDir:
         existing = self.config_path.is_file() or self.stages_dir.is_dir()
         if existing and not (resume or overwrite):
             raise RunStateError(f"{self.root} already holds a run; pass resume=True (CLI: --resume) to "
-                                "continue it, or choose another run directory")
+                                "continue it, overwrite=True (CLI: --overwrite) to start it afresh, or "
+                                "choose another run directory")
         if resume and not existing:
             raise RunStateError(f"cannot resume: {self.root} holds no run (no config.json)")
         self.root.mkdir(parents=True, exist_ok=True)

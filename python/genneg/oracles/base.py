@@ -19,7 +19,7 @@ import torch
 
 from genneg.profiling import nvtx_range
 
-__all__ = ["Oracle", "evaluate_oracle", "sample_verdicts"]
+__all__ = ["Oracle", "evaluate_oracle", "sample_verdicts", "verdicts_tensor"]
 
 
 @runtime_checkable
@@ -49,17 +49,32 @@ def evaluate_oracle(oracle: Callable[[Any], Any], x: torch.Tensor) -> torch.Tens
             out = oracle(x)
         except (TypeError, AttributeError):  # a NumPy-only oracle handed a tensor
             out = oracle(x.detach().cpu().numpy())
-    if isinstance(out, np.ndarray) or not isinstance(out, torch.Tensor):
-        out = torch.as_tensor(np.asarray(out))
+    return verdicts_tensor(out, n, x.device)
+
+
+def verdicts_tensor(out: Any, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """An oracle's answer for ``n`` samples as a bool tensor on ``device``, checked.
+
+    Raises:
+        ValueError: None, a non-numeric answer (strings, objects), a shape other than ``(n,)`` or
+            ``(n, P)``, or values other than True/False (or 0/1, of any numeric dtype).
+    """
+    if out is None:
+        raise ValueError(f"oracle returned None for {n} samples; expected a bool array of shape ({n},)")
+    if not isinstance(out, torch.Tensor):
+        array = np.asarray(out)
+        if array.dtype != np.bool_ and not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"oracle returned values of dtype {array.dtype}; expected bool (True = valid)")
+        out = torch.as_tensor(array)
     if out.ndim not in (1, 2) or out.shape[0] != n:
         raise ValueError(
             f"oracle returned shape {tuple(out.shape)} for {n} samples; expected ({n},) or ({n}, P)"
         )
     if out.dtype != torch.bool:
-        if out.is_floating_point() and not torch.all((out == 0) | (out == 1)):
+        if out.is_complex() or not torch.all((out == 0) | (out == 1)):
             raise ValueError("oracle returned non-boolean values; expected True/False (or 0/1)")
         out = out != 0
-    return out.to(x.device)
+    return out.to(device)
 
 
 def sample_verdicts(verdicts: torch.Tensor) -> torch.Tensor:

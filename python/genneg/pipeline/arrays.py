@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -40,11 +40,11 @@ from genneg.io.checkpoint import load_tensors, save_tensors
 from genneg.io.rundir import stage_generator, stage_seed
 from genneg.metrics import infraction_rate, mmd, num_parallel_samples
 from genneg.models.mlp import ResidualMLP
-from genneg.oracles.base import evaluate_oracle, sample_verdicts
+from genneg.oracles.base import evaluate_oracle, sample_verdicts, verdicts_tensor
 from genneg.pipeline.baseline import heldout_elbo, train_denoiser
 from genneg.pipeline.distill import distillation_x0
 from genneg.pipeline.profiles import DataConfig, ExperimentConfig, get_profile
-from genneg.pipeline.registry import TaskImportError, import_object, object_reference
+from genneg.pipeline.registry import TaskImportError, absolute_reference, import_object, object_reference
 from genneg.pipeline.report import format_table
 from genneg.pipeline.task import Cond, EvalOutput, Task
 
@@ -234,21 +234,26 @@ class VectorTask(Task):
 
     def pictures(self, run: Any, rows: Sequence[dict[str, Any]],
                  load_model: Callable[[str], nn.Module]) -> list[str]:
-        """2-D data: samples per model coloured by verdict, and the classifiers' probability maps."""
+        """Vector data: samples per model coloured by verdict (for more than 2 coordinates, their
+        projection on the first two, said in the panel titles); 2-D data: also the classifiers'
+        probability maps."""
         from genneg.pipeline.plots import plot_classifier_maps, plot_samples
 
-        if self.plot_bounds is None or self.sample_shape != (2,):
+        if self.plot_bounds is None or len(self.sample_shape) != 1 or self.sample_shape[0] < 2:
             return []
         plots = []
-        panels = [("training data", self.train_x.cpu().numpy(),
+        projected = "" if self.sample_shape == (2,) else " (x0, x1 projection)"
+        panels = [(f"training data{projected}", self.train_x[:, :2].cpu().numpy(),
                    sample_verdicts(evaluate_oracle(self.oracle, self.train_x)).cpu().numpy())]
         for row in rows:
             file = run.path("samples", f"{row['model']}.safetensors")
             if file.is_file():
                 t = load_tensors(file)
-                panels.append((row["model"], t["x"].numpy(), t["valid"].numpy()))
+                panels.append((f"{row['model']}{projected}", t["x"][:, :2].numpy(), t["valid"].numpy()))
         plot_samples(run.path("samples.png"), panels, bounds=self.plot_bounds)
         plots.append("samples.png")
+        if self.sample_shape != (2,):
+            return plots
         from genneg.pipeline.experiment import classifier_path, load_classifier
 
         names = [f"iter{k}" for k in range(1, self.config.gen_neg.iterations + 1)]
@@ -323,26 +328,38 @@ def _checked(array: np.ndarray, what: str) -> torch.Tensor:
 
 
 def _plot_bounds(x: torch.Tensor) -> tuple[float, float, float, float] | None:
-    """``(xmin, xmax, ymin, ymax)`` of 2-D data with a quarter of its range as margin; None otherwise."""
-    if tuple(x.shape[1:]) != (2,):
+    """``(xmin, xmax, ymin, ymax)`` of the first two coordinates of vector data (a quarter of their range
+    as margin); None for data with fewer than 2 coordinates or not flat."""
+    if x.ndim != 2 or x.shape[1] < 2:
         return None
+    x = x[:, :2]
     low, high = x.min(0).values, x.max(0).values
     pad = 0.25 * (high - low)
     return (float(low[0] - pad[0]), float(high[0] + pad[0]), float(low[1] - pad[1]), float(high[1] + pad[1]))
 
 
+OracleInput = Literal["numpy", "torch"]
+
+
+def _call_oracle(oracle: Callable[..., Any], x: torch.Tensor, oracle_input: OracleInput) -> torch.Tensor:
+    """``oracle`` on a copy of ``x`` (a NumPy array or a CPU tensor as ``oracle_input`` says, so that an
+    oracle that writes into its input changes nothing of ours), its answer checked."""
+    arg = x.detach().cpu().numpy().copy() if oracle_input == "numpy" else x.detach().clone()
+    return verdicts_tensor(oracle(arg), x.shape[0], x.device)
+
+
 class _CheckedOracle:
     """The user's oracle, called in batches; an exception becomes :class:`OracleError` naming the call and
-    its rows (the original chained), and the answer is checked by :func:`evaluate_oracle`."""
+    its rows (the original chained), a malformed answer a ``ValueError``."""
 
-    def __init__(self, oracle: Callable[..., Any]) -> None:
-        self.oracle = oracle
+    def __init__(self, oracle: Callable[..., Any], oracle_input: OracleInput) -> None:
+        self.oracle, self.oracle_input = oracle, oracle_input
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         try:
-            return evaluate_oracle(self.oracle, x)
+            return _call_oracle(self.oracle, x, self.oracle_input)
         except ValueError as err:
             raise ValueError(f"oracle call {self.calls} on {x.shape[0]} samples: {err}") from err
         except Exception as err:
@@ -350,22 +367,50 @@ class _CheckedOracle:
                               f"({x.shape[0]} samples of shape {tuple(x.shape[1:])}): {err}") from err
 
 
-def _check_oracle_on(oracle: Callable[..., Any], x: torch.Tensor, *, what: str = "train_x",
-                     batch_size: int = 10_000) -> torch.Tensor:
+def _check_oracle_on(oracle: Callable[..., Any], x: torch.Tensor, oracle_input: OracleInput, *,
+                     what: str = "train_x", batch_size: int = 10_000) -> torch.Tensor:
     """Verdicts ``(n,)`` of ``oracle`` on ``x`` in batches; errors name the batch index and its rows."""
     out = []
     for index, start in enumerate(range(0, x.shape[0], batch_size)):
         batch = x[start: start + batch_size]
+        rows = f"rows {start}-{start + batch.shape[0] - 1}"
         try:
-            verdicts = evaluate_oracle(oracle, batch)
+            verdicts = _call_oracle(oracle, batch, oracle_input)
         except ValueError as err:
-            raise ValueError(f"oracle on {what} batch {index} (rows {start}-{start + batch.shape[0] - 1}): "
-                             f"{err}") from err
+            raise ValueError(f"oracle on {what} batch {index} ({rows}): {err}") from err
         except Exception as err:
-            raise OracleError(f"the oracle raised {type(err).__name__} on {what} batch {index} (rows "
-                              f"{start}-{start + batch.shape[0] - 1}): {err}") from err
+            raise OracleError(f"the oracle raised {type(err).__name__} on {what} batch {index} ({rows}): "
+                              f"{err}") from err
         out.append(sample_verdicts(verdicts))
     return torch.cat(out)
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside this package (warnings point at the user's line)."""
+    import inspect
+
+    package = str(Path(__file__).resolve().parents[1])
+    level = 1
+    for frame in inspect.stack()[1:]:
+        level += 1
+        if not str(Path(frame.filename).resolve()).startswith(package):
+            return level
+    return level
+
+
+def _oracle_file_reference(oracle: Callable[..., Any]) -> str | None:
+    """``/abs/path/file.py:qualname`` of a module-level function (reopens a run from any directory even
+    when its module was only importable from the training directory)."""
+    import inspect
+
+    qualname = getattr(oracle, "__qualname__", "")
+    try:
+        source = inspect.getsourcefile(oracle)
+    except TypeError:
+        return None
+    if not source or "<" in qualname or not qualname:
+        return None
+    return f"{Path(source).resolve()}:{qualname}"
 
 
 class ArrayTask(VectorTask):
@@ -379,10 +424,12 @@ class ArrayTask(VectorTask):
 
     def __init__(self, train_x: torch.Tensor, heldout_x: torch.Tensor, oracle: Callable[..., Any], *,
                  name: str = "arrays", oracle_reference: str | None = None,
-                 denoiser_net: NetFactory | None = None, classifier_net: NetFactory | None = None) -> None:
+                 oracle_input: OracleInput = "numpy", denoiser_net: NetFactory | None = None,
+                 classifier_net: NetFactory | None = None) -> None:
         self.train_x, self.heldout_x = train_x, heldout_x
         self.user_oracle = oracle
-        self._oracle = _CheckedOracle(oracle)
+        self.oracle_input = oracle_input
+        self._oracle = _CheckedOracle(oracle, oracle_input)
         self.title = self.experiment_name = name
         self.oracle_reference = oracle_reference
         self.denoiser_net, self.classifier_net = denoiser_net, classifier_net
@@ -398,6 +445,7 @@ class ArrayTask(VectorTask):
         heldout_x: Any = None,
         heldout_fraction: float = 0.1,
         name: str = "arrays",
+        oracle_input: OracleInput = "numpy",
         denoiser_net: NetFactory | None = None,
         classifier_net: NetFactory | None = None,
     ) -> ArrayTask:
@@ -413,6 +461,10 @@ class ArrayTask(VectorTask):
             heldout_x: held-out data (same sample shape); default: a ``heldout_fraction`` of ``train_x``
                 (at least 2 points), split off by a fixed permutation (seed 0).
             name: the experiment name shown in the run's config and report.
+            oracle_input: what the oracle is called with: ``"numpy"`` (a float32 ``(n, *shape)`` NumPy
+                array, the default) or ``"torch"`` (a CPU float32 tensor). Always a copy: an oracle may
+                write into it. (NumPy and torch differ silently on some calls, e.g. ``std``, so the
+                package never guesses.)
             denoiser_net, classifier_net: network factories for structured samples (default: residual MLPs
                 on the flattened sample).
 
@@ -428,14 +480,18 @@ class ArrayTask(VectorTask):
 
         if name in experiment_names():
             raise ValueError(f"name {name!r} is a registered experiment; choose another name for your task")
-        reference = oracle if isinstance(oracle, str) else object_reference(oracle)
+        if oracle_input not in ("numpy", "torch"):
+            raise ValueError(f"oracle_input must be 'numpy' or 'torch', got {oracle_input!r}")
         if isinstance(oracle, str):
-            oracle = import_object(oracle)
+            reference: str | None = absolute_reference(oracle)
+            oracle = import_object(reference)
+        else:
+            reference = object_reference(oracle)
         if not callable(oracle):
             raise TypeError(f"oracle must be callable, got {type(oracle).__name__}")
         data = _checked(load_array(train_x, what="train_x"), "train_x")
-        if float(data.std()) <= 0:
-            raise ValueError("train_x is constant: nothing to learn (its standard deviation is 0)")
+        if bool((data == data[0]).all()):
+            raise ValueError(f"train_x holds {data.shape[0]} identical points: nothing to learn")
         heldout = None
         if heldout_x is not None:
             heldout = _checked(load_array(heldout_x, what="heldout_x"), "heldout_x")
@@ -448,13 +504,13 @@ class ArrayTask(VectorTask):
         for what, x in (("train_x", data), ("heldout_x", heldout)):
             if x is None:
                 continue
-            invalid = int((~_check_oracle_on(oracle, x, what=what)).sum())
+            invalid = int((~_check_oracle_on(oracle, x, oracle_input, what=what)).sum())
             if invalid == x.shape[0]:
                 raise ValueError(f"the oracle says all {invalid} points of {what} are invalid: the data and "
                                  "the oracle do not match (True must mean valid)")
             if invalid:
                 warnings.warn(f"the oracle rejects {invalid} of the {x.shape[0]} points of {what}; Gen-neG "
-                              "assumes valid data", stacklevel=2)
+                              "assumes valid data", stacklevel=_caller_stacklevel())
         if heldout is None:
             n_held = max(2, round(heldout_fraction * data.shape[0]))
             if data.shape[0] - n_held < 2:
@@ -462,8 +518,12 @@ class ArrayTask(VectorTask):
                                  f"of {n_held} and keep 2 for training; pass heldout_x")
             perm = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))
             data, heldout = data[perm[n_held:]], data[perm[:n_held]]
-        return cls(data, heldout, oracle, name=name, oracle_reference=reference, denoiser_net=denoiser_net,
-                   classifier_net=classifier_net)
+        if reference is None:
+            warnings.warn("the oracle has no importable reference (a lambda, closure or instance): the run "
+                          "can be reopened or resumed only by passing the same oracle again (oracle=)",
+                          stacklevel=_caller_stacklevel())
+        return cls(data, heldout, oracle, name=name, oracle_reference=reference, oracle_input=oracle_input,
+                   denoiser_net=denoiser_net, classifier_net=classifier_net)
 
     # the Task hooks --------------------------------------------------------------------------------------
     def oracle(self, x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
@@ -504,7 +564,10 @@ class ArrayTask(VectorTask):
         """Reopens the run: the oracle's reference, and those of custom network factories (a factory with
         no importable reference cannot be rebuilt: ``ValueError`` before training starts)."""
         ref: dict[str, Any] = {"experiment": self.experiment_name, "kind": "arrays",
-                               "oracle": self.oracle_reference, "fingerprint": self.fingerprint()}
+                               "oracle": self.oracle_reference, "oracle_input": self.oracle_input,
+                               "fingerprint": self.fingerprint()}
+        if self.oracle_reference is not None and not self.oracle_reference.split(":")[0].endswith(".py"):
+            ref["oracle_file"] = _oracle_file_reference(self.user_oracle)
         for key in ("denoiser_net", "classifier_net"):
             factory = getattr(self, key)
             if factory is not None:
@@ -541,9 +604,15 @@ class ArrayTask(VectorTask):
             if not ref:
                 raise TaskImportError(f"the run in {data_dir.parent} was trained with an oracle that has no "
                                       "importable reference (a lambda or closure): pass oracle= to reopen it")
-            oracle = import_object(ref)
+            try:
+                oracle = import_object(ref)
+            except TaskImportError:
+                if not reference.get("oracle_file"):
+                    raise
+                oracle = import_object(reference["oracle_file"])  # the module's file, by absolute path
         arrays = load_tensors(file)
         nets = {key: import_object(reference[key]) for key in ("denoiser_net", "classifier_net")
                 if reference.get(key)}
         return cls(arrays["train_x"], arrays["heldout_x"], oracle, name=reference.get("experiment", "arrays"),
-                   oracle_reference=reference.get("oracle"), **nets)
+                   oracle_reference=reference.get("oracle"),
+                   oracle_input=reference.get("oracle_input", "numpy"), **nets)

@@ -66,7 +66,7 @@ from genneg.pipeline.balanced import (
 from genneg.pipeline.classifier import train_classifier
 from genneg.pipeline.distill import train_distilled
 from genneg.pipeline.plots import plot_progress
-from genneg.pipeline.registry import get_experiment, import_object
+from genneg.pipeline.registry import absolute_reference, get_experiment, import_object
 from genneg.pipeline.report import EVAL_KIND, eval_rows
 from genneg.pipeline.task import Cond, Task
 
@@ -78,6 +78,7 @@ __all__ = [
     "load_model",
     "model_names",
     "open_run",
+    "resume_run",
     "run_experiment",
     "run_gen_neg",
     "run_task",
@@ -549,6 +550,13 @@ def write_run_report(run: RunDir, *, task: Task | None = None) -> Path:
         if recs:
             notes.append(f"iteration {k} data: {recs[-1]['num_drawn']} draws, estimated infraction rate "
                          f"{100 * recs[-1]['pi_neg']:.2f}%")
+    base_row = next((r for r in rows if r.get("group") == "baseline"), None)
+    for r in rows:
+        if base_row is not None and r is not base_row and r["infraction_low"] > base_row["infraction_high"]:
+            notes.append(f"**{r['model']} infracts more than the baseline** ({100 * r['infraction']:.2f}% "
+                         f"against {100 * base_row['infraction']:.2f}%, 95% intervals apart): its "
+                         "classifier(s) or student are likely undertrained (raise classifier.iterations or "
+                         "distill.iterations)")
     title = getattr(task, "title", config.experiment)
     text = [f"# Gen-neG on {title} ({config.profile} profile)\n"]
     text += [f"- {n}" for n in notes]
@@ -604,6 +612,21 @@ def run_task(task: Task, config: Any, run_dir: str | Path, *, resume: bool = Fal
     return run_gen_neg(task, config, run, progress=progress, hook=hook)
 
 
+def resume_run(run_dir: str | Path, *, progress: bool = True, hook: StageHook | None = None,
+               oracle: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+    """Continue the run in ``run_dir`` from its last finished stage with the task and config it records
+    (``task.json``, ``config.json``): nothing needs to be given again. ``oracle``: see :func:`open_run`."""
+    root = Path(run_dir)
+    if not (root / "config.json").is_file():
+        raise RunStateError(f"cannot resume: {root} holds no run (no config.json)")
+    task_file = root / TASK_FILE
+    reference = (json.loads(task_file.read_text()) if task_file.is_file()
+                 else {"experiment": json.loads((root / "config.json").read_text()).get("experiment")})
+    task = _task_from_reference(reference, root / "data", oracle)
+    config = RunDir(root, resume=True).read_config(task.config_class)
+    return run_task(task, config, root, resume=True, progress=progress, hook=hook, reference=reference)
+
+
 def run_experiment(config: Any, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                    progress: bool = True, hook: StageHook | None = None) -> list[dict[str, Any]]:
     """Run the registered experiment ``config.experiment`` into ``run_dir`` (see :func:`run_task`)."""
@@ -651,6 +674,7 @@ def train(
     reference = None
     if isinstance(task, str):
         if ":" in task:
+            task = absolute_reference(task)
             reference = {"factory": task}
             made = import_object(task)()
             if not isinstance(made, Task):

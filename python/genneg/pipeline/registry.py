@@ -28,6 +28,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Experiment",
     "TaskImportError",
+    "absolute_reference",
     "experiments",
     "get_experiment",
     "import_object",
@@ -170,6 +171,15 @@ def import_object(reference: str) -> Any:
             raise TaskImportError(f"cannot import {reference!r}: {target} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def absolute_reference(reference: str) -> str:
+    """``reference`` with a ``path/to/file.py`` target made absolute (a run records it so that it reopens
+    from any working directory); module references unchanged."""
+    target, sep, attr = reference.rpartition(":")
+    if sep and target.endswith(".py"):
+        return f"{Path(target).expanduser().resolve()}:{attr}"
+    return reference
 
 
 def object_reference(obj: Any) -> str | None:
