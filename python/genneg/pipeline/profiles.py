@@ -56,13 +56,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Heun PF-ODE sampling: ``num_steps`` noise levels from ``edm.sigma_max`` to ``edm.sigma_min``, then
-    an Euler step to 0; ``batch_size`` samples per call of the network."""
+    """PF-ODE sampling: ``num_steps`` noise levels from ``edm.sigma_max`` to ``edm.sigma_min``, then a
+    first-order step to 0; ``batch_size`` samples per call of the network.
+
+    ``sampler``: a key of ``genneg.diffusion.SAMPLERS``: ``"heun"`` (the paper's, the default),
+    ``"euler"``, ``"dpmpp_2m"`` (DPM-Solver++(2M)) or ``"unipc"`` (UniPC-2M); the few-step solvers call the
+    (guided) denoiser once per level, Heun twice.
+    """
 
     num_steps: int = 100
     schedule: Literal["log_linear", "karras"] = "log_linear"
     rho: float = 7.0
     batch_size: int = 20_000
+    sampler: Literal["heun", "euler", "dpmpp_2m", "unipc"] = "heun"
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.batch_size < 1:

@@ -119,6 +119,18 @@ class Task:
         raise NotImplementedError
 
     # sampling and the oracle ------------------------------------------------------------------------
+    def with_sampling(self, config: Any, sampler: str | None = None, num_steps: int | None = None) -> Any:
+        """``config`` with its sampler and/or number of sampling steps replaced (None: keep), for sampling
+        and evaluating a finished run otherwise (``genneg sample|eval --sampler --steps``). The default
+        offers no choice and refuses any.
+
+        Raises:
+            ValueError: a sampler or step count this task does not offer (named).
+        """
+        if sampler is not None or num_steps is not None:
+            raise ValueError(f"task {self.name!r} offers no choice of sampler or steps")
+        return config
+
     @property
     def sample_batch_size(self) -> int:
         """Samples per sampler call (also the oracle's batch in the data stage)."""

@@ -223,6 +223,18 @@ class TrafficTask(Task):
                                     on_eval=on_eval)
 
     # sampling and the oracle ------------------------------------------------------------------------
+    def with_sampling(self, config: TrafficExperimentConfig, sampler: str | None = None,
+                      num_steps: int | None = None) -> TrafficExperimentConfig:
+        """``config`` with ``gen_neg.sample_steps`` replaced; the scenes' DDPM samples with the ancestral
+        sampler only (``sampler`` None or ``"ancestral"``, else ``ValueError``)."""
+        if sampler not in (None, "ancestral"):
+            raise ValueError(f"the traffic task samples with the DDPM ancestral sampler only, got "
+                             f"{sampler!r}")
+        if num_steps is None:
+            return config
+        gen_neg = dataclasses.replace(config.gen_neg, sample_steps=num_steps)
+        return dataclasses.replace(config, gen_neg=gen_neg)
+
     @property
     def sample_batch_size(self) -> int:
         return self.config.gen_neg.sample_batch_size
