@@ -28,6 +28,7 @@ from genneg.diffusion.samplers import (
     get_sampler,
     heun_sample,
     heun_step,
+    multistep_coefficients,
     unipc_sample,
 )
 from genneg.diffusion.schedules import karras_sigmas, log_linear_sigmas, make_sigmas
@@ -59,6 +60,7 @@ __all__ = [
     "karras_sigmas",
     "log_linear_sigmas",
     "make_sigmas",
+    "multistep_coefficients",
     "sample_sigma_log_uniform",
     "unipc_sample",
 ]

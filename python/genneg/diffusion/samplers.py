@@ -36,7 +36,8 @@ changes nothing for callers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Protocol
 
@@ -49,6 +50,7 @@ from genneg.profiling import nvtx_range
 __all__ = [
     "SAMPLERS",
     "Cond",
+    "MultistepStep",
     "Sampler",
     "StepCallback",
     "denoiser_calls",
@@ -58,6 +60,7 @@ __all__ = [
     "get_sampler",
     "heun_sample",
     "heun_step",
+    "multistep_coefficients",
     "unipc_sample",
 ]
 
@@ -181,17 +184,21 @@ def dpmpp_2m_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
         sigma, sigma_next = levels[i], levels[i + 1]
         with nvtx_range("sampler.dpmpp_2m_step"):
             d = _call(denoiser, x, sigma, cond)
-            if d_prev is None or sigma_next == 0.0:
-                d_eff = d
-            else:
-                h = math.log(sigma / sigma_next)
-                r = math.log(levels[i - 1] / sigma) / h
-                d_eff = (1.0 + 0.5 / r) * d - (0.5 / r) * d_prev
-            x = _data_prediction_step(x, sigma, sigma_next, d_eff)
+            x = _dpmpp_2m_update(x, levels[i - 1] if i else None, sigma, sigma_next, d, d_prev)
         d_prev = d
         if callback is not None:
             callback(i, x, sigma, sigma_next)
     return x
+
+
+def _dpmpp_2m_update(x: torch.Tensor, sigma_prev: float | None, sigma: float, sigma_next: float,
+                     d: torch.Tensor, d_prev: torch.Tensor | None) -> torch.Tensor:
+    """One DPM-Solver++(2M) step (first order without a previous output or to ``sigma_next = 0``)."""
+    if d_prev is None or sigma_prev is None or sigma_next == 0.0:
+        return _data_prediction_step(x, sigma, sigma_next, d)
+    h = math.log(sigma / sigma_next)
+    r = math.log(sigma_prev / sigma) / h
+    return _data_prediction_step(x, sigma, sigma_next, (1.0 + 0.5 / r) * d - (0.5 / r) * d_prev)
 
 
 def _unipc_coefficients(rks: list[float], h: float, corrector: bool) -> list[float]:
@@ -284,6 +291,61 @@ def unipc_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, c
         if callback is not None:
             callback(i, x, sigma, sigma_next)
     return x
+
+
+@dataclass(frozen=True)
+class MultistepStep:
+    """Step ``i`` of a one-call-per-level solver as linear combinations, for fused re-implementations
+    (``genneg.planning.FastSampler``). With ``D_j = D(x_j; sigma_j)`` the denoiser output at level ``j``:
+
+    - ``corrector`` (or None): ``x_i <- a · x_{i-1} + Σ_j c_j D_{i-j}`` (``(a, (c_0, c_1, ...))``), applied
+      once ``D_i`` is known (``x_{i-1}`` is the state the last step started from);
+    - ``predictor``: ``x_{i+1} = a · x_i + Σ_j c_j D_{i-j}``.
+    """
+
+    predictor: tuple[float, tuple[float, ...]]
+    corrector: tuple[float, tuple[float, ...]] | None
+
+
+def _read_linear(update: torch.Tensor) -> tuple[float, tuple[float, ...]]:
+    values = update.reshape(-1).tolist()
+    coefficients = values[1:]
+    while coefficients and coefficients[-1] == 0.0:
+        coefficients.pop()
+    return values[0], tuple(coefficients)
+
+
+def multistep_coefficients(name: str, levels: Sequence[float]) -> list[MultistepStep]:
+    """The coefficients of sampler ``name`` (``"euler"``, ``"dpmpp_2m"``, ``"unipc"`` with its defaults)
+    along ``levels`` (a schedule as Python floats, ending in 0), one :class:`MultistepStep` per step.
+
+    They are read off the samplers' own update functions applied to unit vectors (the updates are linear
+    in the state and the denoiser outputs), so the two cannot drift apart.
+
+    Raises:
+        ValueError: a bad schedule, or a sampler that is not one call per level (``"heun"``).
+    """
+    if name not in ("euler", "dpmpp_2m", "unipc"):
+        raise ValueError(f"sampler {name!r} has no multistep coefficients; choose euler, dpmpp_2m or unipc")
+    levels = _levels(torch.tensor(levels, dtype=torch.float64))
+    e = torch.eye(4, dtype=torch.float64)[:, None, :]  # x, D_i, D_{i-1}, D_{i-2} as unit vectors (1, 4)
+    steps = []
+    for i in range(len(levels) - 1):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        corrector = None
+        if name == "euler":
+            predictor = _data_prediction_step(e[0], sigma, sigma_next, e[1])
+        elif name == "dpmpp_2m":
+            predictor = _dpmpp_2m_update(e[0], levels[i - 1] if i else None, sigma, sigma_next, e[1],
+                                         e[2] if i else None)
+        else:
+            history = [(levels[i - 1], e[2]), (sigma, e[1])] if i else [(sigma, e[1])]
+            predictor = e[1] if sigma_next == 0.0 else _unipc_update(e[0], sigma, sigma_next, history, None)
+            if i:
+                before = [(levels[i - 2], e[3]), (levels[i - 1], e[2])] if i > 1 else [(levels[i - 1], e[2])]
+                corrector = _read_linear(_unipc_update(e[0], levels[i - 1], sigma, before, e[1]))
+        steps.append(MultistepStep(_read_linear(predictor), corrector))
+    return steps
 
 
 SAMPLERS: dict[str, Sampler] = {
