@@ -34,6 +34,7 @@ Writes benchmarks/results/<name>.json and <name>.md (default name: time-to-valid
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -63,12 +64,11 @@ def _quantiles_ms(times_s: list[float]) -> tuple[float, float]:
     return float(np.quantile(t, 0.5)), float(np.quantile(t, 0.99))
 
 
-def _fast_sampler_times(model: Any, task: Any, solver: str, steps: int, n: int, calls: int) -> list[float]:
-    config = task.config
-    edm = task.edm
-    sampler_config = SamplerConfig(num_parallel=n, num_steps=steps, solver=solver,
-                                   schedule=config.sampling.schedule, sigma_min=edm.sigma_min,
-                                   sigma_max=edm.sigma_max, rho=config.sampling.rho)
+def _fast_sampler_times(model: Any, task: Any, n: int, calls: int) -> list[float]:
+    sampling = task.config.sampling
+    sampler_config = SamplerConfig(num_parallel=n, num_steps=sampling.num_steps, solver=sampling.sampler,
+                                   schedule=sampling.schedule, sigma_min=task.edm.sigma_min,
+                                   sigma_max=float(task.sigmas[0]), rho=sampling.rho)
     sampler = FastSampler(model, task.oracle, sample_shape=task.sample_shape, config=sampler_config,
                           device=task.device, seed=0)
     sampler.warmup(calls=3)
@@ -94,10 +94,11 @@ def _naive_times(model: Any, task: Any, solver: str, n: int, calls: int) -> list
     return times
 
 
-def measure_row(run_dir: Path, name: str, solver: str, steps: int, args: argparse.Namespace
-                ) -> dict[str, Any]:
+def measure_row(run_dir: Path, name: str, solver: str, steps: int, sigma_max: float | None,
+                args: argparse.Namespace) -> dict[str, Any]:
     """One row: infraction rate, N(r, p), MMD², FastSampler and naive latencies (module docstring)."""
-    task, config, model = load_model(run_dir, name, sampler=solver, num_steps=steps)
+    task, config, model = load_model(run_dir, name, sampling={
+        "sampler": solver, "num_steps": steps, "schedule": args.schedule, "sigma_max": sigma_max})
     num = args.num_samples or config.eval.num_samples
     t0 = time.perf_counter()
     samples = task.sample(model, num, stage_generator(config.seed, "eval/noise", task.device))
@@ -105,7 +106,8 @@ def measure_row(run_dir: Path, name: str, solver: str, steps: int, args: argpars
     rate = infraction_rate(sample_verdicts(evaluate_oracle(task.oracle, samples)))
     m = min(config.eval.mmd_points, num, task.heldout_x.shape[0])
     mmd2 = float(mmd(samples[:m], task.heldout_x[:m]))
-    row = {"model": name, "solver": solver, "steps": steps, "infraction": rate.rate,
+    row = {"model": name, "solver": solver, "steps": steps, "schedule": config.sampling.schedule,
+           "sigma_max": float(task.sigmas[0]), "infraction": rate.rate,
            "infraction_low": rate.low, "infraction_high": rate.high, "num_samples": rate.total, "mmd": mmd2,
            "library_sample_seconds": sample_s}
     if rate.rate >= args.max_rate:  # N(r, p) beyond any planner: no latency row
@@ -113,7 +115,7 @@ def measure_row(run_dir: Path, name: str, solver: str, steps: int, args: argpars
                 "naive_p50_ms": math.nan, "fast_over_naive": math.nan, "calls": 0, "naive_calls": 0}
     n_est = num_parallel_samples(rate.rate, args.p)
     n_upper = num_parallel_samples(rate.high, args.p) if rate.high < 1 else None
-    fast = _fast_sampler_times(model, task, solver, steps, n_est, args.calls)
+    fast = _fast_sampler_times(model, task, n_est, args.calls)
     naive = _naive_times(model, task, solver, n_est, args.naive_calls)
     p50, p99 = _quantiles_ms(fast)
     naive_p50, _ = _quantiles_ms(naive)
@@ -125,12 +127,13 @@ def measure_row(run_dir: Path, name: str, solver: str, steps: int, args: argpars
 
 
 def _format_table(rows: list[dict[str, Any]], elbo: dict[str, float], p: float) -> str:
-    head = (f"| model | solver | steps | infraction % (95% CI) | N(r, {p}) (upper) | p50 ms | p99 ms | "
-            "naive p50 ms | fast/naive | MMD² | ELBO |")
-    lines = [head, "|" + "---|" * 11]
+    head = (f"| model | solver | steps | σ_max | infraction % (95% CI) | N(r, {p}) (upper) | p50 ms | "
+            "p99 ms | naive p50 ms | fast/naive | MMD² | ELBO |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['solver']} | {r['steps']} | {100 * r['infraction']:.3f} "
+            f"| {r['model']} | {r['solver']} | {r['steps']} | {r['sigma_max']:g} | "
+            f"{100 * r['infraction']:.3f} "
             f"({100 * r['infraction_low']:.3f}-{100 * r['infraction_high']:.3f}) | {r['n_parallel'] or '-'} "
             f"({r['n_parallel_upper'] or '-'}) | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['naive_p50_ms']:.2f} | {r['fast_over_naive']:.1f} | {r['mmd']:.2e} | "
@@ -138,12 +141,12 @@ def _format_table(rows: list[dict[str, Any]], elbo: dict[str, float], p: float) 
     return "\n".join(lines)
 
 
-def _summary(rows: list[dict[str, Any]], reference_steps: int) -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]], reference_steps: int, reference_sigma_max: float) -> dict[str, Any]:
     out: dict[str, Any] = {"per_model": {}}
     refs = {}
     for name in dict.fromkeys(r["model"] for r in rows):
         ref = next((r for r in rows if r["model"] == name and r["solver"] == "heun"
-                    and r["steps"] == reference_steps), None)
+                    and r["steps"] == reference_steps and r["sigma_max"] == reference_sigma_max), None)
         if ref is None or ref["n_parallel"] is None:
             continue
         refs[name] = ref
@@ -152,7 +155,8 @@ def _summary(rows: list[dict[str, Any]], reference_steps: int) -> dict[str, Any]
             "reference": f"heun {reference_steps}", "reference_infraction": ref["infraction"],
             "reference_p50_ms": ref["p50_ms"],
             "dpmpp_2m_le_10_infraction_ratio": {
-                r["steps"]: (r["infraction"] / ref["infraction"] if ref["infraction"] > 0 else math.nan)
+                f"{r['steps']}@{r['sigma_max']:g}": (r["infraction"] / ref["infraction"]
+                                                     if ref["infraction"] > 0 else math.nan)
                 for r in few},
         }
     if refs and rows:
@@ -174,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["baseline", "guided", "distilled"])
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS))
     parser.add_argument("--steps", nargs="+", type=int, default=list(STEPS))
+    parser.add_argument("--sigma-max", nargs="+", type=float, default=[None],
+                        help="first levels of the sampling schedule (default: the run's)")
+    parser.add_argument("--schedule", default=None, help="log_linear | karras (default: the run's)")
     parser.add_argument("--num-samples", type=int, default=None,
                         help="samples per row for the infraction rate (default: the run's eval size)")
     parser.add_argument("--p", type=float, default=0.99999)
@@ -201,16 +208,21 @@ def main(argv: list[str] | None = None) -> int:
                                num_sigmas=config.eval.elbo_num_sigmas,
                                seed=stage_seed(config.seed, "eval/elbo"))
         print(f"{name}: held-out ELBO {elbo[name]:.4f} nats", flush=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, int, float | None]] = set()
     for name in models:
-        for solver in args.solvers:
-            for steps in args.steps:
-                row = measure_row(args.run_dir, name, solver, steps, args)
-                rows.append(row)
-                print(f"{name:9s} {solver:8s} {steps:3d}: infraction {100 * row['infraction']:.3f}% "
-                      f"N={row['n_parallel']} p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms "
-                      f"naive {row['naive_p50_ms']:.2f} ms MMD² {row['mmd']:.2e}", flush=True)
-    summary = _summary(rows, config.sampling.num_steps)
+        for solver, sigma_max, steps in itertools.product(args.solvers, args.sigma_max, args.steps):
+            start = None if solver == "heun" else sigma_max  # Heun rows are the reference: the run's start
+            if (name, solver, steps, start) in seen:
+                continue
+            seen.add((name, solver, steps, start))
+            row = measure_row(args.run_dir, name, solver, steps, start, args)
+            rows.append(row)
+            print(f"{name:9s} {solver:8s} {steps:3d} σmax {row['sigma_max']:g}: infraction "
+                  f"{100 * row['infraction']:.3f}% N={row['n_parallel']} p50 {row['p50_ms']:.2f} ms p99 "
+                  f"{row['p99_ms']:.2f} ms naive {row['naive_p50_ms']:.2f} ms MMD² {row['mmd']:.2e}",
+                  flush=True)
+    summary = _summary(rows, config.sampling.num_steps, float(task.sigmas[0]))
     table = _format_table(rows, elbo, args.p)
     print(table)
     print(summary)

@@ -104,6 +104,10 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PF-ODE sampler instead of the run's: heun | euler | dpmpp_2m | unipc "
                              "(EDM tasks; traffic: ancestral)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps instead of the run's")
+    parser.add_argument("--schedule", default=None, help="sigma schedule instead of the run's: log_linear | "
+                        "karras (EDM tasks)")
+    parser.add_argument("--sigma-max", type=float, default=None,
+                        help="first noise level of the schedule instead of the run's (EDM tasks)")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -111,8 +115,9 @@ def _load(args: argparse.Namespace) -> Any:
 
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    return load_model(args.run_dir, args.model, oracle=_oracle(args), sampler=args.sampler,
-                      num_steps=args.steps)
+    sampling = {"sampler": args.sampler, "num_steps": args.steps, "schedule": args.schedule,
+                "sigma_max": args.sigma_max}
+    return load_model(args.run_dir, args.model, oracle=_oracle(args), sampling=sampling)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -190,7 +195,8 @@ def _eval(args: argparse.Namespace) -> int:
     metrics, _ = task.evaluate(model, num_samples=args.num, progress=True)
     sampling = getattr(config, "sampling", None)
     if sampling is not None:
-        metrics = {"sampler": sampling.sampler, "steps": sampling.num_steps, **metrics}
+        metrics = {"sampler": sampling.sampler, "steps": sampling.num_steps, "schedule": sampling.schedule,
+                   "sigma_max": float(task.sigmas[0]), **metrics}
     print(json.dumps({"model": args.model, **metrics}, indent=2))
     return 0
 

@@ -110,8 +110,9 @@ class VectorTask(Task):
         self.config = config
         self.device = torch.device(config.device)
         edm = config.edm
+        sigma_max = edm.sigma_max if config.sampling.sigma_max is None else config.sampling.sigma_max
         self.sigmas = make_sigmas(config.sampling.schedule, config.sampling.num_steps, edm.sigma_min,
-                                  edm.sigma_max, config.sampling.rho)
+                                  sigma_max, config.sampling.rho)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -149,16 +150,19 @@ class VectorTask(Task):
                 "iterations_run": result.iterations_run}
 
     # sampling ----------------------------------------------------------------------------------------
-    def with_sampling(self, config: ExperimentConfig, sampler: str | None = None,
-                      num_steps: int | None = None) -> ExperimentConfig:
-        """``config`` with ``sampling.sampler`` (a key of ``genneg.diffusion.SAMPLERS``) and/or
-        ``sampling.num_steps`` replaced; ``ValueError`` names a bad sampler or a step count below 1."""
-        changes: dict[str, Any] = {}
-        if sampler is not None:
-            get_sampler(sampler)
-            changes["sampler"] = sampler
-        if num_steps is not None:
-            changes["num_steps"] = num_steps
+    def with_sampling(self, config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+        """``config`` with fields of ``config.sampling`` replaced (``sampler``: a key of
+        ``genneg.diffusion.SAMPLERS``, ``num_steps``, ``schedule``, ``sigma_max``, ``rho``; None keeps the
+        run's). ``ValueError`` names an unknown option, a bad sampler or a bad value."""
+        allowed = {"sampler", "num_steps", "schedule", "sigma_max", "rho"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ValueError(f"unknown sampling option(s) {unknown}; choose from {sorted(allowed)}")
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "sampler" in changes:
+            get_sampler(changes["sampler"])
+        if changes.get("schedule", "log_linear") not in ("log_linear", "karras"):
+            raise ValueError(f"unknown schedule {changes['schedule']!r}; expected 'log_linear' or 'karras'")
         return dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, **changes))
 
     @property

@@ -119,16 +119,17 @@ class Task:
         raise NotImplementedError
 
     # sampling and the oracle ------------------------------------------------------------------------
-    def with_sampling(self, config: Any, sampler: str | None = None, num_steps: int | None = None) -> Any:
-        """``config`` with its sampler and/or number of sampling steps replaced (None: keep), for sampling
-        and evaluating a finished run otherwise (``genneg sample|eval --sampler --steps``). The default
-        offers no choice and refuses any.
+    def with_sampling(self, config: Any, **changes: Any) -> Any:
+        """``config`` with sampling options replaced, for sampling and evaluating a finished run otherwise
+        (``genneg sample|eval --sampler --steps --schedule --sigma-max``). Keys: ``sampler``, ``num_steps``,
+        ``schedule``, ``sigma_max``, ``rho``; a None value keeps the run's. The default offers no choice.
 
         Raises:
-            ValueError: a sampler or step count this task does not offer (named).
+            ValueError: an option or value this task does not offer (named).
         """
-        if sampler is not None or num_steps is not None:
-            raise ValueError(f"task {self.name!r} offers no choice of sampler or steps")
+        given = sorted(k for k, v in changes.items() if v is not None)
+        if given:
+            raise ValueError(f"task {self.name!r} offers no choice of sampling options, got {given}")
         return config
 
     @property

@@ -542,10 +542,13 @@ class FastSampler:
                 net = net.to(target)
             net.eval()
             edm = task.edm
+            sampling_sigma_max = run_config.sampling.sigma_max
+            config_overrides.setdefault("sigma_max", edm.sigma_max if sampling_sigma_max is None
+                                        else sampling_sigma_max)
             config = SamplerConfig(
                 num_steps=run_config.sampling.num_steps if num_steps is None else num_steps,
                 schedule=run_config.sampling.schedule if schedule is None else schedule,
-                sigma_min=edm.sigma_min, sigma_max=edm.sigma_max, rho=run_config.sampling.rho,
+                sigma_min=edm.sigma_min, rho=run_config.sampling.rho,
                 **common, **config_overrides,
             )
             sampler = cls(net, task.oracle, sample_shape=task.sample_shape, config=config, device=target,
