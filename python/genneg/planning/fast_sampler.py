@@ -999,7 +999,9 @@ class FastSampler:
 
         def trajectory() -> torch.Tensor:
             with torch.inference_mode():
-                if self.kind == "edm":
+                if self._multistep is not None:
+                    out = self._multistep_trajectory(ws, ctx_views, _NoClock())
+                elif self.kind == "edm":
                     out = self._edm_trajectory(ws, ctx_views, conditioned, _NoClock())
                 else:
                     out = self._ddpm_trajectory(ws, ctx_views, conditioned, _NoClock(), pre_drawn=True)
