@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import sys
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows whose infraction rate reaches this get no latency (N(r, p) too large)")
     parser.add_argument("--quick", action="store_true", help="10k samples, 50 calls, 5 naive calls")
     parser.add_argument("--name", default=None, help="results file stem")
+    parser.add_argument("--include", nargs="*", type=Path, default=[],
+                        help="earlier results JSON of the same run whose rows (and ELBOs) join the table and "
+                             "summary (e.g. a model measured later)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.quick:
@@ -209,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                                seed=stage_seed(config.seed, "eval/elbo"))
         print(f"{name}: held-out ELBO {elbo[name]:.4f} nats", flush=True)
     rows: list[dict[str, Any]] = []
+    for earlier in args.include:
+        data = json.loads(earlier.read_text())
+        if Path(data["run_dir"]).resolve() != args.run_dir.resolve():
+            raise ValueError(f"{earlier} measured run {data['run_dir']}, not {args.run_dir}")
+        rows += data["rows"]
+        elbo = {**data["elbo"], **elbo}
     seen: set[tuple[str, str, int, float | None]] = set()
     for name in models:
         for solver, sigma_max, steps in itertools.product(args.solvers, args.sigma_max, args.steps):
@@ -235,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(torch=torch.__version__), "load_average_start": list(load_start),
         "load_average_end": list(os.getloadavg()), "elbo": elbo, "rows": rows, "summary": summary,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "included": [str(p) for p in args.include],
     }
     path = write_results(stem, payload, args.out_dir)
     md = path.with_suffix(".md")
