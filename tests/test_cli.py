@@ -49,6 +49,28 @@ def test_train_sample_eval_report(tmp_path, capsys):
     assert metrics["model"] == "distilled" and metrics["num_samples"] == 200
     assert 0 <= metrics["infraction_low"] <= metrics["infraction"] <= metrics["infraction_high"] <= 1
 
+    # a few-step solver on the finished run: the run's config on disk is unchanged
+    capsys.readouterr()
+    assert main(["eval", "--run-dir", str(run_dir), "--model", "iter1", "--num", "200", "--sampler",
+                 "dpmpp_2m", "--steps", "4"]) == 0
+    few = json.loads(capsys.readouterr().out)
+    assert few["sampler"] == "dpmpp_2m" and few["steps"] == 4 and few["num_samples"] == 200
+    assert few["schedule"] == "log_linear" and few["sigma_max"] == pytest.approx(80.0)  # the run's
+    assert json.loads((run_dir / "config.json").read_text())["sampling"]["sampler"] == "heun"
+    assert main(["sample", "--run-dir", str(run_dir), "--model", "baseline", "--num", "20", "--sampler",
+                 "unipc", "--steps", "5", "--schedule", "karras", "--sigma-max", "5",
+                 "--out", str(tmp_path / "u.npy")]) == 0
+    assert np.isfinite(np.load(tmp_path / "u.npy")).all()
+    capsys.readouterr()
+    assert main(["eval", "--run-dir", str(run_dir), "--sampler", "dpm"]) == 2
+    assert "unknown sampler 'dpm'" in capsys.readouterr().err
+    assert main(["eval", "--run-dir", str(run_dir), "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
+    assert main(["eval", "--run-dir", str(run_dir), "--schedule", "cosine"]) == 2
+    assert "unknown schedule 'cosine'" in capsys.readouterr().err
+    assert main(["eval", "--run-dir", str(run_dir), "--sigma-max", "-1"]) == 2
+    assert "sigma_max must be > 0" in capsys.readouterr().err
+
     (run_dir / "report.md").unlink()
     assert main(["report", "--run-dir", str(run_dir)]) == 0
     assert "| iter1 |" in (run_dir / "report.md").read_text()

@@ -9,6 +9,7 @@
     genneg train --task mypkg.tasks:make_task --profile quick --run-dir runs/y
     genneg sample --run-dir runs/cb --model iter3 --num 10000 --out samples.npy
     genneg eval --run-dir runs/cb --model distilled --num 20000
+    genneg eval --run-dir runs/cb --model iter3 --sampler dpmpp_2m --steps 8   # a few-step solver
     genneg report --run-dir runs/cb
     genneg demo                                                 # quick checkerboard end to end
 """
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output file: .npy (N, *shape) float32, or .npz with the samples as 'x' and "
                              "their conditioning as 'cond.<key>' (conditioned tasks such as traffic)")
     sample.add_argument("--oracle", default=None, help="the oracle, for a run whose oracle has no reference")
+    _sampling_arguments(sample)
 
     evaluate = sub.add_parser("eval", help="evaluate a model of a finished run (prints JSON)")
     evaluate.add_argument("--run-dir", required=True, type=Path)
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num", type=int, default=None, help="samples (default: the run's eval size)")
     evaluate.add_argument("--oracle", default=None,
                           help="the oracle, for a run whose oracle has no reference")
+    _sampling_arguments(evaluate)
 
     report = sub.add_parser("report", help="rewrite report.md and the plots of a run")
     report.add_argument("--run-dir", required=True, type=Path)
@@ -99,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(see: genneg fetch-carla-maps --help)")
     carla.add_argument("args", nargs="*", help="handed to the map builder's own parser")
     return parser
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sampler", default=None,
+                        help="PF-ODE sampler instead of the run's: heun | euler | dpmpp_2m | unipc "
+                             "(EDM tasks; traffic: ancestral)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps instead of the run's")
+    parser.add_argument("--schedule", default=None, help="sigma schedule instead of the run's: log_linear | "
+                        "karras (EDM tasks)")
+    parser.add_argument("--sigma-max", type=float, default=None,
+                        help="first noise level of the schedule instead of the run's (EDM tasks)")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from genneg.pipeline.experiment import load_model
+
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    sampling = {"sampler": args.sampler, "num_steps": args.steps, "schedule": args.schedule,
+                "sigma_max": args.sigma_max}
+    return load_model(args.run_dir, args.model, oracle=_oracle(args), sampling=sampling)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -160,14 +184,12 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from genneg.pipeline.experiment import load_model
-
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     suffix = args.out.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise ValueError(f"--out must end in .npy or .npz, got {args.out}")
-    task, _, model = load_model(args.run_dir, args.model, oracle=_oracle(args))
+    task, _, model = _load(args)
     generator = torch.Generator(device=task.generator_device).manual_seed(args.seed)
     cond = task.eval_contexts(args.num)
     x = task.sample(model, args.num, generator, cond=cond, progress=True)
@@ -186,12 +208,14 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from genneg.pipeline.experiment import load_model
-
     if args.num is not None and args.num < 2:
         raise ValueError(f"--num must be >= 2, got {args.num}")
-    task, _, model = load_model(args.run_dir, args.model, oracle=_oracle(args))
+    task, config, model = _load(args)
     metrics, _ = task.evaluate(model, num_samples=args.num, progress=True)
+    sampling = getattr(config, "sampling", None)
+    if sampling is not None:
+        metrics = {"sampler": sampling.sampler, "steps": sampling.num_steps, "schedule": sampling.schedule,
+                   "sigma_max": float(task.sigmas[0]), **metrics}
     print(json.dumps({"model": args.model, **metrics}, indent=2))
     return 0
 

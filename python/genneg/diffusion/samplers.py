@@ -1,19 +1,45 @@
 """Samplers for the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma``.
 
-One signature, after k-diffusion: ``sampler(denoiser, x, sigmas, *, callback=None, progress=False)``
-with ``x`` ``(B, *shape)`` the initial noise already scaled by ``sigmas[0]`` and ``sigmas`` a decreasing
-``(n+1,)`` schedule ending in 0 (``genneg.diffusion.schedules``). Step arithmetic uses the float64
-sigmas as Python floats; the state stays in ``x``'s dtype.
+One signature for every sampler, after k-diffusion::
 
-A denoiser may provide its own fused step (``denoiser.heun_step(x, sigma_cur, sigma_next)``, e.g. the
-Triton guidance kernels); samplers then call it instead of the generic step, so the fast path changes
-nothing for callers.
+    sample(denoiser, x, sigmas, *, cond=None, callback=None, progress=False) -> x0
+
+with ``x`` ``(B, *shape)`` the initial noise already scaled by ``sigmas[0]``, ``sigmas`` a strictly
+decreasing ``(n+1,)`` schedule ending in 0 (``genneg.diffusion.schedules``) and ``cond`` per-sample
+conditioning tensors (leading dimension ``B``) passed to every call as ``denoiser(x, sigma, **cond)``.
+Every sampler calls the denoiser it is given at every step, so a guided denoiser ``D_K`` (METHOD.md 4)
+guides every step, not only the last. Step arithmetic uses the float64 sigmas as Python floats; the state
+stays in ``x``'s dtype. The step to ``sigma = 0`` is always first order (``x0 = D(x; sigma_min)``).
+
+Samplers (:data:`SAMPLERS`, by name through :func:`get_sampler`), with ``n`` the number of nonzero levels:
+
+- ``"heun"``: Heun's 2nd-order method (Karras et al. 2022, Alg. 1), ``2n - 1`` denoiser calls.
+- ``"euler"``: Euler, 1st order, ``n`` calls. In VE coordinates it *is* DDIM (Song et al. 2021) and
+  DPM-Solver++(1) (Lu et al. 2022): ``x' = (sigma'/sigma) x + (1 - sigma'/sigma) D``.
+- ``"dpmpp_2m"``: DPM-Solver++(2M) in data-prediction form (Lu et al. 2022, "DPM-Solver++: Fast Solver for
+  Guided Sampling of Diffusion Probabilistic Models", Alg. 2), on any sigma schedule (the step-size ratio
+  ``r = h_{i-1} / h_i`` enters the coefficients), 2nd order, ``n`` calls.
+- ``"unipc"``: UniPC-2M with the B(h) = e^h - 1 ("bh2") variant (Zhao et al. 2023, "UniPC: A Unified
+  Predictor-Corrector Framework for Fast Sampling of Diffusion Models", Alg. 2-3): the predictor UniP-2
+  is DPM-Solver++(2M); the corrector UniC re-uses the denoiser output at the predicted point (which the
+  next predictor needs anyway), so it raises the order to 3 at no extra call, ``n`` calls.
+
+With ``lambda = -log sigma`` and ``h = lambda' - lambda`` the data-prediction update of all the
+multistep methods is ``x' = e^{-h} x + (1 - e^{-h}) D_eff`` where ``D_eff`` extrapolates the denoiser's
+past outputs (METHOD.md 1: the PF-ODE in VE coordinates, where ``alpha = 1``).
+
+A denoiser may provide its own fused Heun step (``denoiser.heun_step(x, sigma_cur, sigma_next)``, e.g. the
+Triton guidance kernels); :func:`heun_step` then calls it (unconditioned calls only), so the fast path
+changes nothing for callers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -21,62 +47,324 @@ from tqdm.auto import tqdm
 from genneg.diffusion.denoiser import Denoiser, expand_sigma
 from genneg.profiling import nvtx_range
 
-__all__ = ["StepCallback", "euler_step", "heun_sample", "heun_step"]
+__all__ = [
+    "SAMPLERS",
+    "Cond",
+    "MultistepStep",
+    "Sampler",
+    "StepCallback",
+    "denoiser_calls",
+    "dpmpp_2m_sample",
+    "euler_sample",
+    "euler_step",
+    "get_sampler",
+    "heun_sample",
+    "heun_step",
+    "multistep_coefficients",
+    "unipc_sample",
+]
 
 StepCallback = Callable[[int, torch.Tensor, float, float], None]
+"""``callback(i, x_next, sigma_cur, sigma_next)``, called after step ``i``."""
+
+Cond = Mapping[str, torch.Tensor]
+"""Per-sample conditioning tensors, leading dimension ``B``, passed as ``denoiser(x, sigma, **cond)``."""
 
 
-def euler_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float) -> torch.Tensor:
+class Sampler(Protocol):
+    """``sample(denoiser, x (B, ...), sigmas (n+1,), *, cond, callback, progress) -> (B, ...)``."""
+
+    def __call__(self, denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
+                 callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor: ...
+
+
+def _levels(sigmas: torch.Tensor) -> list[float]:
+    """``sigmas`` as Python floats, checked: at least 2, strictly decreasing, ending in 0."""
+    levels = [float(s) for s in sigmas]
+    if len(levels) < 2 or levels[-1] != 0.0 or any(a <= b for a, b in pairwise(levels)):
+        raise ValueError(f"sigmas must be strictly decreasing and end in 0, got {levels[:4]}...{levels[-2:]}")
+    return levels
+
+
+def _call(denoiser: Denoiser, x: torch.Tensor, sigma: float, cond: Cond | None) -> torch.Tensor:
+    return denoiser(x, expand_sigma(sigma, x), **(cond or {}))
+
+
+def euler_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
+               cond: Cond | None = None) -> torch.Tensor:
     """One Euler step of the PF-ODE from ``sigma_cur`` to ``sigma_next`` (may be 0)."""
-    d = (x - denoiser(x, expand_sigma(sigma_cur, x))) / sigma_cur
+    d = (x - _call(denoiser, x, sigma_cur, cond)) / sigma_cur
     return x + (sigma_next - sigma_cur) * d
 
 
-def heun_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float) -> torch.Tensor:
+def heun_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
+              cond: Cond | None = None) -> torch.Tensor:
     """One step of Heun's 2nd-order method; a plain Euler step when ``sigma_next == 0``.
 
-    Delegates to ``denoiser.heun_step`` when the denoiser has one (fused backends).
+    Delegates to ``denoiser.heun_step`` when the denoiser has one (fused backends) and ``cond`` is empty.
     """
     fused = getattr(denoiser, "heun_step", None)
-    if fused is not None:
+    if fused is not None and not cond:
         return fused(x, sigma_cur, sigma_next)
-    d = (x - denoiser(x, expand_sigma(sigma_cur, x))) / sigma_cur
+    d = (x - _call(denoiser, x, sigma_cur, cond)) / sigma_cur
     x_next = x + (sigma_next - sigma_cur) * d
     if sigma_next > 0:
-        d_next = (x_next - denoiser(x_next, expand_sigma(sigma_next, x))) / sigma_next
+        d_next = (x_next - _call(denoiser, x_next, sigma_next, cond)) / sigma_next
         x_next = x + (sigma_next - sigma_cur) * 0.5 * (d + d_next)
     return x_next
 
 
 @torch.no_grad()
-def heun_sample(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    *,
-    callback: StepCallback | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Integrate the PF-ODE with Heun steps along ``sigmas``; the step to ``sigma = 0`` is Euler.
+def heun_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
+                callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
+    """Integrate the PF-ODE with Heun steps along ``sigmas`` (Karras et al. 2022, Alg. 1); the step to
+    ``sigma = 0`` is Euler.
 
     Runs under ``torch.no_grad``; guidance wrappers switch gradients on locally for their classifiers.
 
     Args:
-        denoiser: ``D(x, sigma)``.
-        x: ``(B, *shape)`` float32, initial noise ``sigmas[0] · N(0, I)``.
-        sigmas: ``(n+1,)`` decreasing, ending in 0.
+        denoiser: ``D(x, sigma, **cond)``.
+        x: ``(B, *shape)`` float, initial noise ``sigmas[0] · N(0, I)``.
+        sigmas: ``(n+1,)`` strictly decreasing, ending in 0.
+        cond: per-sample conditioning (leading dimension ``B``), or None.
         callback: called as ``callback(i, x_next, sigma_cur, sigma_next)`` after step ``i``.
         progress: show a progress bar.
 
     Returns:
         ``(B, *shape)`` samples at ``sigma = 0``.
+
+    Raises:
+        ValueError: ``sigmas`` not strictly decreasing or not ending in 0.
     """
-    levels = [float(s) for s in sigmas]
-    if len(levels) < 2 or levels[-1] != 0.0 or any(a <= b for a, b in pairwise(levels)):
-        raise ValueError("sigmas must be strictly decreasing and end in 0")
+    levels = _levels(sigmas)
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
         with nvtx_range("sampler.heun_step"):
-            x = heun_step(denoiser, x, levels[i], levels[i + 1])
+            x = heun_step(denoiser, x, levels[i], levels[i + 1], cond=cond)
         if callback is not None:
             callback(i, x, levels[i], levels[i + 1])
     return x
+
+
+@torch.no_grad()
+def euler_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
+                 callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
+    """Euler steps along ``sigmas``: 1st order, one denoiser call per step (= DDIM = DPM-Solver++(1) in VE
+    coordinates). Arguments, returns and errors as :func:`heun_sample`."""
+    levels = _levels(sigmas)
+    for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
+        x = euler_step(denoiser, x, levels[i], levels[i + 1], cond=cond)
+        if callback is not None:
+            callback(i, x, levels[i], levels[i + 1])
+    return x
+
+
+def _data_prediction_step(x: torch.Tensor, sigma: float, sigma_next: float, d: torch.Tensor) -> torch.Tensor:
+    """``x' = (sigma'/sigma) x + (1 - sigma'/sigma) d``: exact for a constant ``d``."""
+    ratio = sigma_next / sigma
+    return ratio * x + (1.0 - ratio) * d
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
+                    callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in data-prediction form on any sigma schedule.
+
+    Step ``i`` (``lambda = -log sigma``, ``h_i = lambda_{i+1} - lambda_i``, ``r = h_{i-1} / h_i``)::
+
+        D_eff = (1 + 1/(2r)) D(x_i; sigma_i) - 1/(2r) D(x_{i-1}; sigma_{i-1})
+        x_{i+1} = (sigma_{i+1}/sigma_i) x_i + (1 - sigma_{i+1}/sigma_i) D_eff
+
+    The first step and the step to ``sigma = 0`` are first order (``D_eff = D(x_i; sigma_i)``), as in the
+    paper and k-diffusion's ``sample_dpmpp_2m``. One denoiser call per step. Arguments, returns and
+    errors as :func:`heun_sample`.
+    """
+    levels = _levels(sigmas)
+    d_prev: torch.Tensor | None = None
+    for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        with nvtx_range("sampler.dpmpp_2m_step"):
+            d = _call(denoiser, x, sigma, cond)
+            x = _dpmpp_2m_update(x, levels[i - 1] if i else None, sigma, sigma_next, d, d_prev)
+        d_prev = d
+        if callback is not None:
+            callback(i, x, sigma, sigma_next)
+    return x
+
+
+def _dpmpp_2m_update(x: torch.Tensor, sigma_prev: float | None, sigma: float, sigma_next: float,
+                     d: torch.Tensor, d_prev: torch.Tensor | None) -> torch.Tensor:
+    """One DPM-Solver++(2M) step (first order without a previous output or to ``sigma_next = 0``)."""
+    if d_prev is None or sigma_prev is None or sigma_next == 0.0:
+        return _data_prediction_step(x, sigma, sigma_next, d)
+    h = math.log(sigma / sigma_next)
+    r = math.log(sigma_prev / sigma) / h
+    return _data_prediction_step(x, sigma, sigma_next, (1.0 + 0.5 / r) * d - (0.5 / r) * d_prev)
+
+
+def _unipc_coefficients(rks: list[float], h: float, corrector: bool) -> list[float]:
+    """UniPC's ``rho`` (Zhao et al. 2023, Alg. 2-3, B(h) = e^{h} - 1 in the data-prediction sign convention
+    of their reference code): solve ``R rho = b`` with ``R[k, m] = rks[m]^k``, ``b_k = k! phi_{k+1}(-h) /
+    B(-h)``; ``rks`` are ``(lambda_m - lambda_i) / h`` of the past outputs and 1 (the predicted point).
+    The predictor uses the first ``p - 1`` rows and columns (2nd order: the fixed 1/2, which makes
+    UniP-2 equal DPM-Solver++(2M)); the corrector all ``p``."""
+    p = len(rks)
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1.0
+    factorial = 1.0
+    rows, b = [], []
+    for k in range(1, p + 1):
+        rows.append([rk ** (k - 1) for rk in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    if corrector:
+        if p == 1:
+            return [0.5]
+        return torch.linalg.solve(torch.tensor(rows, dtype=torch.float64),
+                                  torch.tensor(b, dtype=torch.float64)).tolist()
+    if p == 1:
+        return []
+    if p == 2:
+        return [0.5]
+    return torch.linalg.solve(torch.tensor(rows, dtype=torch.float64)[:-1, :-1],
+                              torch.tensor(b[:-1], dtype=torch.float64)).tolist()
+
+
+def _unipc_update(x: torch.Tensor, sigma: float, sigma_next: float, history: list[tuple[float, torch.Tensor]],
+                  d_new: torch.Tensor | None) -> torch.Tensor:
+    """UniP (``d_new`` None) or UniC (``d_new`` = the denoiser at the predicted point) from ``x`` at
+    ``sigma`` to ``sigma_next``; ``history`` holds ``(sigma_m, D_m)``, newest (``sigma``) last."""
+    sigma_0, d_0 = history[-1]
+    h = math.log(sigma / sigma_next)
+    lam_0 = -math.log(sigma_0)
+    past = history[-2::-1]  # older outputs, newest first
+    rks = [(-math.log(s_m) - lam_0) / h for s_m, _ in past] + [1.0]
+    rhos = _unipc_coefficients(rks, h, corrector=d_new is not None)
+    b_h = math.expm1(-h)
+    out = _data_prediction_step(x, sigma, sigma_next, d_0)
+    for rho, rk, (_, d_m) in zip(rhos, rks, past):
+        out = out - (b_h * rho / rk) * (d_m - d_0)
+    if d_new is not None:
+        out = out - (b_h * rhos[-1]) * (d_new - d_0)
+    return out
+
+
+@torch.no_grad()
+def unipc_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Cond | None = None,
+                 callback: StepCallback | None = None, progress: bool = False, order: int = 2,
+                 use_corrector: bool = True) -> torch.Tensor:
+    """UniPC (Zhao et al. 2023) in data-prediction form, B(h) = e^h - 1, on any sigma schedule.
+
+    Each step predicts with UniP-``p`` from the last ``p`` denoiser outputs (``p = min(order, step + 1)``;
+    UniP-2 is DPM-Solver++(2M)), then, once the denoiser has been called at the predicted point (the call
+    the next step needs anyway), corrects that point with UniC-``p`` (order ``p + 1``). The step to
+    ``sigma = 0`` is first order, so the last correction is the one at ``sigma_min``. One denoiser call per
+    step. ``use_corrector=False`` leaves UniP alone.
+
+    Args:
+        order: predictor order, 1-3 (2: UniPC-2M, the default).
+        use_corrector: apply UniC after each predicted step.
+        Others as :func:`heun_sample`.
+
+    Raises:
+        ValueError: a bad ``sigmas`` (as :func:`heun_sample`) or ``order`` outside 1-3.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    levels = _levels(sigmas)
+    history: list[tuple[float, torch.Tensor]] = []
+    x_before: torch.Tensor | None = None
+    for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        with nvtx_range("sampler.unipc_step"):
+            d = _call(denoiser, x, sigma, cond)
+            if use_corrector and x_before is not None:
+                x = _unipc_update(x_before, levels[i - 1], sigma, history, d)
+            history = [*history, (sigma, d)][-order:]
+            x_before = x
+            if sigma_next == 0.0:
+                x = d
+            else:
+                x = _unipc_update(x, sigma, sigma_next, history, None)
+        if callback is not None:
+            callback(i, x, sigma, sigma_next)
+    return x
+
+
+@dataclass(frozen=True)
+class MultistepStep:
+    """Step ``i`` of a one-call-per-level solver as linear combinations, for fused re-implementations
+    (``genneg.planning.FastSampler``). With ``D_j = D(x_j; sigma_j)`` the denoiser output at level ``j``:
+
+    - ``corrector`` (or None): ``x_i <- a · x_{i-1} + Σ_j c_j D_{i-j}`` (``(a, (c_0, c_1, ...))``), applied
+      once ``D_i`` is known (``x_{i-1}`` is the state the last step started from);
+    - ``predictor``: ``x_{i+1} = a · x_i + Σ_j c_j D_{i-j}``.
+    """
+
+    predictor: tuple[float, tuple[float, ...]]
+    corrector: tuple[float, tuple[float, ...]] | None
+
+
+def _read_linear(update: torch.Tensor) -> tuple[float, tuple[float, ...]]:
+    values = update.reshape(-1).tolist()
+    coefficients = values[1:]
+    while coefficients and coefficients[-1] == 0.0:
+        coefficients.pop()
+    return values[0], tuple(coefficients)
+
+
+def multistep_coefficients(name: str, levels: Sequence[float]) -> list[MultistepStep]:
+    """The coefficients of sampler ``name`` (``"euler"``, ``"dpmpp_2m"``, ``"unipc"`` with its defaults)
+    along ``levels`` (a schedule as Python floats, ending in 0), one :class:`MultistepStep` per step.
+
+    They are read off the samplers' own update functions applied to unit vectors (the updates are linear
+    in the state and the denoiser outputs), so the two cannot drift apart.
+
+    Raises:
+        ValueError: a bad schedule, or a sampler that is not one call per level (``"heun"``).
+    """
+    if name not in ("euler", "dpmpp_2m", "unipc"):
+        raise ValueError(f"sampler {name!r} has no multistep coefficients; choose euler, dpmpp_2m or unipc")
+    levels = _levels(torch.tensor(levels, dtype=torch.float64))
+    e = torch.eye(4, dtype=torch.float64)[:, None, :]  # x, D_i, D_{i-1}, D_{i-2} as unit vectors (1, 4)
+    steps = []
+    for i in range(len(levels) - 1):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        corrector = None
+        if name == "euler":
+            predictor = _data_prediction_step(e[0], sigma, sigma_next, e[1])
+        elif name == "dpmpp_2m":
+            predictor = _dpmpp_2m_update(e[0], levels[i - 1] if i else None, sigma, sigma_next, e[1],
+                                         e[2] if i else None)
+        else:
+            history = [(levels[i - 1], e[2]), (sigma, e[1])] if i else [(sigma, e[1])]
+            predictor = e[1] if sigma_next == 0.0 else _unipc_update(e[0], sigma, sigma_next, history, None)
+            if i:
+                before = [(levels[i - 2], e[3]), (levels[i - 1], e[2])] if i > 1 else [(levels[i - 1], e[2])]
+                corrector = _read_linear(_unipc_update(e[0], levels[i - 1], sigma, before, e[1]))
+        steps.append(MultistepStep(_read_linear(predictor), corrector))
+    return steps
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "heun": heun_sample,
+    "euler": euler_sample,
+    "dpmpp_2m": dpmpp_2m_sample,
+    "unipc": unipc_sample,
+}
+"""Every PF-ODE sampler by name (the ``sampler`` field of ``genneg.pipeline.profiles.SamplingConfig``)."""
+
+
+def get_sampler(name: str) -> Sampler:
+    """The sampler called ``name`` (a key of :data:`SAMPLERS`); ``ValueError`` naming the choices."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def denoiser_calls(name: str, num_steps: int) -> int:
+    """Denoiser calls of sampler ``name`` along a schedule of ``num_steps`` nonzero levels (then 0)."""
+    get_sampler(name)
+    return 2 * num_steps - 1 if name == "heun" else num_steps

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genneg.diffusion.edm import EDMConfig, EDMPrecond
-from genneg.diffusion.samplers import heun_sample
+from genneg.diffusion.samplers import get_sampler
 from genneg.diffusion.schedules import make_sigmas
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.io.checkpoint import load_tensors, save_tensors
@@ -49,6 +49,8 @@ from genneg.pipeline.report import format_table
 from genneg.pipeline.task import Cond, EvalOutput, Task
 
 __all__ = ["ArrayTask", "OracleError", "VectorTask", "load_array"]
+
+_SAMPLER_NAMES = {"heun": "Heun", "euler": "Euler", "dpmpp_2m": "DPM-Solver++(2M)", "unipc": "UniPC-2M"}
 
 NetFactory = Callable[[ExperimentConfig], nn.Module]
 """``factory(config) -> F``: a raw network ``F(x_in (B, *shape), c_noise (B,))`` (the denoiser's output has
@@ -90,8 +92,8 @@ class VectorTask(Task):
 
     The denoiser is ``EDMPrecond(F)`` and each classifier ``TimeClassifier(F_c)`` with ``F``, ``F_c``
     residual MLPs (``config.denoiser``, ``config.classifier_net``) unless network factories are given.
-    Sampling: Heun on the PF-ODE (``config.sampling``). Metrics: infraction rate (95% Wilson interval),
-    held-out ELBO (nats per point), MMD², ``N(r, p)``, sampling time (METHOD.md 7).
+    Sampling: the PF-ODE solver of ``config.sampling`` (Heun by default). Metrics: infraction rate (95%
+    Wilson interval), held-out ELBO (nats per point), MMD², ``N(r, p)``, sampling time (METHOD.md 7).
     """
 
     config_class: ClassVar[type] = ExperimentConfig
@@ -108,8 +110,9 @@ class VectorTask(Task):
         self.config = config
         self.device = torch.device(config.device)
         edm = config.edm
+        sigma_max = edm.sigma_max if config.sampling.sigma_max is None else config.sampling.sigma_max
         self.sigmas = make_sigmas(config.sampling.schedule, config.sampling.num_steps, edm.sigma_min,
-                                  edm.sigma_max, config.sampling.rho)
+                                  sigma_max, config.sampling.rho)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -147,20 +150,37 @@ class VectorTask(Task):
                 "iterations_run": result.iterations_run}
 
     # sampling ----------------------------------------------------------------------------------------
+    def with_sampling(self, config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+        """``config`` with fields of ``config.sampling`` replaced (``sampler``: a key of
+        ``genneg.diffusion.SAMPLERS``, ``num_steps``, ``schedule``, ``sigma_max``, ``rho``; None keeps the
+        run's). ``ValueError`` names an unknown option, a bad sampler or a bad value."""
+        allowed = {"sampler", "num_steps", "schedule", "sigma_max", "rho"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ValueError(f"unknown sampling option(s) {unknown}; choose from {sorted(allowed)}")
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "sampler" in changes:
+            get_sampler(changes["sampler"])
+        if changes.get("schedule", "log_linear") not in ("log_linear", "karras"):
+            raise ValueError(f"unknown schedule {changes['schedule']!r}; expected 'log_linear' or 'karras'")
+        return dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, **changes))
+
     @property
     def sample_batch_size(self) -> int:
         return self.config.sampling.batch_size
 
     def sample(self, model: Callable[..., torch.Tensor], n: int, generator: torch.Generator, *,
                cond: Cond | None = None, progress: bool = False) -> torch.Tensor:
-        """``(n, *shape)`` samples: Heun on the PF-ODE from ``sigmas[0] · N(0, I)`` noise drawn from
-        ``generator``, in batches of ``config.sampling.batch_size``."""
+        """``(n, *shape)`` samples: the PF-ODE solved by ``config.sampling.sampler`` (default Heun) from
+        ``sigmas[0] · N(0, I)`` noise drawn from ``generator``, in batches of
+        ``config.sampling.batch_size``."""
+        sampler = get_sampler(self.config.sampling.sampler)
         out = []
         batches = range(0, n, self.sample_batch_size)
         for start in tqdm(batches, disable=not progress or len(batches) < 2, desc="sampling", leave=False):
             m = min(self.sample_batch_size, n - start)
             noise = torch.randn((m, *self.sample_shape), generator=generator, device=self.device)
-            out.append(heun_sample(model, noise * float(self.sigmas[0]), self.sigmas))
+            out.append(sampler(model, noise * float(self.sigmas[0]), self.sigmas))
         return torch.cat(out) if out else torch.empty((0, *self.sample_shape), device=self.device)
 
     # classifiers, guidance, distillation -------------------------------------------------------------
@@ -226,7 +246,8 @@ class VectorTask(Task):
         return [
             f"data: {self.train_x.shape[0]} training and {self.heldout_x.shape[0]} held-out points of shape "
             f"{tuple(self.sample_shape)}; sigma_data {config.edm.sigma_data:.4g}",
-            f"sampling: {config.sampling.num_steps} Heun steps, {config.sampling.schedule} schedule; "
+            f"sampling: {config.sampling.num_steps} {_SAMPLER_NAMES[config.sampling.sampler]} steps, "
+            f"{config.sampling.schedule} schedule; "
             f"evaluation on {config.eval.num_samples} samples, ELBO on "
             f"{min(config.eval.elbo_points, self.heldout_x.shape[0])} held-out points × "
             f"{config.eval.elbo_num_sigmas} noise levels",

@@ -39,7 +39,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,13 +167,17 @@ def _task_from_reference(reference: dict[str, Any], data_dir: Path,
     return get_experiment(reference["experiment"]).task_factory()
 
 
-def open_run(run_dir: str | Path, *, oracle: Callable[..., Any] | None = None) -> tuple[Task, Any, RunDir]:
+def open_run(run_dir: str | Path, *, oracle: Callable[..., Any] | None = None,
+             sampling: Mapping[str, Any] | None = None) -> tuple[Task, Any, RunDir]:
     """Reopen a run: its task rebuilt from ``task.json`` (or, for runs written before it existed, from the
     config's registered experiment), set up with the saved config.
 
     Args:
         run_dir: the run directory.
         oracle: for a user array task whose oracle has no importable reference (a lambda): the oracle.
+        sampling: sampling options instead of the run's (``sampler``, ``num_steps``, ``schedule``,
+            ``sigma_max``, ``rho``: :meth:`Task.with_sampling`; None values keep the run's). The run on
+            disk is not changed.
 
     Raises:
         RunStateError: no run there, or its data no longer match the run.
@@ -187,22 +191,24 @@ def open_run(run_dir: str | Path, *, oracle: Callable[..., Any] | None = None) -
         reference = {"experiment": json.loads(run.config_path.read_text()).get("experiment", "checkerboard")}
     task = _task_from_reference(reference, run.root / "data", oracle)
     config = run.read_config(task.config_class)
+    if sampling:
+        config = task.with_sampling(config, **sampling)
     task.setup(config, run.root / "data")
     return task, config, run
 
 
-def load_model(run_dir: str | Path, name: str, *, oracle: Callable[..., Any] | None = None
-               ) -> tuple[Task, Any, nn.Module]:
+def load_model(run_dir: str | Path, name: str, *, oracle: Callable[..., Any] | None = None,
+               sampling: Mapping[str, Any] | None = None) -> tuple[Task, Any, nn.Module]:
     """Rebuild a finished model of a run: ``baseline``, ``iter<k>``, ``guided`` (= the last iteration),
     ``ablation_<mode>`` or ``distilled``.
 
     Returns ``(task, config, model)``; ``model`` is the task's sampler network, guided by its classifier
-    stack for ``iter<k>`` and ablations. ``oracle``: see :func:`open_run`.
+    stack for ``iter<k>`` and ablations. ``oracle``, ``sampling``: see :func:`open_run`.
 
     Raises:
         ValueError: a model name the run does not have.
     """
-    task, config, run = open_run(run_dir, oracle=oracle)
+    task, config, run = open_run(run_dir, oracle=oracle, sampling=sampling)
     name = {"guided": f"iter{config.gen_neg.iterations}"}.get(name, name)
     if name not in model_names(config):
         raise ValueError(f"unknown model {name!r}; this run has {model_names(config)} (and 'guided')")

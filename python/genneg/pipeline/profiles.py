@@ -56,17 +56,29 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Heun PF-ODE sampling: ``num_steps`` noise levels from ``edm.sigma_max`` to ``edm.sigma_min``, then
-    an Euler step to 0; ``batch_size`` samples per call of the network."""
+    """PF-ODE sampling: ``num_steps`` noise levels from ``edm.sigma_max`` to ``edm.sigma_min``, then a
+    first-order step to 0; ``batch_size`` samples per call of the network.
+
+    ``sampler``: a key of ``genneg.diffusion.SAMPLERS``: ``"heun"`` (the paper's, the default),
+    ``"euler"``, ``"dpmpp_2m"`` (DPM-Solver++(2M)) or ``"unipc"`` (UniPC-2M); the few-step solvers call the
+    (guided) denoiser once per level, Heun twice. ``sigma_max``: the schedule's first level (data units;
+    None: ``edm.sigma_max``). A few-step schedule wastes fewer levels where ``D`` is only the data mean
+    when it starts lower (from ``sigma_max · N(0, I)``, which is within ``s² / (2 sigma_max²)`` of the
+    noised data's variance, ``s²`` the data's).
+    """
 
     num_steps: int = 100
     schedule: Literal["log_linear", "karras"] = "log_linear"
     rho: float = 7.0
     batch_size: int = 20_000
+    sampler: Literal["heun", "euler", "dpmpp_2m", "unipc"] = "heun"
+    sigma_max: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.batch_size < 1:
             raise ValueError(f"SamplingConfig needs num_steps, batch_size >= 1, got {self}")
+        if self.sigma_max is not None and not self.sigma_max > 0:
+            raise ValueError(f"SamplingConfig.sigma_max must be > 0 or None, got {self.sigma_max}")
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,19 @@ class Task:
         raise NotImplementedError
 
     # sampling and the oracle ------------------------------------------------------------------------
+    def with_sampling(self, config: Any, **changes: Any) -> Any:
+        """``config`` with sampling options replaced, for sampling and evaluating a finished run otherwise
+        (``genneg sample|eval --sampler --steps --schedule --sigma-max``). Keys: ``sampler``, ``num_steps``,
+        ``schedule``, ``sigma_max``, ``rho``; a None value keeps the run's. The default offers no choice.
+
+        Raises:
+            ValueError: an option or value this task does not offer (named).
+        """
+        given = sorted(k for k, v in changes.items() if v is not None)
+        if given:
+            raise ValueError(f"task {self.name!r} offers no choice of sampling options, got {given}")
+        return config
+
     @property
     def sample_batch_size(self) -> int:
         """Samples per sampler call (also the oracle's batch in the data stage)."""

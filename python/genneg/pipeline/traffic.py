@@ -223,6 +223,22 @@ class TrafficTask(Task):
                                     on_eval=on_eval)
 
     # sampling and the oracle ------------------------------------------------------------------------
+    def with_sampling(self, config: TrafficExperimentConfig, **changes: Any) -> TrafficExperimentConfig:
+        """``config`` with ``gen_neg.sample_steps`` replaced (``num_steps``); the scenes' DDPM samples with
+        the ancestral sampler on its own timesteps only (``sampler`` None or ``"ancestral"``; any other
+        option raises ``ValueError``)."""
+        other = sorted(k for k, v in changes.items() if v is not None and k not in ("sampler", "num_steps"))
+        if other:
+            raise ValueError(f"the traffic task's DDPM offers no sampling option(s) {other}")
+        sampler, num_steps = changes.get("sampler"), changes.get("num_steps")
+        if sampler not in (None, "ancestral"):
+            raise ValueError(f"the traffic task samples with the DDPM ancestral sampler only, got "
+                             f"{sampler!r}")
+        if num_steps is None:
+            return config
+        gen_neg = dataclasses.replace(config.gen_neg, sample_steps=num_steps)
+        return dataclasses.replace(config, gen_neg=gen_neg)
+
     @property
     def sample_batch_size(self) -> int:
         return self.config.gen_neg.sample_batch_size

@@ -37,8 +37,10 @@ and required success probability ``p``, ``N = N(r, p) = ceil(log(1 - p) / log r)
   sampler (:meth:`FastSampler.clone`: shares the weights, owns its buffers and generator).
 
 Model forms (chosen at construction): an EDM denoiser ``D(x, sigma, *context)`` sampled with Heun's
-method on ``config``'s sigma schedule, or (``ddpm_schedule=`` given) an ε-model ``eps(x_t, t, *context)``
-sampled with the ancestral sampler. Guided models (``GuidedDenoiser``, ``GuidedEps``) take no context.
+method (or, ``SamplerConfig.solver``, a few-step solver of :mod:`genneg.diffusion.samplers`: Euler,
+DPM-Solver++(2M), UniPC-2M, one (guided) denoiser call per level) on ``config``'s sigma schedule, or
+(``ddpm_schedule=`` given) an ε-model ``eps(x_t, t, *context)`` sampled with the ancestral sampler.
+Guided models (``GuidedDenoiser``, ``GuidedEps``) take no context.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from typing import Any, Literal
 import torch
 
 from genneg.diffusion.ddpm import DDPMSchedule, ddpm_timesteps
+from genneg.diffusion.samplers import multistep_coefficients
 from genneg.diffusion.schedules import make_sigmas
 from genneg.guidance.guided import GuidedDenoiser, GuidedEps, guidance_gradient
 from genneg.metrics.parallel import num_parallel_samples
@@ -93,7 +96,12 @@ class SamplerConfig:
         p: required probability of at least one valid sample per round; ``N = N(infraction_rate, p)``.
         infraction_rate: the model's measured infraction rate ``r`` (fraction), needed with ``p``.
         max_parallel: refuse an ``N`` above this (memory guard), e.g. from a rate close to 1.
-        num_steps: EDM: Heun steps (noise levels before the final 0); DDPM: visited timesteps.
+        num_steps: EDM: solver steps (noise levels before the final 0); DDPM: visited timesteps.
+        solver: EDM: ``"heun"`` (2 denoiser calls per level), or one call per level: ``"euler"``,
+            ``"dpmpp_2m"`` (DPM-Solver++(2M), Lu et al. 2022), ``"unipc"`` (UniPC-2M, Zhao et al. 2023);
+            the library's samplers of the same name to float32 rounding (their coefficients are taken from
+            them). DDPM models sample with the ancestral sampler (``"heun"``, the default, only).
+            Inpainting conditions need ``"heun"``.
         schedule: EDM sigma schedule, ``"log_linear"`` (the paper's) or ``"karras"``.
         sigma_min, sigma_max, rho: EDM schedule range (data units) and Karras ``rho``.
         deadline_ms: default deadline of a call, milliseconds from its entry; None = none.
@@ -113,6 +121,7 @@ class SamplerConfig:
     infraction_rate: float | None = None
     max_parallel: int = 65_536
     num_steps: int = 25
+    solver: Literal["heun", "euler", "dpmpp_2m", "unipc"] = "heun"
     schedule: Literal["log_linear", "karras"] = "log_linear"
     sigma_min: float = 0.002
     sigma_max: float = 80.0
@@ -143,6 +152,8 @@ class SamplerConfig:
             )
         if self.deadline_ms is not None and not self.deadline_ms > 0:
             raise ValueError(f"deadline_ms must be > 0 or None, got {self.deadline_ms}")
+        if self.solver not in ("heun", "euler", "dpmpp_2m", "unipc"):
+            raise ValueError(f"solver must be 'heun', 'euler', 'dpmpp_2m' or 'unipc', got {self.solver!r}")
 
     def resolved_num_parallel(self) -> int:
         """``N``: ``num_parallel``, or ``N(infraction_rate, p)``."""
@@ -207,6 +218,9 @@ class _Workspace:
         self.den = torch.empty(full, **opts)
         self.d_next = torch.empty(full, **opts)
         self.scratch = torch.empty(full, **opts)
+        # multistep solvers: the last three denoiser outputs (a ring) and the state before the last step
+        self.history = [torch.empty(full, **opts) for _ in range(3)]
+        self.x_before = torch.empty(full, **opts)
         self.known = torch.zeros((1, *shape), **opts)
         self.mask = torch.zeros((1, *shape), dtype=torch.bool, device=device)
         self.samples = torch.empty((max_rounds * n, *shape), **opts)
@@ -303,7 +317,13 @@ class FastSampler:
             self.levels: list[float] = [float(s) for s in sigmas]
             self.timesteps: list[int] | None = None
             self._coefs: list[tuple[float, ...]] = []
+            self._multistep = None if config.solver == "heun" else multistep_coefficients(config.solver,
+                                                                                           self.levels)
         else:
+            if config.solver != "heun":
+                raise ValueError(f"solver {config.solver!r} is for EDM denoisers; an ε-model with "
+                                 "ddpm_schedule samples with the ancestral sampler (solver='heun')")
+            self._multistep = None
             if not isinstance(ddpm_schedule, DDPMSchedule):
                 raise TypeError(f"ddpm_schedule must be a DDPMSchedule, got {type(ddpm_schedule).__name__}")
             if config.num_steps > ddpm_schedule.num_steps:
@@ -362,8 +382,9 @@ class FastSampler:
                         eps = FusedGuidedEps(model)
                 return "whole", None, eps
             return "plain", None, model
+        heun = self.config.solver == "heun"
         if isinstance(model, GuidedDenoiser):
-            fused = model.heun_step
+            fused = model.heun_step if heun else None
             if fused is not None:
                 return "fused", fused, None
             active = [(c, s) for c, s in zip(model.classifiers, model.scales) if s != 0.0]
@@ -372,7 +393,7 @@ class FastSampler:
             if all(_is_time_dependent(c) for c, _ in active):
                 return "split", None, None
             return "whole", None, model
-        fused = getattr(model, "heun_step", None)
+        fused = getattr(model, "heun_step", None) if heun else None
         if fused is not None:
             return "fused", fused, None
         return "plain", None, model
@@ -484,6 +505,9 @@ class FastSampler:
         if rate not in ("estimate", "upper"):
             raise ValueError(f"rate must be 'estimate' or 'upper', got {rate!r}")
         task, run_config, net = load_model(run_dir, model, oracle=oracle)
+        sampling = getattr(run_config, "sampling", None)
+        if sampling is not None and "solver" not in config_overrides:
+            config_overrides["solver"] = sampling.sampler
         name = {"guided": f"iter{run_config.gen_neg.iterations}"}.get(model, model)
         records = [r for r in _read_records(Path(run_dir)) if r.get("stage") == f"eval/{name}"]
         if not records:
@@ -518,10 +542,13 @@ class FastSampler:
                 net = net.to(target)
             net.eval()
             edm = task.edm
+            sampling_sigma_max = run_config.sampling.sigma_max
+            config_overrides.setdefault("sigma_max", edm.sigma_max if sampling_sigma_max is None
+                                        else sampling_sigma_max)
             config = SamplerConfig(
                 num_steps=run_config.sampling.num_steps if num_steps is None else num_steps,
                 schedule=run_config.sampling.schedule if schedule is None else schedule,
-                sigma_min=edm.sigma_min, sigma_max=edm.sigma_max, rho=run_config.sampling.rho,
+                sigma_min=edm.sigma_min, rho=run_config.sampling.rho,
                 **common, **config_overrides,
             )
             sampler = cls(net, task.oracle, sample_shape=task.sample_shape, config=config, device=target,
@@ -581,6 +608,9 @@ class FastSampler:
                 check_frame(condition)
         elif self._conditioned_oracle:
             raise ValueError("this sampler's oracle judges samples against a condition; pass condition=")
+        if condition is not None and condition.num_fixed > 0 and self._multistep is not None:
+            raise ValueError(f"inpainting conditions need solver='heun', this sampler has "
+                             f"{self.config.solver!r}")
         deadline_s = math.inf if deadline_ms is None else t_enter + deadline_ms / 1e3
         with self._lock:
             seed = self.seed + next(self._calls) if seed is None else int(seed)
@@ -724,6 +754,8 @@ class FastSampler:
         """Draw the round's initial noise from the generator and integrate (CPU / eager path)."""
         if self.kind == "edm":
             ws.noise.normal_(generator=self._generator)
+            if self._multistep is not None:
+                return self._multistep_trajectory(ws, context, clock)
             return self._edm_trajectory(ws, context, conditioned, clock)
         ws.x.normal_(generator=self._generator)
         return self._ddpm_trajectory(ws, context, conditioned, clock, pre_drawn=False)
@@ -809,6 +841,46 @@ class FastSampler:
                 edm_replace_(x_next, ws.known, ws.mask, ws.noise, s_next, ws.scratch)
             x, x_next = x_next, x
         return x
+
+    def _multistep_trajectory(
+        self, ws: _Workspace, context: tuple[torch.Tensor, ...], clock: _Clock
+    ) -> torch.Tensor | None:
+        """A one-call-per-level solver (``config.solver``) along ``self.levels`` from ``sigma_max ·
+        ws.noise``: each update is ``a x + Σ_j c_j D_{i-j}`` with the library's coefficients
+        (``multistep_coefficients``); a corrector, where the solver has one, first rewrites the state
+        from the one before the last step. Returns the buffer holding the samples, or None."""
+        assert self._multistep is not None
+        levels = self.levels
+        x, x_next = ws.x, ws.x_next
+        torch.mul(ws.noise, levels[0], out=x)
+        for i, step in enumerate(self._multistep):
+            if clock.expired():
+                return None
+            den = self._denoise(ws, x, i, context, clock)
+            t0 = time.perf_counter()
+            ws.history[i % 3].copy_(den)
+            if step.corrector is not None:
+                self._combine(ws, step.corrector, ws.x_before, i, x)
+            if self._multistep_needs_before:
+                ws.x_before.copy_(x)
+            self._combine(ws, step.predictor, x, i, x_next)
+            clock.model_ms += 1e3 * (time.perf_counter() - t0)
+            x, x_next = x_next, x
+        return x
+
+    @property
+    def _multistep_needs_before(self) -> bool:
+        return self.config.solver == "unipc"
+
+    @staticmethod
+    def _combine(ws: _Workspace, update: tuple[float, tuple[float, ...]], base: torch.Tensor, i: int,
+                 out: torch.Tensor) -> None:
+        """``out = a · base + Σ_j c_j D_{i-j}`` (``update = (a, (c_0, c_1, ..))``, ``D`` from the ring)."""
+        a, coefficients = update
+        torch.mul(base, a, out=out) if a != 0.0 else out.zero_()
+        for j, c in enumerate(coefficients):
+            if c != 0.0:
+                out.add_(ws.history[(i - j) % 3], alpha=c)
 
     # DDPM -----------------------------------------------------------------------------------------------
     def _eps(
@@ -927,7 +999,9 @@ class FastSampler:
 
         def trajectory() -> torch.Tensor:
             with torch.inference_mode():
-                if self.kind == "edm":
+                if self._multistep is not None:
+                    out = self._multistep_trajectory(ws, ctx_views, _NoClock())
+                elif self.kind == "edm":
                     out = self._edm_trajectory(ws, ctx_views, conditioned, _NoClock())
                 else:
                     out = self._ddpm_trajectory(ws, ctx_views, conditioned, _NoClock(), pre_drawn=True)

@@ -1,0 +1,277 @@
+"""Benchmark: compute to a valid sample, model x solver x steps, on a finished checkerboard (EDM) run.
+
+A planner pays, per call, ``N(r, p)`` parallel samples x solver steps x the cost of one (guided) step.
+For every row (model x solver x steps) this script measures, on the run's own evaluation noise (stage
+``eval/noise``, so rows are paired):
+
+  * the infraction rate ``r`` with its 95% Wilson interval over ``--num-samples`` samples;
+  * ``N(r, p)`` (``p = 0.99999`` unless ``--p``), from the point estimate and from the interval's upper end;
+  * p50 / p99 of one ``genneg.planning.FastSampler`` call at that ``N`` (``solver`` and ``num_steps`` set,
+    one round, the oracle included, one intra-op thread, ``--calls`` calls after 3 warm-up calls);
+  * p50 of the naive loop at the same ``N`` (``genneg.diffusion.get_sampler(solver)`` on fresh tensors,
+    eager model, then the oracle; ``--naive-calls`` calls) and FastSampler's speed-up over it;
+  * quality: MMD² between the row's samples and held-out data (the run's ``eval.mmd_points``) and the
+    held-out ELBO of the model (nats per point; a property of the denoiser ``D_K``, not of the solver, so
+    measured once per model with the run's evaluation draws).
+
+Peers, as ratios in the JSON's ``summary``: each model's reference row (Heun at the run's step count, as
+the run samples it) against its DPM-Solver++(2M) rows with <= 10 steps (infraction ratio, target
+<= 1.1); the fastest row to a valid sample against the fastest reference row (target >= 3x); FastSampler
+against the naive loop (target >= 3x).
+
+Models: ``baseline``, ``guided`` (the baseline with the run's whole classifier stack, ``D_K``) and
+``distilled`` (when the run has one). Solvers: ``heun`` (2 denoiser calls per level), ``dpmpp_2m`` and
+``unipc`` (one call per level; ``genneg.diffusion.samplers``).
+
+Noise: this machine may be shared; the load average at start and end is in the JSON, and each latency is a
+quantile of many calls.
+
+Run:  .venv/bin/python benchmarks/time_to_valid.py --run-dir RUN [--quick] [--models baseline guided]
+      [--solvers heun dpmpp_2m] [--steps 4 6 8 10 16 32] [--num-samples 20000] [--calls 200] [--name NAME]
+Writes benchmarks/results/<name>.json and <name>.md (default name: time-to-valid-<run name>-cpu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS_DIR, machine_info, write_results
+
+from genneg.diffusion import get_sampler
+from genneg.io.rundir import stage_generator, stage_seed
+from genneg.metrics import infraction_rate, mmd, num_parallel_samples
+from genneg.oracles.base import evaluate_oracle, sample_verdicts
+from genneg.pipeline.experiment import load_model, model_names
+from genneg.planning.fast_sampler import FastSampler, SamplerConfig
+
+STEPS = (4, 6, 8, 10, 16, 32)
+SOLVERS = ("heun", "dpmpp_2m", "unipc")
+
+
+def _quantiles_ms(times_s: list[float]) -> tuple[float, float]:
+    t = np.asarray(times_s) * 1e3
+    return float(np.quantile(t, 0.5)), float(np.quantile(t, 0.99))
+
+
+def _fast_sampler_times(model: Any, task: Any, n: int, calls: int) -> list[float]:
+    sampling = task.config.sampling
+    sampler_config = SamplerConfig(num_parallel=n, num_steps=sampling.num_steps, solver=sampling.sampler,
+                                   schedule=sampling.schedule, sigma_min=task.edm.sigma_min,
+                                   sigma_max=float(task.sigmas[0]), rho=sampling.rho)
+    sampler = FastSampler(model, task.oracle, sample_shape=task.sample_shape, config=sampler_config,
+                          device=task.device, seed=0)
+    sampler.warmup(calls=3)
+    times = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        sampler(seed=1000 + i)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _naive_times(model: Any, task: Any, solver: str, n: int, calls: int) -> list[float]:
+    sample = get_sampler(solver)
+    sigmas = task.sigmas
+    times = []
+    for i in range(calls + 1):
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(2000 + i)
+        x = sample(model, torch.randn((n, *task.sample_shape), generator=g) * float(sigmas[0]), sigmas)
+        sample_verdicts(evaluate_oracle(task.oracle, x)).any()
+        if i:  # the first call is the warm-up
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_row(run_dir: Path, name: str, solver: str, steps: int, sigma_max: float | None,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """One row: infraction rate, N(r, p), MMD², FastSampler and naive latencies (module docstring)."""
+    task, config, model = load_model(run_dir, name, sampling={
+        "sampler": solver, "num_steps": steps, "schedule": args.schedule, "sigma_max": sigma_max})
+    num = args.num_samples or config.eval.num_samples
+    t0 = time.perf_counter()
+    samples = task.sample(model, num, stage_generator(config.seed, "eval/noise", task.device))
+    sample_s = time.perf_counter() - t0
+    rate = infraction_rate(sample_verdicts(evaluate_oracle(task.oracle, samples)))
+    m = min(config.eval.mmd_points, num, task.heldout_x.shape[0])
+    mmd2 = float(mmd(samples[:m], task.heldout_x[:m]))
+    row = {"model": name, "solver": solver, "steps": steps, "schedule": config.sampling.schedule,
+           "sigma_max": float(task.sigmas[0]), "infraction": rate.rate,
+           "infraction_low": rate.low, "infraction_high": rate.high, "num_samples": rate.total, "mmd": mmd2,
+           "library_sample_seconds": sample_s}
+    if rate.rate >= args.max_rate:  # N(r, p) beyond any planner: no latency row
+        return {**row, "n_parallel": None, "n_parallel_upper": None, "p50_ms": math.nan, "p99_ms": math.nan,
+                "naive_p50_ms": math.nan, "fast_over_naive": math.nan, "calls": 0, "naive_calls": 0}
+    n_est = num_parallel_samples(rate.rate, args.p)
+    n_upper = num_parallel_samples(rate.high, args.p) if rate.high < 1 else None
+    fast = _fast_sampler_times(model, task, n_est, args.calls)
+    naive = _naive_times(model, task, solver, n_est, args.naive_calls)
+    p50, p99 = _quantiles_ms(fast)
+    naive_p50, _ = _quantiles_ms(naive)
+    return {**row,
+        "n_parallel": n_est, "n_parallel_upper": n_upper, "p50_ms": p50, "p99_ms": p99,
+        "naive_p50_ms": naive_p50, "fast_over_naive": naive_p50 / p50, "calls": len(fast),
+        "naive_calls": len(naive),
+    }
+
+
+def _format_table(rows: list[dict[str, Any]], elbo: dict[str, float], p: float) -> str:
+    head = (f"| model | solver | steps | σ_max | infraction % (95% CI) | N(r, {p}) (upper) | p50 ms | "
+            "p99 ms | naive p50 ms | fast/naive | MMD² | ELBO |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['solver']} | {r['steps']} | {r['sigma_max']:g} | "
+            f"{100 * r['infraction']:.3f} "
+            f"({100 * r['infraction_low']:.3f}-{100 * r['infraction_high']:.3f}) | {r['n_parallel'] or '-'} "
+            f"({r['n_parallel_upper'] or '-'}) | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['naive_p50_ms']:.2f} | {r['fast_over_naive']:.1f} | {r['mmd']:.2e} | "
+            f"{elbo[r['model']]:.3f} |")
+    return "\n".join(lines)
+
+
+def _summary(rows: list[dict[str, Any]], reference_steps: int, reference_sigma_max: float,
+             mmd_tolerance: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"per_model": {}}
+    refs = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        ref = next((r for r in rows if r["model"] == name and r["solver"] == "heun"
+                    and r["steps"] == reference_steps and r["sigma_max"] == reference_sigma_max), None)
+        if ref is None or ref["n_parallel"] is None:
+            continue
+        refs[name] = ref
+        few = [r for r in rows if r["model"] == name and r["solver"] == "dpmpp_2m" and r["steps"] <= 10]
+        out["per_model"][name] = {
+            "reference": f"heun {reference_steps}", "reference_infraction": ref["infraction"],
+            "reference_p50_ms": ref["p50_ms"],
+            "dpmpp_2m_le_10_infraction_ratio": {
+                f"{r['steps']}@{r['sigma_max']:g}": (r["infraction"] / ref["infraction"]
+                                                     if ref["infraction"] > 0 else math.nan)
+                for r in few},
+        }
+    if refs and rows:
+        fastest_ref = min(refs.values(), key=lambda r: r["p50_ms"])
+        timed = [r for r in rows if r["n_parallel"] is not None]
+        fastest = min(timed, key=lambda r: r["p50_ms"])
+        out["fastest_reference_row"] = {k: fastest_ref[k] for k in ("model", "solver", "steps", "p50_ms")}
+        out["fastest_row"] = {k: fastest[k] for k in ("model", "solver", "steps", "p50_ms", "infraction",
+                                                      "n_parallel")}
+        out["fastest_speedup_over_reference"] = fastest_ref["p50_ms"] / fastest["p50_ms"]
+        # quality kept: MMD² within mmd_tolerance x the model's own reference row
+        kept = [r for r in timed
+                if r["model"] in refs and r["mmd"] <= mmd_tolerance * refs[r["model"]]["mmd"]]
+        if kept:
+            best = min(kept, key=lambda r: r["p50_ms"])
+            out["fastest_row_quality_kept"] = {k: best[k] for k in ("model", "solver", "steps", "sigma_max",
+                                                                    "p50_ms", "infraction", "n_parallel",
+                                                                    "mmd")}
+            out["fastest_quality_kept_speedup_over_reference"] = fastest_ref["p50_ms"] / best["p50_ms"]
+            out["mmd_tolerance"] = mmd_tolerance
+    ratios = [r["fast_over_naive"] for r in rows if r["n_parallel"] is not None]
+    out["fast_over_naive_min"] = min(ratios) if ratios else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, required=True, help="a finished EDM (checkerboard-like) run")
+    parser.add_argument("--models", nargs="+", default=["baseline", "guided", "distilled"])
+    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS))
+    parser.add_argument("--steps", nargs="+", type=int, default=list(STEPS))
+    parser.add_argument("--sigma-max", nargs="+", type=float, default=[None],
+                        help="first levels of the sampling schedule (default: the run's)")
+    parser.add_argument("--schedule", default=None, help="log_linear | karras (default: the run's)")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="samples per row for the infraction rate (default: the run's eval size)")
+    parser.add_argument("--p", type=float, default=0.99999)
+    parser.add_argument("--calls", type=int, default=200, help="timed FastSampler calls per row")
+    parser.add_argument("--naive-calls", type=int, default=20, help="timed naive-loop calls per row")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-rate", type=float, default=0.9,
+                        help="rows whose infraction rate reaches this get no latency (N(r, p) too large)")
+    parser.add_argument("--quick", action="store_true", help="10k samples, 50 calls, 5 naive calls")
+    parser.add_argument("--name", default=None, help="results file stem")
+    parser.add_argument("--mmd-tolerance", type=float, default=1.25,
+                        help="summary: the fastest row whose MMD² is within this factor of its model's "
+                             "reference row")
+    parser.add_argument("--include", nargs="*", type=Path, default=[],
+                        help="earlier results JSON of the same run whose rows (and ELBOs) join the table and "
+                             "summary (e.g. a model measured later)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_samples = args.num_samples or 10_000
+        args.calls, args.naive_calls = min(args.calls, 50), min(args.naive_calls, 5)
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    task, config, _ = load_model(args.run_dir, "baseline")
+    have = set(model_names(config)) | {"guided"}
+    models = [m for m in args.models if m in have]  # none: only --include rows (re-summarise)
+    elbo = {}
+    for name in models:
+        task, config, model = load_model(args.run_dir, name)
+        elbo[name] = task.elbo(model, task.heldout_x[: config.eval.elbo_points],
+                               num_sigmas=config.eval.elbo_num_sigmas,
+                               seed=stage_seed(config.seed, "eval/elbo"))
+        print(f"{name}: held-out ELBO {elbo[name]:.4f} nats", flush=True)
+    rows: list[dict[str, Any]] = []
+    for earlier in args.include:
+        data = json.loads(earlier.read_text())
+        if Path(data["run_dir"]).resolve() != args.run_dir.resolve():
+            raise ValueError(f"{earlier} measured run {data['run_dir']}, not {args.run_dir}")
+        rows += data["rows"]
+        elbo = {**data["elbo"], **elbo}
+    seen: set[tuple[str, str, int, float | None]] = set()
+    for name in models:
+        for solver, sigma_max, steps in itertools.product(args.solvers, args.sigma_max, args.steps):
+            start = None if solver == "heun" else sigma_max  # Heun rows are the reference: the run's start
+            if (name, solver, steps, start) in seen:
+                continue
+            seen.add((name, solver, steps, start))
+            row = measure_row(args.run_dir, name, solver, steps, start, args)
+            rows.append(row)
+            print(f"{name:9s} {solver:8s} {steps:3d} σmax {row['sigma_max']:g}: infraction "
+                  f"{100 * row['infraction']:.3f}% N={row['n_parallel']} p50 {row['p50_ms']:.2f} ms p99 "
+                  f"{row['p99_ms']:.2f} ms naive {row['naive_p50_ms']:.2f} ms MMD² {row['mmd']:.2e}",
+                  flush=True)
+    summary = _summary(rows, config.sampling.num_steps, float(task.sigmas[0]), args.mmd_tolerance)
+    table = _format_table(rows, elbo, args.p)
+    print(table)
+    print(summary)
+    stem = args.name or f"time-to-valid-{args.run_dir.resolve().name}-cpu{'-quick' if args.quick else ''}"
+    payload = {
+        "benchmark": "time_to_valid", "run_dir": str(args.run_dir), "run_profile": config.profile,
+        "run_sampling": {"sampler": config.sampling.sampler, "num_steps": config.sampling.num_steps,
+                         "schedule": config.sampling.schedule},
+        "p": args.p, "threads": args.threads, "num_samples": args.num_samples or config.eval.num_samples,
+        "machine": machine_info(torch=torch.__version__), "load_average_start": list(load_start),
+        "load_average_end": list(os.getloadavg()), "elbo": elbo, "rows": rows, "summary": summary,
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "included": [str(p) for p in args.include],
+    }
+    path = write_results(stem, payload, args.out_dir)
+    md = path.with_suffix(".md")
+    tmp = md.with_name(f".{md.name}.tmp")
+    tmp.write_text(f"# time to a valid sample: {args.run_dir} ({config.profile})\n\n"
+                   f"machine: {payload['machine']['cpu']}, {args.threads} thread(s), load "
+                   f"{load_start[0]:.1f} -> {payload['load_average_end'][0]:.1f}\n\ncommand: "
+                   f"`{payload['command']}`\n\n{table}\n")
+    os.replace(tmp, md)
+    print(f"wrote {path} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
