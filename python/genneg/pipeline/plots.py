@@ -60,7 +60,8 @@ def plot_samples(
     if not panels:
         raise ValueError("plot_samples needs at least one panel")
     rows, cols = _grid_shape(len(panels))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False,
+                             gridspec_kw={"hspace": 0.45})
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (title, x, valid) in zip(axes.flat, panels):
