@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DrivableMap", "RoadPolygons", "cell_centres_in_polygon", "polygon_window"]
+__all__ = [
+    "DrivableMap",
+    "RoadPolygons",
+    "cell_centres_in_polygon",
+    "polygon_window",
+    "rasterise_closed_polygons",
+]
 
 # A cell centre within this many cells of a polygon edge is ON the edge (the closed-polygon rule below);
 # it absorbs the rounding of vertices given in metres (a vertex 1e-12 m off a centre line still counts).
@@ -89,6 +95,40 @@ def cell_centres_in_polygon(
         u_cross = u0 + (ii - v0) * ((u1 - u0) / (v1 - v0))
         crossings ^= spans & (jj < u_cross)
     return crossings | on_edge if closed else crossings & ~on_edge
+
+
+def rasterise_closed_polygons(
+    polygons: Sequence[np.ndarray],
+    origin_m: tuple[float, float],
+    resolution_m: float,
+    shape: tuple[int, int],
+    holes: Sequence[np.ndarray] = (),
+) -> np.ndarray:
+    """``(H, W)`` uint8 raster, 1 where a cell centre lies in some CLOSED polygon and in the interior of
+    no hole (the rule of :func:`cell_centres_in_polygon`; orientation- and start-vertex-independent).
+
+    Raises:
+        ValueError: a polygon or hole not ``(V >= 3, 2)`` or holding NaN/inf.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    inside = np.zeros((h, w), dtype=bool)
+    for name, shapes in (("polygon", polygons), ("hole", holes)):
+        for k, poly in enumerate(shapes):
+            poly = np.asarray(poly, dtype=np.float64)
+            if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
+                raise ValueError(f"{name} {k} must have shape (V>=3, 2), got {poly.shape}")
+            if not np.all(np.isfinite(poly)):
+                raise ValueError(f"{name} {k} holds non-finite coordinates")
+            (i0, i1), (j0, j1) = polygon_window(poly, origin_m, resolution_m, (h, w))
+            if i0 >= i1 or j0 >= j1:
+                continue
+            cells = cell_centres_in_polygon(poly, origin_m, resolution_m, (i0, i1), (j0, j1),
+                                            closed=name == "polygon")
+            if name == "polygon":
+                inside[i0:i1, j0:j1] |= cells
+            else:
+                inside[i0:i1, j0:j1] &= ~cells
+    return inside.astype(np.uint8)
 
 
 def _vertex_arrays(polygons: Sequence[np.ndarray], what: str) -> tuple[np.ndarray, ...]:
@@ -250,22 +290,6 @@ class DrivableMap:
             raise ValueError(f"shape must be positive, got {shape}")
         if not np.isfinite(resolution_m) or resolution_m <= 0:
             raise ValueError(f"resolution_m must be a finite number > 0, got {resolution_m}")
-        inside = np.zeros((h, w), dtype=bool)
-        for name, shapes in (("polygon", polygons), ("hole", holes)):
-            for k, poly in enumerate(shapes):
-                poly = np.asarray(poly, dtype=np.float64)
-                if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
-                    raise ValueError(f"{name} {k} must have shape (V>=3, 2), got {poly.shape}")
-                if not np.all(np.isfinite(poly)):
-                    raise ValueError(f"{name} {k} holds non-finite coordinates")
-                (i0, i1), (j0, j1) = polygon_window(poly, origin_m, resolution_m, (h, w))
-                if i0 >= i1 or j0 >= j1:
-                    continue
-                cells = cell_centres_in_polygon(poly, origin_m, resolution_m, (i0, i1), (j0, j1),
-                                                closed=name == "polygon")
-                if name == "polygon":
-                    inside[i0:i1, j0:j1] |= cells
-                else:
-                    inside[i0:i1, j0:j1] &= ~cells
-        return cls(inside.astype(np.uint8), origin_m, resolution_m,
+        inside = rasterise_closed_polygons(polygons, origin_m, resolution_m, (h, w), holes)
+        return cls(inside, origin_m, resolution_m,
                    polygons=RoadPolygons(tuple(polygons), tuple(holes)))

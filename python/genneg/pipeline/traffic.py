@@ -306,9 +306,6 @@ class TrafficTask(Task):
             return sample_teacher(self.config.distill.num_teacher_samples)
         return self.train.tokens, self.train.cond
 
-    def num_parameters(self, module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
     # evaluation and report ---------------------------------------------------------------------------
     def evaluate(self, model: Callable[..., torch.Tensor], *, num_samples: int | None = None,
                  progress: bool = False, on_sampled: Callable[[], None] | None = None) -> EvalOutput:

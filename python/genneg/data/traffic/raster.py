@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from genneg.oracles.drivable_map import cell_centres_in_polygon, polygon_window
+from genneg.oracles.drivable_map import rasterise_closed_polygons
 from genneg.reference.traffic_oracle import MAX_ABS_COORDINATE_M, MAX_SIZE_M, MIN_SIZE_M
 
 __all__ = ["raster_grid_for", "rasterise_polygons", "rasterise_polylines", "rasterise_triangles"]
@@ -82,20 +82,7 @@ def rasterise_polygons(
         ValueError: a bad grid, a polygon not ``(V >= 3, 2)`` or holding NaN/inf.
     """
     _check_grid(origin_m, resolution_m, shape)
-    h, w = int(shape[0]), int(shape[1])
-    out = np.zeros((h, w), dtype=np.uint8)
-    for k, poly in enumerate(polygons):
-        poly = np.asarray(poly, dtype=np.float64)
-        if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
-            raise ValueError(f"polygon {k} must have shape (V>=3, 2), got {poly.shape}")
-        if not np.all(np.isfinite(poly)):
-            raise ValueError(f"polygon {k} holds non-finite coordinates")
-        (i0, i1), (j0, j1) = polygon_window(poly, origin_m, resolution_m, (h, w))
-        if j0 >= j1 or i0 >= i1:
-            continue
-        inside = cell_centres_in_polygon(poly, origin_m, resolution_m, (i0, i1), (j0, j1))
-        out[i0:i1, j0:j1] |= inside.astype(np.uint8)
-    return out
+    return rasterise_closed_polygons(polygons, origin_m, resolution_m, shape)
 
 
 def rasterise_polylines(
