@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -139,6 +140,40 @@ py::array_t<bool> collisions(const py::array& boxes, const std::optional<py::arr
   return out;
 }
 
+// For tests: the rectangles of one scene's boxes, (A, 8) float64 rows (cx, cy, c, s, hl, hw, ex, ey), as
+// the collision kernels prepare them with `isa` ("baseline", "avx2", "avx512"), or as geometry.cpp's
+// make_rect does one at a time (isa = "make_rect"; the offroad oracles use it).
+py::array_t<double> rect_frames(const py::array& boxes, double margin, const std::string& isa) {
+  const BoxBatch batch = make_batch(boxes, std::nullopt);
+  if (batch.scenes != 1) throw py::value_error("rect_frames takes one scene, shape (1, A, 5)");
+  check_margin(margin);
+  py::array_t<double> out({batch.agents, static_cast<py::ssize_t>(8)});
+  double* dst = out.mutable_data();
+  try {
+    if (isa == "make_rect") {
+      genneg::SceneRects scene;
+      genneg::load_scene(batch, 0, margin, &scene);
+      for (size_t k = 0; k < scene.rects.size(); ++k) {
+        const genneg::Rect& r = scene.rects[k];
+        const double row[8] = {r.cx, r.cy, r.c, r.s, r.hl, r.hw, r.ex, r.ey};
+        std::copy(row, row + 8, dst + 8 * k);
+      }
+      return out;
+    }
+    const genneg::PairOptions options = pair_options(isa, "auto");
+    genneg::RectArrays arrays;
+    genneg::load_scene_arrays(options.isa, batch, 0, margin, &arrays);
+    for (size_t k = 0; k < arrays.n; ++k) {
+      const genneg::Rect r = arrays.rect(k);
+      const double row[8] = {r.cx, r.cy, r.c, r.s, r.hl, r.hw, r.ex, r.ey};
+      std::copy(row, row + 8, dst + 8 * k);
+    }
+  } catch (const genneg::BoxInputError& e) {
+    rethrow_box_error(e, false);
+  }
+  return out;
+}
+
 py::array_t<int64_t> collision_pairs(const py::array& boxes, const std::optional<py::array>& valid,
                                      double margin, int64_t threads, bool batched, const std::string& isa,
                                      const std::string& broad_phase) {
@@ -255,6 +290,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("collision_pairs", &collision_pairs, py::arg("boxes"), py::arg("valid"), py::arg("margin"),
         py::arg("threads"), py::arg("batched"), py::arg("isa") = "auto", py::arg("broad_phase") = "auto",
         "(S, A, 5) boxes -> (P, 3) int64 rows (scene, i, j), i < j.");
+  m.def("rect_frames", &rect_frames, py::arg("boxes"), py::arg("margin"), py::arg("isa"),
+        "For tests: (1, A, 5) boxes -> (A, 8) float64 rectangles (cx, cy, c, s, hl, hw, ex, ey) as prepared "
+        "by the collision kernels of `isa` or by make_rect (isa='make_rect').");
   m.def("available_isas", &available_isas, "Instruction sets this CPU can run the collision kernels with.");
   m.def("offroad", &offroad, py::arg("boxes"), py::arg("valid"), py::arg("drivable"), py::arg("origin_x"),
         py::arg("origin_y"), py::arg("resolution"), py::arg("mode"), py::arg("threads"), py::arg("batched"),

@@ -20,13 +20,13 @@ int64_t scene_grain(int64_t agents) {
 void collisions(const BoxBatch& batch, double margin, int threads, uint8_t* out, const PairOptions& options) {
   const int64_t A = batch.agents;
   parallel_for(batch.scenes, threads, [&](int64_t begin, int64_t end) {
-    SceneRects scene;
+    RectArrays scene;
     PairSearch search;
     for (int64_t s = begin; s < end; ++s) {
       uint8_t* row = out + s * A;
       for (int64_t a = 0; a < A; ++a) row[a] = 0;
-      load_scene(batch, s, margin, &scene);
-      overlapping_pairs(scene.rects, options.isa, options.broad_phase, /*sorted=*/false, &search);
+      load_scene_arrays(options.isa, batch, s, margin, &scene);
+      overlapping_pairs(scene, options.isa, options.broad_phase, /*sorted=*/false, &search);
       for (const auto& [k, l] : search.pairs) {
         row[scene.slots[k]] = 1;
         row[scene.slots[l]] = 1;
@@ -45,11 +45,11 @@ std::vector<int64_t> collision_pairs(const BoxBatch& batch, double margin, int t
       const int64_t begin = batch.scenes * k / chunks;
       const int64_t end = batch.scenes * (k + 1) / chunks;
       auto& part = parts[static_cast<size_t>(k)];
-      SceneRects scene;
+      RectArrays scene;
       PairSearch search;
       for (int64_t s = begin; s < end; ++s) {
-        load_scene(batch, s, margin, &scene);
-        overlapping_pairs(scene.rects, options.isa, options.broad_phase, /*sorted=*/true, &search);
+        load_scene_arrays(options.isa, batch, s, margin, &scene);
+        overlapping_pairs(scene, options.isa, options.broad_phase, /*sorted=*/true, &search);
         for (const auto& [i, j] : search.pairs) {
           part.push_back(s);
           part.push_back(scene.slots[i]);

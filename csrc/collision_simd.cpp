@@ -3,6 +3,7 @@
 #include "collision_simd.h"
 
 #include <cmath>
+#include <stdexcept>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define GENNEG_X86 1
@@ -36,25 +37,34 @@ Isa best_isa() {
   return best;
 }
 
-void RectArrays::assign(const std::vector<Rect>& source, const uint32_t* order) {
-  n = source.size();
+void RectArrays::resize(size_t entries) {
+  n = entries;
   const size_t padded = n + kPad;
   if (cx.size() < padded) {
-    for (auto* v : {&cx, &cy, &c, &s, &hl, &hw, &ex, &ey}) v->resize(padded);
-  }
-  for (size_t k = 0; k < n; ++k) {
-    const Rect& r = source[order == nullptr ? k : order[k]];
-    cx[k] = r.cx;
-    cy[k] = r.cy;
-    c[k] = r.c;
-    s[k] = r.s;
-    hl[k] = r.hl;
-    hw[k] = r.hw;
-    ex[k] = r.ex;
-    ey[k] = r.ey;
+    for (auto* v : {&cx, &cy, &c, &s, &hl, &hw, &ex, &ey, &heading}) v->resize(padded);
+    slots.resize(padded);
   }
   // Lanes past n are read by the vector loads and masked out of the result; keep them finite.
-  for (size_t k = n; k < padded; ++k) cx[k] = cy[k] = c[k] = s[k] = hl[k] = hw[k] = ex[k] = ey[k] = 0.0;
+  for (size_t k = n; k < padded; ++k) {
+    cx[k] = cy[k] = c[k] = s[k] = hl[k] = hw[k] = ex[k] = ey[k] = heading[k] = 0.0;
+  }
+}
+
+void RectArrays::assign(const RectArrays& source, const uint32_t* order) {
+  resize(source.n);
+  for (size_t k = 0; k < n; ++k) {
+    const size_t from = order[k];
+    cx[k] = source.cx[from];
+    cy[k] = source.cy[from];
+    c[k] = source.c[from];
+    s[k] = source.s[from];
+    hl[k] = source.hl[from];
+    hw[k] = source.hw[from];
+    ex[k] = source.ex[from];
+    ey[k] = source.ey[from];
+    heading[k] = source.heading[from];
+    slots[k] = source.slots[from];
+  }
 }
 
 Rect RectArrays::rect(size_t k) const {
@@ -71,6 +81,91 @@ Rect RectArrays::rect(size_t k) const {
 }
 
 namespace {
+
+constexpr double kHalfPi = 1.57079632679489661923;  // fl(pi / 2)
+
+// Reads the present boxes of scene s (fields of type T) into out: centre, half length and half width
+// (make_rect's expressions), heading and slot. Returns false if a present box is outside the valid
+// range of boxes.h (every comparison is false for NaN, so non-finite fields fail too).
+template <class T>
+bool read_boxes(const BoxBatch& b, int64_t s, double margin, RectArrays* out) {
+  out->resize(static_cast<size_t>(b.agents));
+  const char* scene = b.data + s * b.stride_scene;
+  const int64_t f = b.stride_field;
+  double* const cx = out->cx.data();
+  double* const cy = out->cy.data();
+  double* const hl = out->hl.data();
+  double* const hw = out->hw.data();
+  double* const headings = out->heading.data();
+  int64_t* const slots = out->slots.data();
+  size_t n = 0;
+  bool ok = true;
+  for (int64_t a = 0; a < b.agents; ++a) {
+    if (!b.present(s, a)) continue;
+    const char* p = scene + a * b.stride_agent;
+    const double x = static_cast<double>(*reinterpret_cast<const T*>(p));
+    const double y = static_cast<double>(*reinterpret_cast<const T*>(p + f));
+    const double length = static_cast<double>(*reinterpret_cast<const T*>(p + 2 * f));
+    const double width = static_cast<double>(*reinterpret_cast<const T*>(p + 3 * f));
+    const double heading = static_cast<double>(*reinterpret_cast<const T*>(p + 4 * f));
+    const bool in_range = (std::fabs(x) <= kMaxAbsCoordinateM) & (std::fabs(y) <= kMaxAbsCoordinateM) &
+                          (length >= kMinSizeM) & (length <= kMaxSizeM) & (width >= kMinSizeM) &
+                          (width <= kMaxSizeM) & (std::fabs(heading) <= kMaxAbsHeadingRad);
+    ok = ok && in_range;
+    cx[n] = x;
+    cy[n] = y;
+    hl[n] = 0.5 * length + margin;
+    hw[n] = 0.5 * width + margin;
+    headings[n] = heading;
+    slots[n] = a;
+    ++n;
+  }
+  out->resize(n);
+  return ok;
+}
+
+void frames_baseline(RectArrays* r) {
+  for (size_t k = 0; k < r->n; ++k) {
+    const double q = std::nearbyint(r->heading[k] / kHalfPi);
+    rect_frame(r->heading[k], q, std::floor(0.25 * q), r->hl[k], r->hw[k], &r->c[k], &r->s[k], &r->ex[k], &r->ey[k]);
+  }
+}
+
+#ifdef GENNEG_X86
+
+__attribute__((target("avx2"))) void frames_avx2(RectArrays* r) {
+  const __m256d half_pi = _mm256_set1_pd(kHalfPi), quarter = _mm256_set1_pd(0.25);
+  for (size_t k = 0; k < r->n; k += 4) {
+    const __m256d heading = _mm256_loadu_pd(&r->heading[k]);
+    const __m256d q = _mm256_round_pd(_mm256_div_pd(heading, half_pi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256d q4 = _mm256_floor_pd(_mm256_mul_pd(quarter, q));
+    const __m256d hl = _mm256_loadu_pd(&r->hl[k]), hw = _mm256_loadu_pd(&r->hw[k]);
+    __m256d c, s, ex, ey;
+    rect_frame(heading, q, q4, hl, hw, &c, &s, &ex, &ey);
+    _mm256_storeu_pd(&r->c[k], c);
+    _mm256_storeu_pd(&r->s[k], s);
+    _mm256_storeu_pd(&r->ex[k], ex);
+    _mm256_storeu_pd(&r->ey[k], ey);
+  }
+}
+
+__attribute__((target("avx512f"))) void frames_avx512(RectArrays* r) {
+  const __m512d half_pi = _mm512_set1_pd(kHalfPi), quarter = _mm512_set1_pd(0.25);
+  for (size_t k = 0; k < r->n; k += 8) {
+    const __m512d heading = _mm512_loadu_pd(&r->heading[k]);
+    const __m512d q = _mm512_roundscale_pd(_mm512_div_pd(heading, half_pi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512d q4 = _mm512_roundscale_pd(_mm512_mul_pd(quarter, q), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512d hl = _mm512_loadu_pd(&r->hl[k]), hw = _mm512_loadu_pd(&r->hw[k]);
+    __m512d c, s, ex, ey;
+    rect_frame(heading, q, q4, hl, hw, &c, &s, &ex, &ey);
+    _mm512_storeu_pd(&r->c[k], c);
+    _mm512_storeu_pd(&r->s[k], s);
+    _mm512_storeu_pd(&r->ex[k], ex);
+    _mm512_storeu_pd(&r->ey[k], ey);
+  }
+}
+
+#endif  // GENNEG_X86
 
 // The scalar test, the reference of the vector variants: the bounding-box filter, then rects_overlap.
 size_t overlapping_baseline(const RectArrays& r, size_t k, size_t begin, size_t end, uint32_t* hits) {
@@ -179,6 +274,23 @@ __attribute__((target("avx512f"))) size_t overlapping_avx512(const RectArrays& r
 #endif  // GENNEG_X86
 
 }  // namespace
+
+void load_scene_arrays(Isa isa, const BoxBatch& batch, int64_t s, double margin, RectArrays* out) {
+  const bool ok = batch.dtype == Dtype::kFloat32 ? read_boxes<float>(batch, s, margin, out)
+                                                 : read_boxes<double>(batch, s, margin, out);
+  if (!ok) {
+    SceneRects scene;
+    load_scene(batch, s, margin, &scene);  // throws BoxInputError naming the first bad box
+    throw std::logic_error("load_scene_arrays: a box failed the range check but load_scene accepted it");
+  }
+#ifdef GENNEG_X86
+  if (isa == Isa::kAvx512) return frames_avx512(out);
+  if (isa == Isa::kAvx2) return frames_avx2(out);
+#else
+  (void)isa;
+#endif
+  frames_baseline(out);
+}
 
 size_t overlapping_in_range(Isa isa, const RectArrays& r, size_t k, size_t begin, size_t end, uint32_t* hits) {
 #ifdef GENNEG_X86

@@ -1,17 +1,18 @@
-// Vectorised narrow phase of the collision check: one rectangle against a contiguous run of others,
-// with the instruction set chosen at run time (x86-64 baseline, AVX2, AVX-512F).
+// Vectorised parts of the collision check, with the instruction set chosen at run time (x86-64
+// baseline, AVX2, AVX-512F): reading a scene's boxes into rectangle arrays (the trigonometry of
+// make_rect, vectorised), and the narrow phase, one rectangle against a contiguous run of others.
 //
-// Every variant evaluates exactly the expressions of the scalar test (the bounding-box filter of
-// collision.cpp, then rects_overlap of geometry.h) in the same order, with no fused multiply-add (this
-// file's translation unit is compiled with -ffp-contract=off), so every variant gives bit-identical
-// verdicts. The rectangles come from the shared scalar preparation (make_rect); nothing here computes
-// trigonometry.
+// Every variant evaluates exactly the expressions of the scalar code (rect_frame of geometry.h for the
+// preparation; the bounding-box filter, then rects_overlap of geometry.h, for the pairs) in the same
+// order, with no fused multiply-add (this file's translation unit is compiled with -ffp-contract=off),
+// so every variant gives bit-identical rectangles and verdicts.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "boxes.h"
 #include "geometry.h"
 
 namespace genneg {
@@ -27,18 +28,28 @@ bool isa_supported(Isa isa);
 // The widest supported instruction set.
 Isa best_isa();
 
-// A scene's rectangles as a structure of arrays, in the order given, padded with kPad readable lanes so
-// that a vector load starting at any index < n stays inside the arrays.
+// A scene's rectangles as a structure of arrays, padded with kPad readable lanes so that a vector load
+// starting at any index < n stays inside the arrays (the padding holds zeros).
 struct RectArrays {
   static constexpr size_t kPad = 8;
   size_t n = 0;
   std::vector<double> cx, cy, c, s, hl, hw, ex, ey;
+  std::vector<double> heading;  // rad, as read by load_scene_arrays (scratch)
+  std::vector<int64_t> slots;   // entry k is vehicle slot slots[k] of its scene
 
-  // source[order[k]] becomes entry k (order == nullptr: the identity).
-  void assign(const std::vector<Rect>& source, const uint32_t* order);
+  // Room for n entries plus the padding; sets n and zeroes the padding.
+  void resize(size_t entries);
+  // source's entry order[k] becomes entry k (fields and slot).
+  void assign(const RectArrays& source, const uint32_t* order);
   // Entry k as a Rect.
   Rect rect(size_t k) const;
 };
+
+// Reads the present boxes of scene `s` into `out`, in slot order, each inflated by `margin` (m): entry
+// k equals make_rect(box slots[k], margin) bit for bit, whatever `isa` (the trigonometry runs `isa`'s
+// vector width at a time). Throws BoxInputError for the first bad present box, as load_scene does.
+// Requires isa_supported(isa).
+void load_scene_arrays(Isa isa, const BoxBatch& batch, int64_t s, double margin, RectArrays* out);
 
 // Writes to `hits` (room for end - begin entries) every index l in [begin, end), in increasing order,
 // whose rectangle overlaps rectangle k: the bounding boxes overlap strictly on x and on y, and

@@ -1,6 +1,6 @@
 #include "geometry.h"
 
-#include <cstdint>
+#include <cmath>
 
 namespace genneg {
 
@@ -9,28 +9,19 @@ constexpr double kHalfPi = 1.57079632679489661923;  // fl(pi / 2)
 }
 
 void heading_axis(double heading, double* c, double* s) {
-  constexpr double kQuarterPi = 0.78539816339744830962;
-  if (std::fabs(heading) <= kQuarterPi) {  // most headings: no reduction needed
-    *c = std::cos(heading);
-    *s = std::sin(heading);
+  if (std::fabs(heading) < 1e7) {  // |k| < 2^23: rect_frame's reduction is exact
+    const double k = std::nearbyint(heading / kHalfPi);
+    const double k4 = std::floor(0.25 * k);
+    double ex = 0.0, ey = 0.0;
+    rect_frame(heading, k, k4, 0.0, 0.0, c, s, &ex, &ey);
     return;
   }
-  double r = 0.0;
-  int64_t quadrant = 0;
-  if (std::fabs(heading) < 1e9) {
-    // heading - k fl(pi/2) rounded once (exact whenever the result is representable, e.g. 0 for
-    // heading == k fl(pi/2), k = +-1, +-2); cheaper than remquo and equal to it on these cases.
-    const double k = std::nearbyint(heading / kHalfPi);
-    r = std::fma(-k, kHalfPi, heading);
-    quadrant = static_cast<int64_t>(k);
-  } else {
-    int q = 0;
-    r = std::remquo(heading, kHalfPi, &q);  // exact remainder, low bits of the quotient
-    quadrant = q;
-  }
+  // Far outside the oracles' valid range (kMaxAbsHeadingRad): exact remainder, then libm.
+  int q = 0;
+  const double r = std::remquo(heading, kHalfPi, &q);
   const double cr = std::cos(r);
   const double sr = std::sin(r);
-  switch (quadrant & 3) {
+  switch (q & 3) {
     case 0: *c = cr;  *s = sr;  break;
     case 1: *c = -sr; *s = cr;  break;
     case 2: *c = -cr; *s = -sr; break;
@@ -42,11 +33,16 @@ Rect make_rect(double x, double y, double length, double width, double heading, 
   Rect r;
   r.cx = x;
   r.cy = y;
-  heading_axis(heading, &r.c, &r.s);
   r.hl = 0.5 * length + margin;
   r.hw = 0.5 * width + margin;
-  r.ex = r.hl * std::fabs(r.c) + r.hw * std::fabs(r.s);
-  r.ey = r.hl * std::fabs(r.s) + r.hw * std::fabs(r.c);
+  if (std::fabs(heading) < 1e7) {
+    const double k = std::nearbyint(heading / kHalfPi);
+    rect_frame(heading, k, std::floor(0.25 * k), r.hl, r.hw, &r.c, &r.s, &r.ex, &r.ey);
+  } else {
+    heading_axis(heading, &r.c, &r.s);
+    r.ex = r.hl * std::fabs(r.c) + r.hw * std::fabs(r.s);
+    r.ey = r.hl * std::fabs(r.s) + r.hw * std::fabs(r.c);
+  }
   return r;
 }
 

@@ -7,9 +7,7 @@ namespace genneg {
 
 namespace {
 
-void all_pairs(const std::vector<Rect>& rects, Isa isa, PairSearch* search) {
-  RectArrays& arrays = search->arrays;
-  arrays.assign(rects, nullptr);
+void all_pairs(const RectArrays& arrays, Isa isa, PairSearch* search) {
   const size_t n = arrays.n;
   search->hits.resize(n);
   for (size_t k = 0; k + 1 < n; ++k) {
@@ -20,29 +18,31 @@ void all_pairs(const std::vector<Rect>& rects, Isa isa, PairSearch* search) {
   }
 }
 
-void sweep(const std::vector<Rect>& rects, Isa isa, PairSearch* search) {
-  const size_t n = rects.size();
+void sweep(const RectArrays& scene, Isa isa, PairSearch* search) {
+  const size_t n = scene.n;
   // The axis on which the centres spread most.
   double x_min = INFINITY, x_max = -INFINITY, y_min = INFINITY, y_max = -INFINITY;
   double reach = 0.0;  // largest |centre| + extent, for the rounding tolerance
-  for (const Rect& r : rects) {
-    x_min = std::fmin(x_min, r.cx);
-    x_max = std::fmax(x_max, r.cx);
-    y_min = std::fmin(y_min, r.cy);
-    y_max = std::fmax(y_max, r.cy);
-    reach = std::fmax(reach, std::fmax(std::fabs(r.cx), std::fabs(r.cy)) + std::fmax(r.ex, r.ey));
+  for (size_t k = 0; k < n; ++k) {
+    x_min = std::fmin(x_min, scene.cx[k]);
+    x_max = std::fmax(x_max, scene.cx[k]);
+    y_min = std::fmin(y_min, scene.cy[k]);
+    y_max = std::fmax(y_max, scene.cy[k]);
+    reach = std::fmax(reach, std::fmax(std::fabs(scene.cx[k]), std::fabs(scene.cy[k])) +
+                                 std::fmax(scene.ex[k], scene.ey[k]));
   }
   const bool along_x = x_max - x_min >= y_max - y_min;
-  auto low = [along_x](const Rect& r) { return along_x ? r.cx - r.ex : r.cy - r.ey; };
   auto& keys = search->keys;
   keys.resize(n);
-  for (size_t k = 0; k < n; ++k) keys[k] = {low(rects[k]), static_cast<uint32_t>(k)};
+  for (size_t k = 0; k < n; ++k) {
+    keys[k] = {along_x ? scene.cx[k] - scene.ex[k] : scene.cy[k] - scene.ey[k], static_cast<uint32_t>(k)};
+  }
   std::sort(keys.begin(), keys.end());
   auto& order = search->order;
   order.resize(n);
   for (size_t k = 0; k < n; ++k) order[k] = keys[k].second;
-  RectArrays& arrays = search->arrays;
-  arrays.assign(rects, order.data());
+  RectArrays& arrays = search->sorted;
+  arrays.assign(scene, order.data());
   // The bounding-box filter |c_l - c_k| < e_k + e_l is evaluated with three roundings, lo and hi with
   // one each: all within a few units of 2^-53 * reach. A pair the filter passes therefore has
   // lo_l <= hi_k + tolerance; later entries cannot pass it and are not visited.
@@ -63,15 +63,15 @@ void sweep(const std::vector<Rect>& rects, Isa isa, PairSearch* search) {
 
 }  // namespace
 
-void overlapping_pairs(const std::vector<Rect>& rects, Isa isa, BroadPhase phase, bool sorted, PairSearch* search) {
+void overlapping_pairs(const RectArrays& scene, Isa isa, BroadPhase phase, bool sorted, PairSearch* search) {
   search->pairs.clear();
-  if (rects.size() < 2) return;
-  const bool use_sweep = phase == BroadPhase::kSweep || (phase == BroadPhase::kAuto && rects.size() > kSweepMinRects);
+  if (scene.n < 2) return;
+  const bool use_sweep = phase == BroadPhase::kSweep || (phase == BroadPhase::kAuto && scene.n > kSweepMinRects);
   if (!use_sweep) {
-    all_pairs(rects, isa, search);  // already in increasing (k, l) order
+    all_pairs(scene, isa, search);  // already in increasing (k, l) order
     return;
   }
-  sweep(rects, isa, search);
+  sweep(scene, isa, search);
   if (sorted) std::sort(search->pairs.begin(), search->pairs.end());
 }
 

@@ -28,14 +28,15 @@ constexpr size_t kSweepMinRects = 64;
 
 // Reusable per-thread buffers.
 struct PairSearch {
-  RectArrays arrays;
+  RectArrays sorted;  // the sweep's copy of the scene, sorted by the low end of the bounding box
   std::vector<uint32_t> order, hits;
   std::vector<std::pair<double, uint32_t>> keys;  // (low end of the bounding box, index), sorted
   std::vector<std::pair<uint32_t, uint32_t>> pairs;  // the result: (k, l), k < l, indices into rects
 };
 
-// Fills search->pairs with every overlapping pair (bounding boxes overlap strictly on x and y, and
-// rects_overlap), k < l. With `sorted`, in increasing (k, l) order; otherwise in an unspecified order.
-void overlapping_pairs(const std::vector<Rect>& rects, Isa isa, BroadPhase phase, bool sorted, PairSearch* search);
+// Fills search->pairs with every overlapping pair of the scene's rectangles (bounding boxes overlap
+// strictly on x and y, and rects_overlap), k < l, indices into `scene`. With `sorted`, in increasing
+// (k, l) order; otherwise in an unspecified order.
+void overlapping_pairs(const RectArrays& scene, Isa isa, BroadPhase phase, bool sorted, PairSearch* search);
 
 }  // namespace genneg

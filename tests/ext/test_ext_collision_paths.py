@@ -144,3 +144,65 @@ def test_available_isas_and_bad_choices():
     for isa in set(ISAS) - set(isas):
         with pytest.raises(ValueError, match=f"isa '{isa}' is not supported by this CPU"):
             genneg_ext.collisions(boxes, isa=isa)
+
+
+def awkward_headings(rng: np.random.Generator) -> np.ndarray:
+    """Headings (rad) where the quarter-turn reduction and the polynomials are at their edges: float64
+    multiples of fl(pi/2) and their neighbours, quadrant boundaries (odd multiples of pi/4), signed
+    zeros, tiny angles, the ends of the valid range, and uniform draws."""
+    half_pi = np.pi / 2
+    k = np.concatenate([np.arange(-8, 9), rng.integers(-6366, 6367, 200)]).astype(np.float64)
+    multiples = k * half_pi
+    eighths = (k + 0.5) * half_pi
+    near = np.concatenate([np.nextafter(multiples, np.inf), np.nextafter(multiples, -np.inf)])
+    near_eighths = np.concatenate([np.nextafter(eighths, np.inf), np.nextafter(eighths, -np.inf)])
+    special = np.array([0.0, -0.0, 1e-300, -1e-300, 1e-9, -1e-12, 1e4, -1e4, np.pi, -np.pi, np.pi / 4])
+    uniform = np.concatenate([rng.uniform(-np.pi, np.pi, 2000), rng.uniform(-1e4, 1e4, 500)])
+    return np.concatenate([multiples, eighths, near, near_eighths, special, uniform])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_box_preparation_is_bit_identical_to_make_rect(rng, isa):
+    """The vectorised preparation (heading reduction, sin/cos polynomials, bounding extents) rounds
+    exactly as geometry.cpp's make_rect, the scalar code the offroad oracles use, on every path."""
+    _require(isa)
+    heading = awkward_headings(rng)
+    boxes = np.empty((1, heading.size, 5))
+    boxes[0, :, 0] = rng.uniform(-1e6, 1e6, heading.size)
+    boxes[0, :, 1] = rng.uniform(-50, 50, heading.size)
+    boxes[0, :, 2] = rng.uniform(1e-3, 20.0, heading.size)
+    boxes[0, :, 3] = rng.uniform(1e-3, 3.0, heading.size)
+    boxes[0, :, 4] = heading
+    for case in (boxes, boxes.astype(np.float32), boxes[:, ::-1]):
+        for margin in (0.0, 0.05):
+            expected = genneg_ext._C.rect_frames(case, margin, "make_rect")
+            got = genneg_ext._C.rect_frames(case, margin, isa)
+            # Bit for bit, signed zeros included.
+            np.testing.assert_array_equal(got.view(np.int64), expected.view(np.int64))
+
+
+def test_box_axes_are_accurate_and_quarter_turns_exact(rng):
+    """The polynomial sin/cos: within 2 ulp of the correctly rounded value for |heading| <= pi/4 (NumPy's
+    cos/sin are within 1 ulp of it: 3 ulp between the two), within the reduction's drift
+    (|k| * |fl(pi/2) - pi/2| <= 6367 * 6.2e-17 rad) elsewhere in the valid range, and exactly 0 and
+    +-1 at float64 multiples of fl(pi/2) up to two quarter turns."""
+    heading = awkward_headings(rng)
+    boxes = np.zeros((1, heading.size, 5))
+    boxes[0, :, 2:4] = 1.0
+    boxes[0, :, 4] = heading
+    frames = genneg_ext._C.rect_frames(boxes, 0.0, "make_rect")
+    c, s = frames[:, 2], frames[:, 3]
+    small = np.abs(heading) <= np.pi / 4
+    ulp_c, ulp_s = np.spacing(np.abs(np.cos(heading))), np.spacing(np.abs(np.sin(heading)))
+    assert np.all(np.abs(c - np.cos(heading))[small] <= 3 * ulp_c[small])
+    assert np.all(np.abs(s - np.sin(heading))[small] <= 3 * ulp_s[small])
+    drift = 6367 * 6.2e-17 + 4e-16  # rad, plus the polynomial's few ulp
+    assert np.all(np.abs(c - np.cos(heading)) <= drift)
+    assert np.all(np.abs(s - np.sin(heading)) <= drift)
+    quarter = np.arange(-2, 3) * (np.pi / 2)
+    boxes = np.zeros((1, 5, 5))
+    boxes[0, :, 2:4] = 1.0
+    boxes[0, :, 4] = quarter
+    frames = genneg_ext._C.rect_frames(boxes, 0.0, "make_rect")
+    np.testing.assert_array_equal(frames[:, 2], [-1.0, 0.0, 1.0, 0.0, -1.0])
+    np.testing.assert_array_equal(frames[:, 3], [0.0, -1.0, 0.0, 1.0, 0.0])
