@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "exact.h"
 #include "thread_pool.h"
 
 namespace genneg {
@@ -28,20 +29,96 @@ void fill_csr(int64_t keys, const std::vector<std::pair<int64_t, uint32_t>>& ite
   for (const auto& [key, seg] : items) (*values)[static_cast<size_t>(fill[static_cast<size_t>(key)]++)] = seg;
 }
 
-// Whether segment (x0, y0)-(x1, y1), given relative to the centre of r, meets the open rectangle r.
+constexpr double kUnitRoundoff = 1.1102230246251565e-16;  // 2^-53
+// Forward error bounds of the float64 evaluations below, in units of the roundoff times the sum of the
+// magnitudes of their terms: each is at most 6 roundings deep (a coordinate difference, products,
+// sums), so 8 u covers it with room; a value within the bound of zero goes to the exact evaluation.
+constexpr double kFilter = 8.0 * kUnitRoundoff;
+
+// The sign of a - b for float64 a, b: exact (the rounded difference keeps the sign).
+inline int sign_of_difference(double a, double b) { return a > b ? 1 : (a < b ? -1 : 0); }
+
+// Exact twin of segment_meets_open_rect: the same three separating-axis tests, every quantity an
+// expansion of the float64 inputs (road points, centre, unit axis, half extents), so the answer is the
+// exact answer for the rectangle centre + hl (c, s) +- hw (-s, c) (with (c, s) as rounded to float64).
+bool segment_meets_open_rect_exact(const Rect& r, double x0, double y0, double x1, double y1) {
+  const Expansion dx0 = difference(x0, r.cx), dy0 = difference(y0, r.cy);
+  const Expansion dx1 = difference(x1, r.cx), dy1 = difference(y1, r.cy);
+  // Projections on u = (c, s) and v = (-s, c), against the open intervals (-hl, hl) and (-hw, hw).
+  auto overlaps = [](const Expansion& a0, const Expansion& a1, double half) {
+    const bool below = sum(a0, expansion_of(-half)).sign() < 0 || sum(a1, expansion_of(-half)).sign() < 0;
+    const bool above = sum(a0, expansion_of(half)).sign() > 0 || sum(a1, expansion_of(half)).sign() > 0;
+    return below && above;
+  };
+  const Expansion a0 = sum(scaled(dx0, r.c), scaled(dy0, r.s)), a1 = sum(scaled(dx1, r.c), scaled(dy1, r.s));
+  if (!overlaps(a0, a1, r.hl)) return false;
+  const Expansion b0 = sum(scaled(dy0, r.c), negated(scaled(dx0, r.s)));
+  const Expansion b1 = sum(scaled(dy1, r.c), negated(scaled(dx1, r.s)));
+  if (!overlaps(b0, b1, r.hw)) return false;
+  // Normal n = (y0 - y1, x1 - x0): |p| < hl |u.n| + hw |v.n| with p = (P0 - centre) . n.
+  const Expansion nx = difference(y0, y1), ny = difference(x1, x0);
+  const Expansion p = sum(product(dx0, nx), product(dy0, ny));
+  const Expansion un = sum(scaled(nx, r.c), scaled(ny, r.s));
+  const Expansion vn = sum(scaled(ny, r.c), negated(scaled(nx, r.s)));
+  const Expansion margin = sum(sum(scaled(un, un.sign() * r.hl), scaled(vn, vn.sign() * r.hw)),
+                               scaled(p, -static_cast<double>(p.sign())));
+  return margin.sign() > 0;
+}
+
+// Whether segment (x0, y0)-(x1, y1) (road coordinates, m) meets the open rectangle r: separating-axis
+// tests in float64 relative to the centre, each with a forward error bound; a test too close to call
+// sends the segment to segment_meets_open_rect_exact.
 bool segment_meets_open_rect(const Rect& r, double x0, double y0, double x1, double y1) {
-  // Axis u = (c, s): the rectangle projects to (-hl, hl).
-  const double a0 = x0 * r.c + y0 * r.s, a1 = x1 * r.c + y1 * r.s;
-  if (!(std::fmin(a0, a1) < r.hl && std::fmax(a0, a1) > -r.hl)) return false;
-  // Axis v = (-s, c): (-hw, hw).
-  const double b0 = y0 * r.c - x0 * r.s, b1 = y1 * r.c - x1 * r.s;
-  if (!(std::fmin(b0, b1) < r.hw && std::fmax(b0, b1) > -r.hw)) return false;
+  const double rx0 = x0 - r.cx, ry0 = y0 - r.cy, rx1 = x1 - r.cx, ry1 = y1 - r.cy;
+  bool uncertain = false;
+  // -1: separated for certain; 0: uncertain; +1: the open interval (-half, half) and [min a, max a]
+  // overlap for certain.
+  auto axis = [&uncertain](double a0, double e0, double a1, double e1, double half) {
+    // below: some end < half; above: some end > -half.
+    const bool below_sure = a0 < half - e0 || a1 < half - e1;
+    const bool below_maybe = a0 < half + e0 || a1 < half + e1;
+    const bool above_sure = a0 > -half + e0 || a1 > -half + e1;
+    const bool above_maybe = a0 > -half - e0 || a1 > -half - e1;
+    if (!below_maybe || !above_maybe) return -1;
+    if (below_sure && above_sure) return 1;
+    uncertain = true;
+    return 0;
+  };
+  const double ac = std::fabs(r.c), as = std::fabs(r.s);
+  const double m0 = std::fabs(rx0) * ac + std::fabs(ry0) * as, m1 = std::fabs(rx1) * ac + std::fabs(ry1) * as;
+  if (axis(rx0 * r.c + ry0 * r.s, kFilter * m0, rx1 * r.c + ry1 * r.s, kFilter * m1, r.hl) < 0) return false;
+  const double w0 = std::fabs(ry0) * ac + std::fabs(rx0) * as, w1 = std::fabs(ry1) * ac + std::fabs(rx1) * as;
+  if (axis(ry0 * r.c - rx0 * r.s, kFilter * w0, ry1 * r.c - rx1 * r.s, kFilter * w1, r.hw) < 0) return false;
   // Normal n of the segment (unnormalised): the segment projects to one point, the rectangle to the
   // open interval of half width hl |u.n| + hw |v.n| around 0 (its centre is the origin).
   const double nx = y0 - y1, ny = x1 - x0;
-  const double p = x0 * nx + y0 * ny;
+  const double p = rx0 * nx + ry0 * ny;
   const double half = r.hl * std::fabs(r.c * nx + r.s * ny) + r.hw * std::fabs(r.c * ny - r.s * nx);
-  return std::fabs(p) < half;
+  const double bound = kFilter * (std::fabs(rx0 * nx) + std::fabs(ry0 * ny) +
+                                  r.hl * (ac * std::fabs(nx) + as * std::fabs(ny)) +
+                                  r.hw * (ac * std::fabs(ny) + as * std::fabs(nx)));
+  const double gap = half - std::fabs(p);
+  if (gap < -bound) return false;
+  if (gap > bound && !uncertain) return true;
+  return segment_meets_open_rect_exact(r, x0, y0, x1, y1);
+}
+
+// Whether the ray from the centre of r towards +x crosses segment (x0, y0)-(x1, y1) whose ends lie on
+// either side of the ray's line (half-open in y): the sign of orient(centre, P0, P1) times the sign of
+// y1 - y0, the orientation filtered as in Shewchuk's orient2d and evaluated exactly near zero.
+bool ray_crosses(const Rect& r, double x0, double y0, double x1, double y1) {
+  const double ax = x0 - r.cx, ay = y0 - r.cy, bx = x1 - r.cx, by = y1 - r.cy;
+  const double left = ax * by, right = ay * bx;
+  const double det = left - right;
+  int orientation = 0;
+  if (std::fabs(det) > 4.0 * kUnitRoundoff * (std::fabs(left) + std::fabs(right))) {
+    orientation = det > 0.0 ? 1 : -1;
+  } else {
+    const Expansion dax = difference(x0, r.cx), day = difference(y0, r.cy);
+    const Expansion dbx = difference(x1, r.cx), dby = difference(y1, r.cy);
+    orientation = sum(product(dax, dby), negated(product(day, dbx))).sign();
+  }
+  return orientation * sign_of_difference(y1, y0) > 0;
 }
 
 }  // namespace
@@ -103,18 +180,24 @@ RoadGeometry build_road(const double* xy, const int64_t* ring_offsets, int64_t r
 }
 
 bool rect_offroad_polygons(const Rect& r, const RoadGeometry& g) {
-  // A corner strictly outside the road's bounding box is outside the road.
-  if (r.cx - r.ex < g.min_x || r.cx + r.ex > g.max_x || r.cy - r.ey < g.min_y || r.cy + r.ey > g.max_y) return true;
-  const int64_t j0 = clamp_cell((r.cx - r.ex - g.min_x) / g.cell_m, g.nx);
-  const int64_t j1 = clamp_cell((r.cx + r.ex - g.min_x) / g.cell_m, g.nx);
-  const int64_t i0 = clamp_cell((r.cy - r.ey - g.min_y) / g.cell_m, g.ny);
-  const int64_t i1 = clamp_cell((r.cy + r.ey - g.min_y) / g.cell_m, g.ny);
+  // The bounding box of r, widened by a bound on its rounding (ex and ey are rounded sums of products):
+  // the candidate cells cover the exact rectangle.
+  const double tx = kFilter * (std::fabs(r.cx) + r.ex), ty = kFilter * (std::fabs(r.cy) + r.ey);
+  // A corner certainly outside the road's bounding box is outside the road.
+  if (r.cx - r.ex < g.min_x - tx || r.cx + r.ex > g.max_x + tx || r.cy - r.ey < g.min_y - ty ||
+      r.cy + r.ey > g.max_y + ty) {
+    return true;
+  }
+  const int64_t j0 = clamp_cell((r.cx - r.ex - tx - g.min_x) / g.cell_m, g.nx);
+  const int64_t j1 = clamp_cell((r.cx + r.ex + tx - g.min_x) / g.cell_m, g.nx);
+  const int64_t i0 = clamp_cell((r.cy - r.ey - ty - g.min_y) / g.cell_m, g.ny);
+  const int64_t i1 = clamp_cell((r.cy + r.ey + ty - g.min_y) / g.cell_m, g.ny);
   for (int64_t i = i0; i <= i1; ++i) {
     for (int64_t j = j0; j <= j1; ++j) {
       const size_t cell = static_cast<size_t>(i * g.nx + j);
       for (int64_t e = g.cell_start[cell]; e < g.cell_start[cell + 1]; ++e) {
         const uint32_t k = g.cell_segments[static_cast<size_t>(e)];
-        if (segment_meets_open_rect(r, g.x0[k] - r.cx, g.y0[k] - r.cy, g.x1[k] - r.cx, g.y1[k] - r.cy)) return true;
+        if (segment_meets_open_rect(r, g.x0[k], g.y0[k], g.x1[k], g.y1[k])) return true;
       }
     }
   }
@@ -124,11 +207,8 @@ bool rect_offroad_polygons(const Rect& r, const RoadGeometry& g) {
   bool inside = false;
   for (int64_t e = g.row_start[static_cast<size_t>(row)]; e < g.row_start[static_cast<size_t>(row) + 1]; ++e) {
     const uint32_t k = g.row_segments[static_cast<size_t>(e)];
-    const double ya = g.y0[k] - r.cy, yb = g.y1[k] - r.cy;
-    if ((ya > 0.0) == (yb > 0.0)) continue;
-    const double xa = g.x0[k] - r.cx, xb = g.x1[k] - r.cx;
-    const double x = xa + (0.0 - ya) * (xb - xa) / (yb - ya);
-    if (x > 0.0) inside = !inside;
+    if ((g.y0[k] > r.cy) == (g.y1[k] > r.cy)) continue;
+    if (ray_crosses(r, g.x0[k], g.y0[k], g.x1[k], g.y1[k])) inside = !inside;
   }
   return !inside;
 }

@@ -2,13 +2,16 @@
 // by the rings (exterior and holes, any orientation) of that union, i.e. its boundary. A vehicle is
 // offroad iff the interior of its rectangle is not covered by U.
 //
-// Test (exact up to float64 rounding at exact touching): the interior of the rectangle either meets the
-// boundary of U (then it holds points outside U: offroad), or lies entirely inside or entirely outside
-// U, decided by the rectangle's centre (crossing number over every ring, even-odd). A segment meets the
-// open rectangle iff their projections overlap, strictly for the rectangle, on the rectangle's two axes
-// and on the segment's normal (separating-axis theorem). Everything is computed relative to the centre
-// of the rectangle, so coordinates near 1e6 m lose no precision. A rectangle touching the boundary
-// from inside (a box edge on a road edge, a corner on a vertex) is on the road.
+// Test (exact): the interior of the rectangle either meets the boundary of U (then it holds points
+// outside U: offroad), or lies entirely inside or entirely outside U, decided by the rectangle's centre
+// (crossing number over every ring, even-odd). A segment meets the open rectangle iff their projections
+// overlap, strictly for the rectangle, on the rectangle's two axes and on the segment's normal
+// (separating-axis theorem). Every test is evaluated in float64 relative to the centre of the rectangle
+// with a forward error bound, and when the value is within its bound of zero, again exactly with
+// floating-point expansions (exact.h); the crossing test is an orientation test filtered the same way.
+// The verdict is therefore the exact one for the rectangle centre + hl (c, s) + hw (-s, c) of the
+// rounded float64 frame (make_rect), at any coordinates. A rectangle touching the boundary from inside
+// (a box edge on a road edge, a corner on a vertex) is on the road.
 //
 // Candidate segments come from a uniform grid over the road's bounding box (segments listed in every
 // cell their bounding box meets); the crossing count uses the segments listed in the grid row of the

@@ -273,8 +273,9 @@ def offroad_polygons(boxes: Any, road: _C.RoadGeometry, valid: Any = None, threa
     A vehicle is offroad iff the interior of its rectangle is not covered by the drivable area (a closed
     set: the union of the drivable polygons). A box touching the road's boundary from inside (an edge on
     a road edge, a corner on a vertex) is on the road; a box straddling an edge shared by two adjacent
-    lanelets is on the road. Exact up to float64 rounding at exact touching; computed relative to each
-    box's centre (coordinates near 1e6 m are fine).
+    lanelets is on the road. Exact, even at touching: float64 tests with error bounds, evaluated again in
+    exact expansion arithmetic when too close to call, for the rectangle of the box's float64 centre,
+    half extents and heading axis (as ``genneg_ext`` rounds them); coordinates near 1e6 m are fine.
 
     Args:
         boxes: ``(S, A, 5)`` or ``(A, 5)`` float32/float64 — x m, y m, length m, width m, heading rad.

@@ -162,3 +162,76 @@ def test_procedural_maps_agree_with_shapely_covers(rng, ref, kind):
     got = genneg_ext.offroad_polygons(boxes, drivable_map.prepared_road())
     assert certain.mean() > 0.99 and 0.1 < expected.mean() < 0.95
     np.testing.assert_array_equal(got[certain], expected[certain])
+
+
+def exact_offroad(frame: np.ndarray, points: np.ndarray, offsets: np.ndarray) -> bool:
+    """The documented rule in rational arithmetic (no rounding at all), for the rectangle genneg_ext
+    prepares from a box (centre, float64 unit axis (c, s), half extents): offroad iff a boundary segment
+    of the union meets the open rectangle, or the centre is outside the union (even-odd crossings)."""
+    from fractions import Fraction
+
+    cx, cy, c, s, hl, hw = (Fraction(float(v)) for v in frame[:6])
+    edges = []
+    for r in range(offsets.size - 1):
+        ring = [(Fraction(float(x)), Fraction(float(y))) for x, y in points[offsets[r] : offsets[r + 1]]]
+        edges += [(p, q) for p, q in zip(ring, ring[1:] + ring[:1]) if p != q]
+
+    def overlaps(a0: Fraction, a1: Fraction, half: Fraction) -> bool:
+        return min(a0, a1) < half and max(a0, a1) > -half
+
+    for (x0, y0), (x1, y1) in edges:
+        dx0, dy0, dx1, dy1 = x0 - cx, y0 - cy, x1 - cx, y1 - cy
+        if not overlaps(dx0 * c + dy0 * s, dx1 * c + dy1 * s, hl):
+            continue
+        if not overlaps(dy0 * c - dx0 * s, dy1 * c - dx1 * s, hw):
+            continue
+        nx, ny = y0 - y1, x1 - x0
+        if abs(dx0 * nx + dy0 * ny) < hl * abs(c * nx + s * ny) + hw * abs(c * ny - s * nx):
+            return True
+    inside = False
+    for (x0, y0), (x1, y1) in edges:
+        if (y0 > cy) != (y1 > cy) and x0 + (cy - y0) * (x1 - x0) / (y1 - y0) > cx:
+            inside = not inside
+    return not inside
+
+
+def touching_boxes(rng: np.random.Generator, n: int, shift: float) -> tuple[np.ndarray, list]:
+    """A road band at a random heading (its corners rounded to float64 as any map's are) and boxes at
+    nearly the same heading touching its side from inside or outside within a few ulps, or with a corner
+    a few ulps from one of the band's corners: the verdicts float64 alone cannot settle."""
+    heading = rng.uniform(-np.pi, np.pi)
+    u = np.array([np.cos(heading), np.sin(heading)])
+    v = np.array([-u[1], u[0]])
+    origin = np.array([shift + rng.uniform(-5, 5), -shift + rng.uniform(-5, 5)])
+    band = [
+        origin - 50 * u - 4 * v,
+        origin + 50 * u - 4 * v,
+        origin + 50 * u + 4 * v,
+        origin - 50 * u + 4 * v,
+    ]
+    boxes = np.empty((1, n, 5))
+    length, width = rng.uniform(3.5, 5.0, n), rng.uniform(1.6, 2.1, n)
+    along = rng.uniform(-40, 40, n)
+    along[: n // 4] = 50 - length[: n // 4] / 2  # a box corner a few ulps from the band's corner
+    side = rng.choice([-1.0, 1.0], n)
+    across = side * (4 - width / 2) * (1 + np.finfo(float).eps * rng.integers(-4, 5, n))
+    centres = origin + along[:, None] * u + across[:, None] * v
+    boxes[0, :, 0:2] = centres
+    boxes[0, :, 2], boxes[0, :, 3] = length, width
+    boxes[0, :, 4] = heading + rng.choice([0.0, np.pi, 1e-15, -1e-15], n)
+    return boxes, [shapely.Polygon(band)]
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e6])
+def test_touching_within_ulps_follows_the_exact_rule(rng, shift):
+    """Boxes a few ulps from the road edge: the float64 filter cannot decide them, the exact fallback
+    must, and it must give the rational-arithmetic answer for every box."""
+    boxes, band = touching_boxes(rng, 200, shift)
+    points, offsets = union_rings(band)
+    road = genneg_ext.road_from_rings(points, offsets)
+    got = genneg_ext.offroad_polygons(boxes, road=road)[0]
+    frames = genneg_ext._C.rect_frames(boxes, 0.0, "make_rect")
+    expected = np.array([exact_offroad(f, points, offsets) for f in frames])
+    np.testing.assert_array_equal(got, expected)
+    # The scenes are really on the edge: both verdicts occur.
+    assert 0.1 < expected.mean() < 0.9

@@ -4,8 +4,9 @@
 input; shapely polygons with holes), unions them with shapely (edges shared by adjacent lanelets vanish,
 so a vehicle straddling one is on the road) and hands the union's rings to the compiled oracle
 (``genneg_ext.road_from_rings``); ``genneg_ext.offroad_polygons`` then answers per box. Rule: a vehicle is
-offroad iff the interior of its rectangle is not covered by the union (closed sets), exact up to float64
-rounding at exact touching.
+offroad iff the interior of its rectangle is not covered by the union (closed sets), decided exactly for
+the box's float64 rectangle (float64 tests with error bounds, an exact expansion-arithmetic fallback near
+zero; csrc/polygon_offroad.h).
 """
 
 from __future__ import annotations
