@@ -699,6 +699,8 @@ def bench_case(
         "offroad: numpy corner lookup (approx.) / ours exact": ("offroad numpy corner lookup", o1),
         "offroad: crdc / ours": ("offroad crdc", o1),
         "offroad: torchdrivesim (corners) / ours": ("offroad torchdrivesim", o1),
+        # Below 1: what the exact whole-box test costs over looking up the four corners (issue 18: <= 2x).
+        "offroad: ours corners mode / ours exact": ("offroad ours corners mode threads=1", o1),
     }
     # Single-threaded peers against ours on one thread: wall-clock and CPU-time medians.
     ratios: dict[str, dict[str, float | None]] = {
@@ -794,6 +796,10 @@ def main() -> None:
         ),
         "collision >= 100x fastest shapely variant (1 thread, cpu)": (min(shapely_cpu, default=None), 100),
         "offroad >= 10x shapely covers (1 thread, cpu)": (r["offroad: shapely covers / ours"]["cpu"], 10),
+        "offroad exact whole box <= 2x corners mode (1 thread, cpu; corners / exact >= 0.5)": (
+            r["offroad: ours corners mode / ours exact"]["cpu"],
+            0.5,
+        ),
         f"collision thread scaling >= 1.7x on {cores} cores (wall)": (
             r[f"collision thread scaling 1 -> {cores} (wall)"]["wall"],
             1.7,
@@ -812,8 +818,9 @@ def main() -> None:
 
     payload = {
         "benchmark": "oracles",
-        "machine": machine_info(genneg_ext=genneg_ext.__version__,
-                                shapely=None if shapely is None else shapely.__version__),
+        "machine": machine_info(
+            genneg_ext=genneg_ext.__version__, shapely=None if shapely is None else shapely.__version__
+        ),
         "config": {
             "quick": args.quick,
             "repeats": args.repeats,
