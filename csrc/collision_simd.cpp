@@ -192,7 +192,7 @@ inline size_t append_bits(uint32_t mask, size_t base, uint32_t* hits, size_t cou
 
 // Four lanes of l at a time. Lane by lane the arithmetic is rects_overlap(rect k, rect l) with a = k,
 // b = l: dx = b.cx - a.cx, C = |a.c b.c + a.s b.s|, S = |a.c b.s - a.s b.c|, then the four axes.
-__attribute__((target("avx2"))) size_t overlapping_avx2(const RectArrays& r, size_t k, size_t begin, size_t end,
+__attribute__((target("avx2"))) inline size_t overlapping_avx2(const RectArrays& r, size_t k, size_t begin, size_t end,
                                                         uint32_t* hits) {
   const __m256d sign = _mm256_set1_pd(-0.0);
 #define GENNEG_ABS(v) _mm256_andnot_pd(sign, (v))
@@ -235,7 +235,7 @@ __attribute__((target("avx2"))) size_t overlapping_avx2(const RectArrays& r, siz
 }
 
 // Eight lanes at a time; the same arithmetic as overlapping_avx2.
-__attribute__((target("avx512f"))) size_t overlapping_avx512(const RectArrays& r, size_t k, size_t begin,
+__attribute__((target("avx512f"))) inline size_t overlapping_avx512(const RectArrays& r, size_t k, size_t begin,
                                                              size_t end, uint32_t* hits) {
 #define GENNEG_ABS(v) _mm512_abs_pd(v)
 #define GENNEG_LT(a, b) _mm512_cmp_pd_mask((a), (b), _CMP_LT_OQ)
@@ -290,6 +290,45 @@ void load_scene_arrays(Isa isa, const BoxBatch& batch, int64_t s, double margin,
   (void)isa;
 #endif
   frames_baseline(out);
+}
+
+namespace {
+
+// The rows k of the upper triangle, each row kernel inlined into a loop compiled for its instruction set.
+void all_pairs_baseline(const RectArrays& r, uint32_t* hits, PairList* pairs) {
+  for (size_t k = 0; k + 1 < r.n; ++k) {
+    const size_t found = overlapping_baseline(r, k, k + 1, r.n, hits);
+    for (size_t h = 0; h < found; ++h) pairs->emplace_back(static_cast<uint32_t>(k), hits[h]);
+  }
+}
+
+#ifdef GENNEG_X86
+__attribute__((target("avx2"))) void all_pairs_avx2(const RectArrays& r, uint32_t* hits, PairList* pairs) {
+  for (size_t k = 0; k + 1 < r.n; ++k) {
+    const size_t found = overlapping_avx2(r, k, k + 1, r.n, hits);
+    for (size_t h = 0; h < found; ++h) pairs->emplace_back(static_cast<uint32_t>(k), hits[h]);
+  }
+}
+
+__attribute__((target("avx512f"))) void all_pairs_avx512(const RectArrays& r, uint32_t* hits, PairList* pairs) {
+  for (size_t k = 0; k + 1 < r.n; ++k) {
+    const size_t found = overlapping_avx512(r, k, k + 1, r.n, hits);
+    for (size_t h = 0; h < found; ++h) pairs->emplace_back(static_cast<uint32_t>(k), hits[h]);
+  }
+}
+#endif  // GENNEG_X86
+
+}  // namespace
+
+void overlapping_all_pairs(Isa isa, const RectArrays& r, std::vector<uint32_t>* hits, PairList* pairs) {
+  hits->resize(r.n);
+#ifdef GENNEG_X86
+  if (isa == Isa::kAvx512) return all_pairs_avx512(r, hits->data(), pairs);
+  if (isa == Isa::kAvx2) return all_pairs_avx2(r, hits->data(), pairs);
+#else
+  (void)isa;
+#endif
+  all_pairs_baseline(r, hits->data(), pairs);
 }
 
 size_t overlapping_in_range(Isa isa, const RectArrays& r, size_t k, size_t begin, size_t end, uint32_t* hits) {

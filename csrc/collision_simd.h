@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "boxes.h"
@@ -55,5 +56,13 @@ void load_scene_arrays(Isa isa, const BoxBatch& batch, int64_t s, double margin,
 // whose rectangle overlaps rectangle k: the bounding boxes overlap strictly on x and on y, and
 // rects_overlap(k, l). Returns the number written. Requires isa_supported(isa) and end <= r.n.
 size_t overlapping_in_range(Isa isa, const RectArrays& r, size_t k, size_t begin, size_t end, uint32_t* hits);
+
+// Pairs of entry indices (k, l).
+using PairList = std::vector<std::pair<uint32_t, uint32_t>>;
+
+// Appends every overlapping pair (k, l), k < l, of r's entries to `pairs`, in increasing (k, l) order:
+// overlapping_in_range(isa, r, k, k + 1, r.n) for every k, with the row loop compiled for `isa`.
+// `hits` is scratch. Requires isa_supported(isa).
+void overlapping_all_pairs(Isa isa, const RectArrays& r, std::vector<uint32_t>* hits, PairList* pairs);
 
 }  // namespace genneg

@@ -7,17 +7,6 @@ namespace genneg {
 
 namespace {
 
-void all_pairs(const RectArrays& arrays, Isa isa, PairSearch* search) {
-  const size_t n = arrays.n;
-  search->hits.resize(n);
-  for (size_t k = 0; k + 1 < n; ++k) {
-    const size_t found = overlapping_in_range(isa, arrays, k, k + 1, n, search->hits.data());
-    for (size_t h = 0; h < found; ++h) {
-      search->pairs.emplace_back(static_cast<uint32_t>(k), search->hits[h]);
-    }
-  }
-}
-
 void sweep(const RectArrays& scene, Isa isa, PairSearch* search) {
   const size_t n = scene.n;
   // The axis on which the centres spread most.
@@ -68,7 +57,7 @@ void overlapping_pairs(const RectArrays& scene, Isa isa, BroadPhase phase, bool 
   if (scene.n < 2) return;
   const bool use_sweep = phase == BroadPhase::kSweep || (phase == BroadPhase::kAuto && scene.n > kSweepMinRects);
   if (!use_sweep) {
-    all_pairs(scene, isa, search);  // already in increasing (k, l) order
+    overlapping_all_pairs(isa, scene, &search->hits, &search->pairs);  // in increasing (k, l) order
     return;
   }
   sweep(scene, isa, search);

@@ -31,7 +31,7 @@ struct PairSearch {
   RectArrays sorted;  // the sweep's copy of the scene, sorted by the low end of the bounding box
   std::vector<uint32_t> order, hits;
   std::vector<std::pair<double, uint32_t>> keys;  // (low end of the bounding box, index), sorted
-  std::vector<std::pair<uint32_t, uint32_t>> pairs;  // the result: (k, l), k < l, indices into rects
+  PairList pairs;  // the result: (k, l), k < l, indices into the scene
 };
 
 // Fills search->pairs with every overlapping pair of the scene's rectangles (bounding boxes overlap
