@@ -26,6 +26,11 @@ interleaved in one session, CPU time, min of 40 calls): vectorising the preparat
 the scalar and SIMD paths, boxes read straight into the SoA arrays) was expected to save ~1 ms (32,000
 scalar glibc sincos plus the Rect copies at ~40 ns a box, down to ~3 ns); it took the scenes from 1.99
 to 1.21 ms, and the "no pairs near" run (preparation + bounding-box pass only) from 1.49 to 0.77 ms.
+Compiling the all-pairs row loop per instruction set with the row kernel inlined (one dispatch per
+scene instead of per row) was expected to save the ~0.05 ms of per-row set-up and call overhead; it
+took them to 1.10 ms and 0.63 ms. What is left to the floor (~2x) is the exact test's branchy lane
+groups (the dense scenes cost ~0.45 ms more than the spread-out ones for 11,500 groups) and the scalar
+read of the strided boxes.
 The JSON reports ours against both floors (``gap_to_floor``), and a "no pairs near" run (the same boxes
 spread far apart: preparation plus the bounding-box pass, no exact tests), which measures what is left
 beyond the pair work on this machine.

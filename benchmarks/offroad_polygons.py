@@ -8,7 +8,14 @@ segments and grid (``prepare_road``), shapely prepares the union (``shapely.prep
 also builds the box polygons (part of its time, as a user would). One thread; medians of several runs on
 a possibly shared machine. Disagreements are counted away from exact touching (1e-7 m band).
 
-Run:  .venv/bin/python benchmarks/offroad_polygons.py [--quick]
+With ``--carla-cache DIR`` the same comparison also runs on CARLA Town03 and Town10HD (torchdrivesim's
+road meshes, tens of thousands of triangles unioned; the wheel is fetched from the package index into
+DIR once, see genneg.data.traffic.carla): 1,000 x 32 boxes at any heading, half within 2 m of a vertex of
+the road's boundary, half on random drivable cells.
+
+The one-thread target (>= 10x, with 0 disagreements) is judged on CPU time, steady on a shared machine.
+
+Run:  .venv/bin/python benchmarks/offroad_polygons.py [--quick] [--carla-cache DIR]
 Writes benchmarks/results/offroad-polygons-cpu.json.
 """
 
@@ -58,25 +65,35 @@ def scenes(rng: np.random.Generator, n_scenes: int, agents: int) -> np.ndarray:
     return b
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=9)
-    args = parser.parse_args()
-    reps = min(args.repeats, 3) if args.quick else args.repeats
+def carla_scenes(rng: np.random.Generator, drivable_map, n_scenes: int, agents: int) -> np.ndarray:
+    """Boxes at any heading, half within 2 m of a vertex of the road's boundary, half on drivable cells."""
+    import shapely
 
+    vertices = shapely.get_coordinates(shapely.boundary(drivable_map.polygons.geometry()))
+    n = n_scenes * agents
+    near = vertices[rng.integers(0, len(vertices), n // 2)] + rng.uniform(-2.0, 2.0, (n // 2, 2))
+    rows, cols = np.nonzero(drivable_map.drivable)
+    pick = rng.integers(0, rows.size, n - n // 2)
+    ox, oy = drivable_map.origin_m
+    res = drivable_map.resolution_m
+    on_road = np.stack([ox + (cols[pick] + 0.5) * res, oy + (rows[pick] + 0.5) * res], -1)
+    b = np.empty((n, 5))
+    b[:, :2] = np.concatenate([near, on_road])[rng.permutation(n)]
+    b[:, 2] = rng.uniform(3.8, 5.2, n)
+    b[:, 3] = rng.uniform(1.7, 2.1, n)
+    b[:, 4] = rng.uniform(-np.pi, np.pi, n)
+    return b.reshape(n_scenes, agents, 5)
+
+
+def compare(name: str, polys, boxes: np.ndarray, reps: int) -> dict:
+    """Ours against shapely's prepared covers on one map: timings, ratios, disagreements."""
     import shapely
 
     import genneg_ext
     from genneg.oracles.road_polygons import prepare_road
 
-    rng = np.random.default_rng(0)
-    polys = lanelets()
-    boxes = scenes(rng, 1_000, 32)
     t0 = time.perf_counter()
-    union = shapely.union_all(polys)
+    union = shapely.union_all(np.asarray(polys, dtype=object))
     shapely.prepare(union)
     shapely_prep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -96,33 +113,24 @@ def main() -> None:
         shapely.buffer(union, 1e-7, join_style="mitre"), box_polys
     )
     dis = int((ours != theirs)[certain].sum())
+    s, a = boxes.shape[:2]
     print(
-        f"map: {len(polys)} polygons, union with {road.segments} boundary segments; prepared in "
+        f"{name}: {len(polys)} polygons, union with {road.segments} boundary segments; prepared in "
         f"{ours_prep_s * 1e3:.0f} ms (ours, incl. shapely union) / {shapely_prep_s * 1e3:.0f} ms (shapely)"
     )
-    print(
-        f"1,000 x 32 vehicles, {ours.mean():.1%} offroad, {int((~certain).sum())} within 1e-7 m of touching"
-    )
+    near = int((~certain).sum())
+    print(f"  {s:,} x {a} vehicles, {ours.mean():.1%} offroad, {near} within 1e-7 m of touching")
     print(f"  ours offroad_polygons, 1 thread  {ours_t.as_ms()}")
     print(f"  shapely prepared covers          {shp_t.as_ms()}")
     r = {"wall": ratio(shp_t, ours_t), "cpu": ratio(shp_t, ours_t, cpu=True)}
-    print(
-        f"  shapely / ours: wall {r['wall']:.1f}x, cpu {r['cpu']:.1f}x; 0-band disagreements: {dis}"
-    )
-    met = r["wall"] is not None and r["wall"] >= 10 and dis == 0
-    print(f"  {'MET ' if met else 'MISS'} >= 10x shapely prepared covers with 0 disagreements")
-    payload = {
-        "benchmark": "offroad_polygons",
-        "machine": machine_info(genneg_ext=genneg_ext.__version__, shapely=shapely.__version__),
-        "config": {
-            "quick": args.quick,
-            "repeats": reps,
-            "scenes": 1_000,
-            "agents": 32,
-            "polygons": len(polys),
-            "boundary_segments": road.segments,
-            "threads": 1,
-        },
+    print(f"  shapely / ours: wall {r['wall']:.1f}x, cpu {r['cpu']:.1f}x; 0-band disagreements: {dis}")
+    met = r["cpu"] is not None and r["cpu"] >= 10 and dis == 0
+    print(f"  {'MET ' if met else 'MISS'} >= 10x shapely prepared covers (cpu) with 0 disagreements")
+    return {
+        "scenes": s,
+        "agents": a,
+        "polygons": len(polys),
+        "boundary_segments": road.segments,
         "prepare_s": {
             "ours_including_shapely_union": ours_prep_s,
             "shapely_union_and_prepare": shapely_prep_s,
@@ -130,9 +138,45 @@ def main() -> None:
         "timings": {"ours": ours_t, "shapely prepared covers": shp_t},
         "ratio_shapely_over_ours": r,
         "offroad_fraction": float(ours.mean()),
-        "near_touching_vehicles": int((~certain).sum()),
+        "near_touching_vehicles": near,
         "disagreements_away_from_touching": dis,
         "target_met": met,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--carla-cache", type=Path, help="also run on CARLA Town03 and Town10HD")
+    args = parser.parse_args()
+    reps = min(args.repeats, 3) if args.quick else args.repeats
+
+    import shapely
+
+    import genneg_ext
+
+    rng = np.random.default_rng(0)
+    maps = {"lanelet grid": compare("lanelet grid", lanelets(), scenes(rng, 1_000, 32), reps)}
+    if args.carla_cache is not None:
+        from genneg.data.traffic.carla import fetch_carla_maps
+
+        for town in ("carla_Town03", "carla_Town10HD"):
+            (road_map,) = fetch_carla_maps(args.carla_cache, towns=[town])
+            drivable_map = road_map.drivable_map
+            shells = [shapely.Polygon(v) for v in drivable_map.polygons.shells]
+            if drivable_map.polygons.holes:
+                raise ValueError(f"{town}: holes are not handled here")
+            boxes = carla_scenes(rng, drivable_map, 1_000, 32)
+            maps[town] = compare(f"{town} (road mesh)", shells, boxes, reps)
+    payload = {
+        "benchmark": "offroad_polygons",
+        "machine": machine_info(genneg_ext=genneg_ext.__version__, shapely=shapely.__version__),
+        "config": {"quick": args.quick, "repeats": reps, "threads": 1, "seed": 0},
+        "maps": maps,
+        "target_met": all(m["target_met"] for m in maps.values()),
     }
     path = write_results("offroad-polygons-cpu-quick" if args.quick else "offroad-polygons-cpu", payload)
     print(f"wrote {path.relative_to(REPO)}")

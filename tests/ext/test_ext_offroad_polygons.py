@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import shapely
@@ -235,3 +237,42 @@ def test_touching_within_ulps_follows_the_exact_rule(rng, shift):
     np.testing.assert_array_equal(got, expected)
     # The scenes are really on the edge: both verdicts occur.
     assert 0.1 < expected.mean() < 0.9
+
+
+def boxes_on_a_map(rng: np.random.Generator, drivable_map, scenes: int, agents: int) -> np.ndarray:
+    """``(scenes, agents, 5)`` car-sized boxes at any heading, half centred within 2 m of a vertex of the
+    road's boundary (many straddle an edge), half on random drivable raster cells."""
+    area = drivable_map.polygons.geometry()
+    vertices = shapely.get_coordinates(shapely.boundary(area))
+    n = scenes * agents
+    near = vertices[rng.integers(0, len(vertices), n // 2)] + rng.uniform(-2.0, 2.0, (n // 2, 2))
+    rows, cols = np.nonzero(drivable_map.drivable)
+    pick = rng.integers(0, rows.size, n - n // 2)
+    ox, oy = drivable_map.origin_m
+    res = drivable_map.resolution_m
+    inside = np.stack([ox + (cols[pick] + 0.5) * res, oy + (rows[pick] + 0.5) * res], -1)
+    boxes = np.empty((n, 5))
+    boxes[:, :2] = np.concatenate([near, inside])[rng.permutation(n)]
+    boxes[:, 2] = rng.uniform(3.8, 5.2, n)
+    boxes[:, 3] = rng.uniform(1.7, 2.1, n)
+    boxes[:, 4] = rng.uniform(-np.pi, np.pi, n)
+    return boxes.reshape(scenes, agents, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    "GENNEG_CARLA_CACHE" not in os.environ, reason="set GENNEG_CARLA_CACHE to a cache directory"
+)
+@pytest.mark.parametrize("town", ["carla_Town03", "carla_Town10HD"])
+def test_random_scenes_on_carla_maps_agree_with_shapely_covers(rng, ref, town):
+    """Real road meshes (tens of thousands of triangles unioned): 0 disagreements with shapely's covers
+    on the union away from exact touching (torchdrivesim's wheel from the package index, cached)."""
+    from genneg.data.traffic.carla import fetch_carla_maps
+
+    (road_map,) = fetch_carla_maps(os.environ["GENNEG_CARLA_CACHE"], towns=[town])
+    drivable_map = road_map.drivable_map
+    boxes = boxes_on_a_map(rng, drivable_map, 100, 32)
+    got = genneg_ext.offroad_polygons(boxes, road=drivable_map.prepared_road())
+    off, certain = truth(boxes, [drivable_map.polygons.geometry()], ref)
+    assert certain.mean() > 0.95 and 0.1 < off.mean() < 0.9
+    np.testing.assert_array_equal(got[certain], off[certain])

@@ -137,3 +137,34 @@ def test_saved_maps_keep_their_polygons(tmp_path):
         TrafficOracle(loaded.drivable_map).details(boxes).offroad,
         TrafficOracle(drivable_map).details(boxes).offroad,
     )
+
+
+def test_with_gaps_closed_heals_mesh_cracks_and_keeps_real_gaps():
+    """A road mesh whose triangles do not meet exactly (a vertex 1 micron off where it should be) leaves
+    a crack; a vehicle across it is offroad against the exact union and on the
+    road once cracks narrower than 2 cm are closed. A 10 cm gap between two roads stays, and the area
+    keeps its edges and corners (to rounding)."""
+    from genneg.oracles.road_polygons import prepare_road
+
+    # Square [0, 10] x [0, 10] as two triangles whose diagonals miss each other by up to 1e-6 m at the
+    # top: a sliver along (10, 0)-(0, 10) is left uncovered.
+    triangles = [
+        np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]),
+        np.array([[10.0, 0.0], [10.0, 10.0], [1e-6, 10.0]]),
+        np.array([[10.0, 0.0], [20.0, 0.0], [20.0, 10.0], [10.0, 10.0]]),
+        np.array([[20.1, 0.0], [30.0, 0.0], [30.0, 10.0], [20.1, 10.0]]),  # a second road, 10 cm away
+    ]
+    exact = RoadPolygons(tuple(triangles))
+    healed = RoadPolygons.with_gaps_closed(triangles, 0.01)
+    across_crack = np.array([[5.0, 5.0, 4.0, 2.0, 0.3]])  # straddles the diagonal
+    across_gap = np.array([[20.05, 5.0, 4.0, 2.0, 0.0]])
+    inside = np.array([[15.0, 5.0, 4.0, 2.0, 0.3]])
+    exact_road, healed_road = prepare_road(exact.geometry()), prepare_road(healed.geometry())
+    assert shapely.difference(exact.geometry(), healed.geometry()).area == 0.0
+    assert shapely.difference(healed.geometry(), exact.geometry()).area < 1e-5  # the crack only
+    assert genneg_ext.offroad_polygons(across_gap, healed_road).tolist() == [True]
+    assert genneg_ext.offroad_polygons(inside, healed_road).tolist() == [False]
+    assert genneg_ext.offroad_polygons(across_crack, healed_road).tolist() == [False]
+    assert genneg_ext.offroad_polygons(across_crack, exact_road).tolist() == [True]
+    with pytest.raises(ValueError, match="gap_m must be a positive number"):
+        RoadPolygons.with_gaps_closed(triangles, 0.0)

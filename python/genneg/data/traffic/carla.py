@@ -38,6 +38,7 @@ __all__ = ["TORCHDRIVESIM_VERSION", "carla_maps_from_wheel", "fetch_carla_maps",
 
 TORCHDRIVESIM_VERSION = "0.2.3"
 _MAPS_PREFIX = "torchdrivesim/resources/maps/"
+MESH_GAP_M = 0.01  # cracks between a road mesh's triangles narrower than 2 cm are closed (RoadPolygons)
 _DRIVABLE_SOURCES = ("mesh", "lanelet", "union")
 
 
@@ -108,9 +109,13 @@ def carla_maps_from_wheel(
             if drivable_source in ("lanelet", "union"):
                 drivable |= rasterise_polygons(lanelets.polygons, grid_origin, resolution_m, shape)
                 shells.extend(lanelets.polygons)
-            drivable_map = DrivableMap(
-                drivable, grid_origin, resolution_m, polygons=RoadPolygons(tuple(shells))
+            # The mesh's triangles leave micron-wide cracks at T-junctions: closed for the offroad check.
+            polygons = (
+                RoadPolygons.with_gaps_closed(shells, MESH_GAP_M)
+                if drivable_source in ("mesh", "union")
+                else RoadPolygons(tuple(shells))
             )
+            drivable_map = DrivableMap(drivable, grid_origin, resolution_m, polygons=polygons)
             maps.append(RoadMap(town, drivable_map, tuple(lanelets.centrelines)))
     return maps
 
