@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genneg.diffusion.edm import EDMConfig, edm_loss
+from genneg.pipeline.distributed import ddp, global_mean, shard_rows, world
 from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
 __all__ = ["BaselineConfig", "TrainResult", "heldout_elbo", "train_denoiser"]
@@ -128,6 +129,12 @@ def train_denoiser(
     Returns:
         :class:`TrainResult`. On return ``denoiser`` holds the best weights (by held-out ELBO) or the
         final ones when never evaluated.
+
+    Data-parallel (:mod:`genneg.pipeline.distributed`): the batch is global; each rank evaluates its
+    share of rows (the noise of the whole batch drawn on every rank from the same ``generator``) through
+    ``DistributedDataParallel``, so the weights follow the one-process run up to the order of
+    floating-point sums. The held-out ELBO is computed on every rank with the same weights and draws, so
+    every rank keeps the same best weights and stops at the same step.
     """
     if train_x.ndim < 2 or train_x.shape[0] == 0:
         raise ValueError(f"train_x must be (N, *shape) with N > 0, got {tuple(train_x.shape)}")
@@ -136,6 +143,10 @@ def train_denoiser(
                          f"{tuple(train_x.shape[1:])}")
     n = train_x.shape[0]
     batch = n if config.batch_size == 0 else min(config.batch_size, n)
+    w = world()
+    rows = shard_rows(batch, w)
+    share = (rows.stop - rows.start) * w.world_size / batch  # this rank's loss scale (1 for one process)
+    model = ddp(denoiser)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.lr)
     evaluate = heldout_x is not None and config.eval_every > 0
     history: list[dict[str, float]] = []
@@ -149,9 +160,9 @@ def train_denoiser(
         set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
                           config.lr_min_fraction, config.warmup)
         x0 = train_x if batch == n else train_x[torch.randint(n, (batch,), generator=generator)]
-        loss = edm_loss(denoiser, x0, edm_config, generator=generator)
-        optimizer_step(optimizer, loss, denoiser.parameters(), config.grad_clip)
-        loss_sum += float(loss.detach())
+        rank_loss = edm_loss(model, x0, edm_config, generator=generator, rows=rows) * share
+        optimizer_step(optimizer, rank_loss, denoiser.parameters(), config.grad_clip)
+        loss_sum += float(rank_loss.detach())  # this rank's scaled share; reduced at each evaluation
         loss_count += 1
         last = step + 1 == config.iterations
         if evaluate and ((step + 1) % config.eval_every == 0 or last):
@@ -159,7 +170,8 @@ def train_denoiser(
             value = heldout_elbo(denoiser, heldout_x, edm_config, num_sigmas=config.eval_num_sigmas,
                                  seed=config.eval_seed)
             denoiser.train()
-            entry = {"iteration": step + 1, "loss": loss_sum / loss_count, "heldout_elbo": value}
+            mean_loss = global_mean(torch.tensor(loss_sum, dtype=torch.float64)) / loss_count
+            entry = {"iteration": step + 1, "loss": mean_loss, "heldout_elbo": value}
             history.append(entry)
             if on_eval is not None:
                 on_eval(entry)
