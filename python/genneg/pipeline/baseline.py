@@ -20,7 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genneg.diffusion.edm import EDMConfig, edm_loss
-from genneg.pipeline.distributed import ddp, global_mean, shard_rows, world
+from genneg.io.rundir import stage_seed
+from genneg.pipeline.distributed import ddp, global_mean, map_batches, shard_rows, world
 from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
 __all__ = ["BaselineConfig", "TrainResult", "heldout_elbo", "train_denoiser"]
@@ -91,16 +92,25 @@ def heldout_elbo(
     num_sigmas: int,
     seed: int,
     batch_size: int = 4096,
+    chunk_points: int = 128,
 ) -> float:
-    """Mean ELBO (nats per sample) of ``x0`` ``(N, *shape)`` under ``denoiser``, with noise drawn from a
-    generator seeded with ``seed`` (so that two denoisers are compared on the same draws)."""
+    """Mean ELBO (nats per sample) of ``x0`` ``(N, *shape)`` under ``denoiser``, with noise drawn from
+    generators seeded with ``seed`` (so that two denoisers are compared on the same draws).
+
+    The points are cut into chunks of ``chunk_points`` rows, each chunk's noise drawn from a generator
+    seeded by ``seed`` and the chunk's first row, and the chunks are shared among the data-parallel ranks
+    (:func:`genneg.pipeline.distributed.map_batches`): every rank returns the same value, and the value
+    does not depend on the world size. Every rank must call it (it is a collective)."""
     from genneg.metrics import elbo
 
-    g = torch.Generator(device=x0.device)
-    g.manual_seed(seed)
-    values = elbo(denoiser, x0, edm_config, num_sigmas=num_sigmas, generator=g, batch_size=batch_size)
-    return float(values.mean())
+    def chunk(start: int, m: int) -> torch.Tensor:
+        g = torch.Generator(device=x0.device)
+        g.manual_seed(stage_seed(seed, f"elbo/rows{start}"))
+        return elbo(denoiser, x0[start:start + m], edm_config, num_sigmas=num_sigmas, generator=g,
+                    batch_size=batch_size)
 
+    values = [v.to(x0.device) for v in map_batches(x0.shape[0], chunk_points, chunk)]
+    return float(torch.cat(values).mean())
 
 
 def train_denoiser(
@@ -133,8 +143,8 @@ def train_denoiser(
     Data-parallel (:mod:`genneg.pipeline.distributed`): the batch is global; each rank evaluates its
     share of rows (the noise of the whole batch drawn on every rank from the same ``generator``) through
     ``DistributedDataParallel``, so the weights follow the one-process run up to the order of
-    floating-point sums. The held-out ELBO is computed on every rank with the same weights and draws, so
-    every rank keeps the same best weights and stops at the same step.
+    floating-point sums. The held-out ELBO is sharded over the ranks and gathered (:func:`heldout_elbo`),
+    so every rank keeps the same best weights and stops at the same step.
     """
     if train_x.ndim < 2 or train_x.shape[0] == 0:
         raise ValueError(f"train_x must be (N, *shape) with N > 0, got {tuple(train_x.shape)}")

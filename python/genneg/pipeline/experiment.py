@@ -322,10 +322,12 @@ class _Runner:
         stage = f"eval/{name}"
 
         def body(g: torch.Generator) -> dict[str, Any]:
-            if not self.main:  # evaluated once, on rank 0 (the task's fixed evaluation noise)
+            if not (self.main or self.task.shards_evaluation):  # evaluated on rank 0 alone
                 return {}
             metrics, tensors = self.task.evaluate(model, progress=self.progress,
                                                   on_sampled=lambda: self._event(stage, "sampled"))
+            if not self.main:  # a sharded evaluation: the same metrics on every rank; rank 0 writes
+                return {}
             save_tensors(self.run.path("samples", f"{name}.safetensors"), tensors)
             n = metrics["n_parallel"]
             red = 0.0 if group == "baseline" else (
