@@ -83,6 +83,7 @@ def _worker(args: argparse.Namespace) -> None:
         drawn = dataset.num_drawn
     out["data"] = {"num_samples": args.num_samples, "num_drawn": drawn, "sample_batch": args.sample_batch,
                    "sampling_steps": quick.sampling.num_steps, "seconds": data_s,
+                   "denoiser_parameters": sum(p.numel() for p in denoiser.parameters()),
                    "samples_per_s": drawn / statistics.median(data_s)}
 
     # classifier training at the paper's batch --------------------------------------------------------
@@ -143,25 +144,84 @@ def _launch(nproc: int, threads: int, args: argparse.Namespace, out: Path) -> di
     return json.loads(out.read_text())
 
 
-def _estimate(step_compute_ms: float, grad_bytes: int, flops_per_step: float) -> dict[str, Any]:
-    """Classifier training at the paper's batch on W GPUs, on paper: ``t(W) = max(t_c / W, t_launch) +
-    t_ring(W)``, ``t_ring = 2 (W-1)/W · bytes / bandwidth + 2 (W-1) · latency`` (ring all-reduce)."""
+def _estimate(step_compute_ms: float, grad_bytes: int, flops_per_step: float,
+              sample_flops: float) -> dict[str, Any]:
+    """Scaling to W GPUs, on paper.
+
+    Classifier training at the paper's batch: ``t(W) = max(t_c / W, t_launch) + t_allreduce(W)``, the
+    all-reduce as NCCL picks it, the faster of ring (``2 (W-1)/W · bytes / bw + 2 (W-1) · lat``) and tree
+    (``2 · bytes / bw + 2 log2(W) · lat``). Data stage: each rank samples and labels its own batches; per
+    draw one label byte travels (the kept set once at the end), against ``sample_flops`` of sampling, so
+    its efficiency is that of the per-rank batch filling a device."""
     assumptions = {
         "gpu_step_compute_ms_1gpu": step_compute_ms,
+        "gpu_fp32_flops_per_s": 20e12,  # small fp32 matmuls on an H100-class GPU, well below its peak
         "flops_per_step": flops_per_step,
         "launch_floor_ms": 0.3,  # ~60 kernels (forward, backward, Adam) x ~5 us each: a step's floor
         "nvlink_GBps": 200.0, "nvlink_latency_us": 10.0,      # 8 GPUs in one node (NVLink, nccl)
         "infiniband_GBps": 25.0, "infiniband_latency_us": 20.0,  # 64 GPUs over 8 nodes (200 Gb/s per GPU)
+        "data_stage_flops_per_draw": sample_flops,
     }
-    rows = {}
+    rows: dict[str, Any] = {}
+    one = max(step_compute_ms, assumptions["launch_floor_ms"])
     for w, bw, lat in ((8, assumptions["nvlink_GBps"], assumptions["nvlink_latency_us"]),
                        (64, assumptions["infiniband_GBps"], assumptions["infiniband_latency_us"])):
         ring_ms = 1e3 * (2 * (w - 1) / w * grad_bytes / (bw * 1e9)) + 2 * (w - 1) * lat * 1e-3
-        step_ms = max(step_compute_ms / w, assumptions["launch_floor_ms"]) + ring_ms
-        one = max(step_compute_ms, assumptions["launch_floor_ms"])
-        rows[f"{w}_gpus"] = {"allreduce_ms": ring_ms, "step_ms": step_ms, "speedup_vs_1_gpu": one / step_ms,
-                             "efficiency": one / step_ms / w}
+        tree_ms = 1e3 * (2 * grad_bytes / (bw * 1e9)) + 2 * math.log2(w) * lat * 1e-3
+        allreduce_ms = min(ring_ms, tree_ms)
+        step_ms = max(step_compute_ms / w, assumptions["launch_floor_ms"]) + allreduce_ms
+        # data stage: 1 byte per draw gathered (plus the kept set once) against sample_flops per draw
+        draw_s = sample_flops / assumptions["gpu_fp32_flops_per_s"]
+        label_s = 1.0 / (bw * 1e9)
+        rows[f"{w}_gpus"] = {
+            "classifier_allreduce_ms": allreduce_ms, "classifier_step_ms": step_ms,
+            "classifier_speedup_vs_1_gpu": one / step_ms, "classifier_efficiency": one / step_ms / w,
+            "data_stage_efficiency": draw_s / (draw_s + label_s),
+        }
     return {"assumptions": assumptions, **rows}
+
+
+def _summarise(runs: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Ratios of the measured runs and the on-paper estimate."""
+    one = runs["1proc_x_1thread"]
+    two = next(v for k, v in runs.items() if k.startswith("2proc"))
+    ones = [v for k, v in runs.items() if k.startswith("1proc")]
+    best_data = max(v["data"]["samples_per_s"] for v in ones)
+    best_clf = max(v["classifier"]["examples_per_s"] for v in ones)
+    ratios = {
+        "data_2proc_vs_1proc_1thread": two["data"]["samples_per_s"] / one["data"]["samples_per_s"],
+        "classifier_2proc_vs_1proc_1thread":
+            two["classifier"]["examples_per_s"] / one["classifier"]["examples_per_s"],
+        "data_2proc_vs_best_1proc": two["data"]["samples_per_s"] / best_data,
+        "classifier_2proc_vs_best_1proc": two["classifier"]["examples_per_s"] / best_clf,
+    }
+    clf = one["classifier"]
+    flops = 6.0 * clf["parameters"] * clf["batch_size"]  # forward + backward of the MLP, 2 flops per MAC
+    data = one["data"]
+    # a draw: 2 denoiser calls per Heun step of the quick profile's MLP (about the classifier's size / 3)
+    sample_flops = 2.0 * 2 * data["sampling_steps"] * data.get("denoiser_parameters", clf["parameters"] / 3)
+    estimate = _estimate(1e3 * flops / 20e12, clf["allreduce_bytes_per_step"], flops, sample_flops)
+    return ratios, estimate
+
+
+def _print(runs: dict[str, Any], ratios: dict[str, float], estimate: dict[str, Any]) -> None:
+    for key, run in runs.items():
+        print(f"{key:>18}: data {run['data']['samples_per_s']:10.0f} samples/s, classifier "
+              f"{run['classifier']['examples_per_s']:10.0f} examples/s ({run['classifier']['step_ms']:.1f} "
+              "ms/step)")
+    for name, value in ratios.items():
+        print(f"{name:>36}: {value:.2f}x")
+    clf = runs["1proc_x_1thread"]["classifier"]
+    two = next(v for k, v in runs.items() if k.startswith("2proc"))
+    print(f"classifier step: {clf['allreduce_bytes_per_step']:,} bytes all-reduced, "
+          f"{estimate['assumptions']['flops_per_step'] / 1e9:.1f} GFLOP; one all-reduce of it here "
+          f"{two['classifier'].get('allreduce_ms', math.nan):.2f} ms")
+    for w in ("8_gpus", "64_gpus"):
+        e = estimate[w]
+        print(f"estimate {w}: classifier step {e['classifier_step_ms']:.3f} ms (all-reduce "
+              f"{e['classifier_allreduce_ms']:.3f} ms), speedup {e['classifier_speedup_vs_1_gpu']:.2f}x "
+              f"(efficiency {100 * e['classifier_efficiency']:.0f}%); data stage efficiency "
+              f"{100 * e['data_stage_efficiency']:.1f}%")
 
 
 def main() -> None:
@@ -177,9 +237,17 @@ def main() -> None:
     parser.add_argument("--sample-batch", type=int, default=2000, help="samples per sampler call")
     parser.add_argument("--classifier-steps", type=int, default=None, help="classifier steps per repeat")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="recompute the ratios and the estimate of a results file (no measuring)")
     args = parser.parse_args()
     if args.worker:
         _worker(args)
+        return
+    if args.from_json is not None:
+        payload = json.loads(args.from_json.read_text())
+        payload["ratios"], payload["estimate"] = _summarise(payload["runs"])
+        _print(payload["runs"], payload["ratios"], payload["estimate"])
+        print(f"rewrote {write_results(args.from_json.stem, payload, args.from_json.parent)}")
         return
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.num_samples = args.num_samples or (4000 if args.quick else 10_000)
@@ -192,36 +260,9 @@ def main() -> None:
         for nproc, threads in configs:
             key = f"{nproc}proc_x_{threads}thread"
             runs[key] = _launch(nproc, threads, args, Path(tmp) / f"{key}.json")
-            print(f"{key:>18}: data {runs[key]['data']['samples_per_s']:10.0f} samples/s, classifier "
-                  f"{runs[key]['classifier']['examples_per_s']:10.0f} examples/s "
-                  f"({runs[key]['classifier']['step_ms']:.1f} ms/step)", flush=True)
-    one = runs["1proc_x_1thread"]
-    two = next(v for k, v in runs.items() if k.startswith("2proc"))
-    best_one = max((v for k, v in runs.items() if k.startswith("1proc")),
-                   key=lambda v: v["data"]["samples_per_s"])
-    best_one_clf = max((v for k, v in runs.items() if k.startswith("1proc")),
-                       key=lambda v: v["classifier"]["examples_per_s"])
-    ratios = {
-        "data_2proc_vs_1proc_1thread": two["data"]["samples_per_s"] / one["data"]["samples_per_s"],
-        "classifier_2proc_vs_1proc_1thread":
-            two["classifier"]["examples_per_s"] / one["classifier"]["examples_per_s"],
-        "data_2proc_vs_best_1proc": two["data"]["samples_per_s"] / best_one["data"]["samples_per_s"],
-        "classifier_2proc_vs_best_1proc":
-            two["classifier"]["examples_per_s"] / best_one_clf["classifier"]["examples_per_s"],
-    }
-    clf = one["classifier"]
-    flops = 6.0 * clf["parameters"] * clf["batch_size"]  # forward + backward of the MLP, 2 flops per MAC
-    # a GPU's step at the paper's batch, on paper: these flops at 20 TFLOP/s (small fp32 matmuls)
-    estimate = _estimate(1e3 * flops / 20e12, clf["allreduce_bytes_per_step"], flops)
-    for name, value in ratios.items():
-        print(f"{name:>36}: {value:.2f}x")
-    print(f"classifier step: {clf['allreduce_bytes_per_step']:,} bytes all-reduced, "
-          f"{flops / 1e9:.1f} GFLOP; one all-reduce of it here "
-          f"{two['classifier'].get('allreduce_ms', math.nan):.2f} ms")
-    for w in ("8_gpus", "64_gpus"):
-        e = estimate[w]
-        print(f"estimate {w}: step {e['step_ms']:.3f} ms (all-reduce {e['allreduce_ms']:.3f} ms), "
-              f"speedup {e['speedup_vs_1_gpu']:.2f}x, efficiency {100 * e['efficiency']:.0f}%")
+            print(f"{key}: measured", flush=True)
+    ratios, estimate = _summarise(runs)
+    _print(runs, ratios, estimate)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     name = f"scaling-{args.device}" + ("-quick" if args.quick else "")
     path = write_results(name, {
