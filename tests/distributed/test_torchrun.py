@@ -10,8 +10,9 @@ What is compared, and how closely:
   infractions) exactly, and every float metric (losses, ELBO, MMD) within a relative 1e-4. The two
   runs make the same draws and the same global batches; what differs is the order of floating-point
   sums (DDP averages two half-batch gradients where one process sums the whole batch), about 1e-7
-  relative per step, which after a few hundred Adam steps was measured at up to 2e-6 relative on the
-  metrics; 1e-4 leaves a margin of 50 and still fails on any wrong share of the batch (a missing loss
+  relative per step: measured at up to 9e-8 relative on this config's metrics (over the whole tiny
+  profile: up to 6e-7 on losses and ELBO, 7e-5 on one MMD², a difference of kernel means that cancels);
+  1e-4 leaves a margin of 1000 here and still fails on any wrong share of the batch (a missing loss
   scale or a half batch changes the losses by percents);
 - killing one rank mid-run: torchrun stops the job with an error naming the failed rank, finished
   stages are kept, and ``--resume`` under torchrun finishes with the numbers of the uninterrupted run;
