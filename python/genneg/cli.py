@@ -138,8 +138,7 @@ def _train(args: argparse.Namespace) -> int:
                              "recorded: --profile, --set, --seed and --threads cannot change it")
         start = time.perf_counter()
         rows = resume_run(args.run_dir, progress=not args.quiet, oracle=_oracle(args))
-        _print_table(args.run_dir, rows)
-        print(f"report: {args.run_dir / 'report.md'}  ({time.perf_counter() - start:.0f} s)")
+        _print_table(args.run_dir, rows, start)
         return 0
     if len(sources) != 1:
         raise ValueError("give exactly one of: an experiment name, --data (with --oracle), or --task; got "
@@ -162,16 +161,20 @@ def _train(args: argparse.Namespace) -> int:
     rows = train(task, run_dir=args.run_dir, profile=args.profile, seed=args.seed, threads=args.threads,
                  overrides=args.overrides, resume=args.resume, overwrite=args.overwrite,
                  progress=not args.quiet)
-    _print_table(args.run_dir, rows)
-    print(f"report: {args.run_dir / 'report.md'}  ({time.perf_counter() - start:.0f} s)")
+    _print_table(args.run_dir, rows, start)
     return 0
 
 
-def _print_table(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+def _print_table(run_dir: Path, rows: list[dict[str, Any]], start: float) -> None:
+    from genneg.pipeline.distributed import world
+
+    if not world().is_main:  # under torchrun, rank 0 speaks for the job
+        return
     from genneg.pipeline.experiment import open_run
 
     task, _, _ = open_run(run_dir)
     print(task.format_table(rows))
+    print(f"report: {run_dir / 'report.md'}  ({time.perf_counter() - start:.0f} s)")
 
 
 def _oracle(args: argparse.Namespace) -> Any:
@@ -279,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else "")
         print(f"\ngenneg {args.command}: interrupted (finished stages are kept{hint})", file=sys.stderr)
         return 130
+    finally:
+        from genneg.pipeline.distributed import shutdown
+
+        shutdown()  # leave the process group of a torchrun job (nothing for one process)
 
 
 if __name__ == "__main__":

@@ -149,14 +149,18 @@ class DDPMSchedule:
 
 def ddpm_loss(
     eps_model: EpsModel, x0: torch.Tensor, schedule: DDPMSchedule, *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, rows: slice | None = None,
 ) -> torch.Tensor:
     """Mean ε-prediction loss ``||ε_model(x_t, t) - ε||²`` (summed over sample dimensions, averaged over
-    the batch), ``t ~ U{0..T-1}``, ``ε ~ N(0, I)``. ``x0``: ``(B, *shape)`` float32. Returns a scalar."""
+    the batch), ``t ~ U{0..T-1}``, ``ε ~ N(0, I)``. ``x0``: ``(B, *shape)`` float32. Returns a scalar.
+    ``rows``: only these rows are evaluated and averaged (a data-parallel rank's share; ``eps_model`` then
+    sees those rows only); the noise of the whole batch is drawn all the same."""
     if x0.ndim < 2:
         raise ValueError(f"x0 must be (B, *shape), got shape {tuple(x0.shape)}")
     t = torch.randint(schedule.num_steps, (x0.shape[0],), generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if rows is not None:
+        x0, t, eps = x0[rows], t[rows], eps[rows]
     x_t = schedule.add_noise(x0, t, eps)
     return (eps_model(x_t, t) - eps).pow(2).flatten(1).sum(dim=1).mean()
 

@@ -98,14 +98,19 @@ def sample_sigma_log_uniform(
 
 
 def edm_loss(
-    denoiser: nn.Module, x0: torch.Tensor, config: EDMConfig, *, generator: torch.Generator | None = None
+    denoiser: nn.Module, x0: torch.Tensor, config: EDMConfig, *, generator: torch.Generator | None = None,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     """Mean EDM loss over a batch: ``lambda(sigma) ||D(x0 + sigma eps; sigma) - x0||²``, summed over
-    sample dimensions, averaged over the batch. ``x0``: ``(B, *shape)`` float32. Returns a scalar."""
+    sample dimensions, averaged over the batch. ``x0``: ``(B, *shape)`` float32. Returns a scalar.
+    ``rows``: only these rows are evaluated and averaged (a data-parallel rank's share); the noise of the
+    whole batch is drawn all the same, so each share sees the draws of a one-process run."""
     sigma = sample_sigma_log_uniform(
         x0.shape[0], config.sigma_min, config.sigma_max, generator=generator, device=x0.device
     )
     eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+    if rows is not None:
+        x0, sigma, eps = x0[rows], sigma[rows], eps[rows]
     x = x0 + broadcast_to_sample(sigma, x0) * eps
     err = (denoiser(x, sigma) - x0).pow(2).flatten(1).sum(dim=1)
     return (edm_loss_weight(sigma, config.sigma_data) * err).mean()

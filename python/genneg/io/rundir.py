@@ -77,13 +77,25 @@ class RunDir:
             ``overwrite`` is set.
         overwrite: allow starting a new run in a directory that has one (old markers and metrics are
             removed; other files are overwritten as stages rerun).
+        read_only: open an existing run to read it without changing anything on disk (no directory
+            created, ``metrics.jsonl`` not rewritten); every writing method then raises
+            :class:`RunStateError`. For reopening a finished run (``genneg sample|eval``) and for the
+            ranks of a data-parallel run that read what rank 0 writes.
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False
+        self, root: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
+        read_only: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.read_only = read_only
         existing = self.config_path.is_file() or self.stages_dir.is_dir()
+        if read_only:
+            if resume or overwrite:
+                raise ValueError("read_only=True cannot be combined with resume or overwrite")
+            if not existing:
+                raise RunStateError(f"{self.root} holds no run (no config.json)")
+            return
         if existing and not (resume or overwrite):
             raise RunStateError(f"{self.root} already holds a run; pass resume=True (CLI: --resume) to "
                                 "continue it, overwrite=True (CLI: --overwrite) to start it afresh, or "
@@ -114,14 +126,20 @@ class RunDir:
         return self.root / "stages"
 
     def path(self, *parts: str) -> Path:
-        """``root / parts...``, with parent directories created."""
+        """``root / parts...``, with parent directories created (not in a read-only run)."""
         p = self.root.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if not self.read_only:
+            p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise RunStateError(f"{self.root} is open read-only; cannot {what}")
 
     # config ------------------------------------------------------------------------------------------
     def write_config(self, config: Any) -> None:
         """Save the run's config; on a resumed run, require it to equal the saved one."""
+        self._writable("write the config")
         data = config_to_dict(config)
         if self.config_path.is_file():
             saved = json.loads(self.config_path.read_text())
@@ -148,6 +166,7 @@ class RunDir:
 
     def mark_done(self, stage: str, info: dict[str, Any] | None = None) -> None:
         """Record that ``stage`` finished; call after all its outputs are saved."""
+        self._writable(f"mark stage {stage!r} done")
         marker = self._marker(stage)
         marker.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(marker, json.dumps({"stage": stage, "finished_unix_s": time.time(),
@@ -170,6 +189,7 @@ class RunDir:
     def log(self, stage: str, record: dict[str, Any]) -> None:
         """Append ``{"stage": stage, **record}`` as one line of ``metrics.jsonl`` (flushed and synced)."""
         _check_stage(stage)
+        self._writable("append to metrics.jsonl")
         line = json.dumps({"stage": stage, **record}, sort_keys=True, allow_nan=True)
         with open(self.metrics_path, "a") as fh:
             fh.write(line + "\n")

@@ -43,6 +43,7 @@ from genneg.models.mlp import ResidualMLP
 from genneg.oracles.base import evaluate_oracle, sample_verdicts, verdicts_tensor
 from genneg.pipeline.baseline import heldout_elbo, train_denoiser
 from genneg.pipeline.distill import distillation_x0
+from genneg.pipeline.distributed import map_batches
 from genneg.pipeline.profiles import DataConfig, ExperimentConfig, get_profile
 from genneg.pipeline.registry import TaskImportError, absolute_reference, import_object, object_reference
 from genneg.pipeline.report import format_table
@@ -98,6 +99,7 @@ class VectorTask(Task):
 
     config_class: ClassVar[type] = ExperimentConfig
     pools_eval_samples: ClassVar[bool] = True
+    shards_evaluation: ClassVar[bool] = True
     title: ClassVar[str] = "arrays"
 
     train_x: torch.Tensor
@@ -212,12 +214,17 @@ class VectorTask(Task):
                  progress: bool = False, on_sampled: Callable[[], None] | None = None) -> EvalOutput:
         """Infraction rate (95% Wilson interval), held-out ELBO, MMD², ``N(r, p)`` and sampling time. The
         initial noise and the ELBO's draws come from generators seeded by the run seed only, so every model
-        of a run is measured on the same draws (paired comparisons). Tensors: ``x`` samples, ``valid``."""
+        of a run is measured on the same draws (paired comparisons). Tensors: ``x`` samples, ``valid``.
+        Data-parallel: sampling batches and ELBO chunks are shared among the ranks
+        (:func:`genneg.pipeline.distributed.map_batches`); every rank returns the same metrics."""
         config = self.config
         n = config.eval.num_samples if num_samples is None else num_samples
-        generator = stage_generator(config.seed, "eval/noise", self.device)
+
+        def batch(first: int, m: int) -> torch.Tensor:  # data-parallel: any rank can draw any batch
+            return self.sample(model, m, stage_generator(config.seed, f"eval/noise/rows{first}", self.device))
+
         start = time.perf_counter()
-        samples = self.sample(model, n, generator, progress=progress)
+        samples = torch.cat([x.to(self.device) for x in map_batches(n, self.sample_batch_size, batch)])
         seconds = time.perf_counter() - start
         if on_sampled is not None:
             on_sampled()

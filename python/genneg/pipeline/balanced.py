@@ -26,6 +26,7 @@ conditioning; see :mod:`genneg.guidance.guided`).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -37,7 +38,9 @@ import torch
 from tqdm.auto import tqdm
 
 from genneg.diffusion.denoiser import Denoiser, expand_sigma
+from genneg.io.rundir import stage_seed
 from genneg.oracles.base import evaluate_oracle
+from genneg.pipeline.distributed import all_gather_objects, map_batches, world
 
 __all__ = [
     "BalancedDataset",
@@ -236,9 +239,28 @@ def _label_batch(
     return labels, verdicts, mask
 
 
-def _draw(sample_fn: SampleFn, n: int) -> tuple[torch.Tensor, Cond | None]:
-    """``sample_fn(n)`` checked: ``(x (n, ...), cond or None)``."""
-    out = sample_fn(n)
+def _row_sampler(sample_fn: SampleFn) -> Callable[[int, int], Any]:
+    """``sample_fn`` as ``f(n, start)``: a function of two positional arguments is called with the global
+    row offset ``start`` of the batch (so it can seed the batch's randomness from it, the same for every
+    world size); a function of one is called with ``n`` alone (one process only: every rank would draw
+    the same samples from its own copy of the generator)."""
+    try:
+        params = inspect.signature(sample_fn).parameters.values()
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        by_rows = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+    except (TypeError, ValueError):  # builtins without a signature
+        by_rows = False
+    if by_rows:
+        return sample_fn  # type: ignore[return-value]
+    if world().world_size > 1:
+        raise ValueError("with more than one process sample_fn must take (n, start) and seed each batch from "
+                         "start; sample_fn(n) would draw the same samples on every rank")
+    return lambda n, start: sample_fn(n)  # type: ignore[call-arg]
+
+
+def _draw(sample_fn: Callable[[int, int], Any], n: int, start: int) -> tuple[torch.Tensor, Cond | None]:
+    """``sample_fn(n, start)`` checked: ``(x (n, ...), cond or None)``."""
+    out = sample_fn(n, start)
     x, cond = (out[0], dict(out[1])) if isinstance(out, tuple) else (out, None)
     if not isinstance(x, torch.Tensor) or x.shape[0] != n:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -264,6 +286,14 @@ def _cond_rows(cond: Cond | None, index: torch.Tensor) -> Cond | None:
     return None if cond is None else {k: v[index] for k, v in cond.items()}
 
 
+def _to(value: Any, device: torch.device) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: v.to(device) for k, v in value.items()}
+    return value.to(device)
+
+
 def draw_balanced(
     sample_fn: SampleFn,
     oracle: Callable[[Any], Any],
@@ -274,13 +304,23 @@ def draw_balanced(
     part_mask_fn: PartMaskFn | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    shrink: bool = False,
 ) -> BalancedDataset:
     """Draw from the model until ``num_total / 2`` valid and ``num_total / 2`` invalid samples are kept.
 
+    Data-parallel over the ranks of :mod:`genneg.pipeline.distributed` (a single process is the world of
+    one): the draws are cut into batches at global row offsets ``0, batch_size, ...``; in each round rank
+    ``r`` draws and labels the ``r``-th next batch, the labels are gathered, and every rank walks the
+    round's batches in row order, keeping the first examples of each class and counting every draw
+    (Python ints: exact) up to the batch that completes the set; later batches of that round are not
+    counted. The kept rows are gathered at the end, positives then negatives in row order. With a
+    ``sample_fn(n, start)`` that seeds each batch from ``start``, the set, the counts and ``pi_neg`` are
+    the same for every world size; every rank returns the whole set.
+
     Args:
-        sample_fn: ``sample_fn(n) -> (n, *sample_shape)`` samples of the current model, or ``(x, cond)``
-            for conditioned samples; it carries its own seeded generator, so a seeded ``sample_fn`` gives
-            the same set every time.
+        sample_fn: ``sample_fn(n, start)`` (or, for one process, ``sample_fn(n)``) ``-> (n, *sample_shape)``
+            samples of the current model, or ``(x, cond)`` for conditioned samples; ``start`` is the global
+            row offset of the batch.
         oracle: ``oracle(x, **cond) -> bool (n,) or (n, P)``, True = valid; tensors or NumPy (see
             :func:`genneg.oracles.base.evaluate_oracle`).
         num_total: examples to keep, even: ``num_total / 2`` per class.
@@ -289,22 +329,27 @@ def draw_balanced(
         part_mask_fn: ``part_mask_fn(x (n, *sample_shape), **cond) -> bool (n, P)``, True = a real part
             (padding is ignored); only for per-part oracles.
         generator: if given, shuffles the kept examples (their order is otherwise positives first).
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0).
+        shrink: when a class is too rare for the budget, instead of raising, draw exactly ``max_draws``
+            samples and keep every example of that class among them and ``N/2`` of the other (the set is
+            then smaller; ``extra["shrunk"]`` is True; the loss weights ``pi_y / f_y`` follow the mix).
 
     Returns:
         a :class:`BalancedDataset` with ``pi_neg`` = negatives among every draw / draws.
 
     Raises:
-        InfractionBudgetError: as soon as the estimated draws needed exceed ``max_draws``.
+        InfractionBudgetError: as soon as the estimated draws needed exceed ``max_draws`` (with
+            ``shrink``: only when ``max_draws`` draws hold no example of a class).
         ValueError: bad sizes, or ``sample_fn``/``oracle`` returning the wrong shapes.
     """
-    return _collect_balanced(lambda n: (*_draw(sample_fn, n), None), oracle, num_total, batch_size=batch_size,
-                             max_draws=max_draws, part_mask_fn=part_mask_fn, generator=generator,
-                             progress=progress, desc="balanced data")
+    rows = _row_sampler(sample_fn)
+    return _collect_balanced(lambda n, start: (*_draw(rows, n, start), None), oracle, num_total,
+                             batch_size=batch_size, max_draws=max_draws, part_mask_fn=part_mask_fn,
+                             generator=generator, progress=progress, desc="balanced data", shrink=shrink)
 
 
 def _collect_balanced(
-    draw: Callable[[int], tuple[torch.Tensor, Cond | None, torch.Tensor | None]],
+    draw: Callable[[int, int], tuple[torch.Tensor, Cond | None, torch.Tensor | None]],
     oracle: Callable[[Any], Any],
     num_total: int,
     *,
@@ -314,9 +359,11 @@ def _collect_balanced(
     generator: torch.Generator | None,
     progress: bool,
     desc: str,
+    shrink: bool = False,
 ) -> BalancedDataset:
-    """The loop of :func:`draw_balanced`; ``draw(n)`` returns ``(x, cond or None, log_w)``: ``log_w`` the
-    ``(n,)`` float64 log importance weights (target over proposal), or None when drawn from the model."""
+    """The loop of :func:`draw_balanced`; ``draw(n, start)`` returns ``(x, cond or None, log_w)``:
+    ``log_w`` the ``(n,)`` float64 log importance weights (target over proposal), or None when drawn from
+    the model."""
     if num_total < 2 or num_total % 2:
         raise ValueError(f"num_total must be an even number >= 2, got {num_total}")
     if batch_size < 1:
@@ -324,63 +371,103 @@ def _collect_balanced(
     budget = 100 * num_total if max_draws is None else int(max_draws)
     if budget < num_total:
         raise ValueError(f"max_draws={budget} is smaller than num_total={num_total}")
+    w = world()
     need = num_total // 2
     kept = {True: 0, False: 0}
-    chunks: dict[bool, list[tuple[torch.Tensor, ...]]] = {True: [], False: []}
+    # this rank's kept rows: (class, global row offset of the batch, x, log_w, part labels, mask, cond)
+    mine: list[tuple[bool, int, torch.Tensor, torch.Tensor, Any, Any, Any]] = []
     log_mass = {True: -math.inf, False: -math.inf}  # log Σ w over every draw of each class
     weighted = False
     drawn = negatives = 0
-    bar = tqdm(total=num_total, disable=not progress, desc=desc, unit="sample", leave=False)
+    shrinking = False
+    device: torch.device | None = None
+
+    def complete() -> bool:
+        return drawn >= budget if shrinking else (kept[True] >= need and kept[False] >= need)
+
+    bar = tqdm(total=num_total, disable=not progress or not w.is_main, desc=desc, unit="sample", leave=False)
     try:
-        while kept[True] < need or kept[False] < need:
-            n = min(batch_size, budget - drawn)
-            x, cond, log_w = draw(n)
-            labels, part_labels, mask = _label_batch(x, oracle, part_mask_fn, cond)
-            weighted = log_w is not None
-            if log_w is None:
-                log_w = torch.zeros(n, dtype=torch.float64, device=x.device)
-            drawn += n
-            negatives += int((~labels).sum())
-            for cls in (True, False):
-                members = labels == cls
-                if members.any():
-                    log_mass[cls] = float(torch.logaddexp(torch.tensor(log_mass[cls], dtype=torch.float64),
-                                                          torch.logsumexp(log_w[members].cpu(), dim=0)))
-                idx = torch.nonzero(members).flatten()[: need - kept[cls]]
-                if idx.numel():
-                    chunks[cls].append((x[idx], log_w[idx],
-                                        None if part_labels is None else part_labels[idx],
-                                        None if mask is None else mask[idx], _cond_rows(cond, idx)))
-                    kept[cls] += idx.numel()
-                    bar.update(idx.numel())
-            bar.set_postfix(infraction=f"{negatives / drawn:.4f}", drawn=drawn)
-            _check_budget(drawn, negatives, kept, need, budget)
+        while not complete():
+            sizes, offset = [], drawn
+            for _ in range(w.world_size):
+                sizes.append(min(batch_size, budget - offset))
+                offset += sizes[-1]
+            start = drawn + sum(sizes[: w.rank])
+            local: tuple[Any, ...] = (torch.zeros(0, dtype=torch.bool), None)
+            if sizes[w.rank] > 0:
+                x, cond, log_w = draw(sizes[w.rank], start)
+                device = x.device
+                labels, part_labels, mask = _label_batch(x, oracle, part_mask_fn, cond)
+                local = (labels.cpu(), None if log_w is None else log_w.cpu())
+            rounds = all_gather_objects(local)
+            for r, (labels_r, log_w_r) in enumerate(rounds):
+                n = sizes[r]
+                if n == 0 or complete():
+                    break
+                weighted = log_w_r is not None
+                if log_w_r is None:
+                    log_w_r = torch.zeros(n, dtype=torch.float64)
+                drawn += n
+                negatives += int((~labels_r).sum())
+                for cls in (True, False):
+                    members = labels_r == cls
+                    if members.any():
+                        log_mass[cls] = float(torch.logaddexp(
+                            torch.tensor(log_mass[cls], dtype=torch.float64),
+                            torch.logsumexp(log_w_r[members], dim=0)))
+                    idx = torch.nonzero(members).flatten()[: need - kept[cls]]
+                    if idx.numel():
+                        if r == w.rank:
+                            on = idx.to(device)
+                            mine.append((cls, start, x[on], log_w_r[idx],
+                                         None if part_labels is None else part_labels[on],
+                                         None if mask is None else mask[on], _cond_rows(cond, on)))
+                        kept[cls] += idx.numel()
+                        bar.update(idx.numel())
+                bar.set_postfix(infraction=f"{negatives / drawn:.4f}", drawn=drawn)
+                if not shrinking:
+                    try:
+                        _check_budget(drawn, negatives, kept, need, budget)
+                    except InfractionBudgetError:
+                        if not shrink:
+                            raise
+                        shrinking = True
     finally:
         bar.close()
-    parts = chunks[True] + chunks[False]
-    x_all = torch.cat([c[0] for c in parts])
-    labels_all = torch.cat([torch.ones(need, dtype=torch.bool), torch.zeros(need, dtype=torch.bool)]).to(
-        x_all.device)
-    part_labels_all = _cat([c[2] for c in parts])
-    mask_all = _cat([c[3] for c in parts])
-    cond_all = _cat_cond([c[4] for c in parts])
+    if shrinking and min(kept.values()) == 0:
+        absent = kept[True] == 0  # the class with no example among max_draws draws
+        count = drawn - negatives if absent else negatives
+        raise InfractionBudgetError(count / drawn, budget, drawn=drawn, needed=math.inf,
+                                    label="positive" if absent else "negative", rate_upper=1.0, missing=need)
+    chunks = [c for part in all_gather_objects(mine) for c in part]
+    target = device if device is not None else torch.device("cpu")
+    chunks = [(c[0], c[1], *(_to(v, target) for v in c[2:])) for c in chunks]
+    parts = sorted(chunks, key=lambda c: (not c[0], c[1]))  # positives first, each in row order
+    sizes_kept = kept[True], kept[False]
+    total = sum(sizes_kept)
+    x_all = torch.cat([c[2] for c in parts])
+    labels_all = torch.cat([torch.ones(sizes_kept[0], dtype=torch.bool),
+                            torch.zeros(sizes_kept[1], dtype=torch.bool)]).to(x_all.device)
+    part_labels_all = _cat([c[4] for c in parts])
+    mask_all = _cat([c[5] for c in parts])
+    cond_all = _cat_cond([c[6] for c in parts])
     weights_all = None
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"shrunk": True} if shrinking else {}
     if weighted:
         # self-normalised within each class over the kept examples: mean 1 per class
-        weights_all = torch.empty(num_total, dtype=torch.float32, device=x_all.device)
-        for cls, rows in ((True, slice(0, need)), (False, slice(need, num_total))):
-            lw = torch.cat([c[1] for c in chunks[cls]])
-            w = torch.exp(lw - lw.max())
-            weights_all[rows] = (w * (need / w.sum())).to(torch.float32)
-            extra[f"ess_{'pos' if cls else 'neg'}"] = float(w.sum() ** 2 / (w * w).sum())
+        weights_all = torch.empty(total, dtype=torch.float32, device=x_all.device)
+        for cls, rows in ((True, slice(0, sizes_kept[0])), (False, slice(sizes_kept[0], total))):
+            lw = torch.cat([c[3] for c in parts if c[0] == cls]).to(torch.float64)
+            wts = torch.exp(lw - lw.max())
+            weights_all[rows] = (wts * (lw.numel() / wts.sum())).to(torch.float32)
+            extra[f"ess_{'pos' if cls else 'neg'}"] = float(wts.sum() ** 2 / (wts * wts).sum())
         total_mass = float(torch.logaddexp(torch.tensor(log_mass[True]), torch.tensor(log_mass[False])))
         pi_neg = math.exp(log_mass[False] - total_mass)
         extra["proposal_pi_neg"] = negatives / drawn
     else:
         pi_neg = negatives / drawn
     if generator is not None:
-        perm = torch.randperm(num_total, generator=generator).to(x_all.device)
+        perm = torch.randperm(total, generator=generator).to(x_all.device)
         x_all, labels_all = x_all[perm], labels_all[perm]
         part_labels_all = None if part_labels_all is None else part_labels_all[perm]
         mask_all = None if mask_all is None else mask_all[perm]
@@ -425,40 +512,35 @@ def draw_imbalanced(
     """``num_total`` model samples with their natural class mix (the ``imbalanced`` ablation).
 
     Args and return as :func:`draw_balanced`; ``balanced`` is False and ``pi_neg`` is the fraction of
-    invalid samples among the ``num_total`` drawn.
+    invalid samples among the ``num_total`` drawn. Batches are drawn and labelled data-parallel
+    (:func:`genneg.pipeline.distributed.map_batches`) and gathered in row order.
 
     Raises:
         ValueError: when the draw holds a single class (no classifier can be trained on it).
     """
     if num_total < 2 or batch_size < 1:
         raise ValueError(f"need num_total >= 2 and batch_size >= 1, got {num_total}, {batch_size}")
-    xs: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    part_labels: list[torch.Tensor | None] = []
-    masks: list[torch.Tensor | None] = []
-    conds: list[Cond | None] = []
-    drawn = 0
-    with tqdm(total=num_total, disable=not progress, desc="imbalanced data", unit="sample",
-              leave=False) as bar:
-        while drawn < num_total:
-            n = min(batch_size, num_total - drawn)
-            x, cond = _draw(sample_fn, n)
-            lab, parts, mask = _label_batch(x, oracle, part_mask_fn, cond)
-            xs.append(x)
-            conds.append(cond)
-            labels.append(lab)
-            part_labels.append(parts)
-            masks.append(mask)
-            drawn += n
-            bar.update(n)
-    labels_all = torch.cat(labels)
+    rows = _row_sampler(sample_fn)
+
+    where: list[torch.device] = []
+
+    def one(start: int, n: int) -> tuple[Any, ...]:
+        x, cond = _draw(rows, n, start)
+        where.append(x.device)
+        return (x, *_label_batch(x, oracle, part_mask_fn, cond), cond)
+
+    batches = map_batches(num_total, batch_size, one)
+    device = where[0] if where else torch.device("cpu")  # gathered copies come back on the CPU
+    batches = [tuple(_to(v, device) for v in b) for b in batches]
+    labels_all = torch.cat([b[1] for b in batches])
     negatives = int((~labels_all).sum())
     if negatives in (0, num_total):
         raise ValueError(f"all {num_total} samples drawn are {'in' if negatives else ''}valid: "
                          "a classifier needs both classes")
     pi_neg = negatives / num_total
-    return BalancedDataset(torch.cat(xs), labels_all, _cat(part_labels), 1.0 - pi_neg, pi_neg, num_total,
-                           part_mask=_cat(masks), balanced=False, cond=_cat_cond(conds))
+    return BalancedDataset(torch.cat([b[0] for b in batches]), labels_all, _cat([b[2] for b in batches]),
+                           1.0 - pi_neg, pi_neg, num_total, part_mask=_cat([b[3] for b in batches]),
+                           balanced=False, cond=_cat_cond([b[4] for b in batches]))
 
 
 def ancestral_trajectories(
@@ -546,9 +628,13 @@ def draw_balanced_sis(
     gen_device = generator.device if generator is not None else torch.device(device)
     sigma_max = float(sigmas[0])
 
-    def draw(n: int) -> tuple[torch.Tensor, None, torch.Tensor]:
-        x = torch.randn((n, *sample_shape), generator=generator, device=gen_device).to(device) * sigma_max
-        x0, log_w = ancestral_trajectories(target, proposal, x, sigmas, generator=generator)
+    base_seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+
+    def draw(n: int, start: int) -> tuple[torch.Tensor, None, torch.Tensor]:
+        # each batch's randomness is seeded from its global row offset: the same draws for any world size
+        g = torch.Generator(device=gen_device).manual_seed(stage_seed(base_seed, f"sis/rows{start}"))
+        x = torch.randn((n, *sample_shape), generator=g, device=gen_device).to(device) * sigma_max
+        x0, log_w = ancestral_trajectories(target, proposal, x, sigmas, generator=g)
         return x0, None, log_w
 
     return _collect_balanced(draw, oracle, num_total, batch_size=batch_size, max_draws=max_draws,

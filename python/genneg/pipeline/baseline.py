@@ -20,6 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genneg.diffusion.edm import EDMConfig, edm_loss
+from genneg.io.rundir import stage_seed
+from genneg.pipeline.distributed import ddp, global_mean, map_batches, shard_rows, world
 from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
 __all__ = ["BaselineConfig", "TrainResult", "heldout_elbo", "train_denoiser"]
@@ -90,16 +92,25 @@ def heldout_elbo(
     num_sigmas: int,
     seed: int,
     batch_size: int = 4096,
+    chunk_points: int = 128,
 ) -> float:
-    """Mean ELBO (nats per sample) of ``x0`` ``(N, *shape)`` under ``denoiser``, with noise drawn from a
-    generator seeded with ``seed`` (so that two denoisers are compared on the same draws)."""
+    """Mean ELBO (nats per sample) of ``x0`` ``(N, *shape)`` under ``denoiser``, with noise drawn from
+    generators seeded with ``seed`` (so that two denoisers are compared on the same draws).
+
+    The points are cut into chunks of ``chunk_points`` rows, each chunk's noise drawn from a generator
+    seeded by ``seed`` and the chunk's first row, and the chunks are shared among the data-parallel ranks
+    (:func:`genneg.pipeline.distributed.map_batches`): every rank returns the same value, and the value
+    does not depend on the world size. Every rank must call it (it is a collective)."""
     from genneg.metrics import elbo
 
-    g = torch.Generator(device=x0.device)
-    g.manual_seed(seed)
-    values = elbo(denoiser, x0, edm_config, num_sigmas=num_sigmas, generator=g, batch_size=batch_size)
-    return float(values.mean())
+    def chunk(start: int, m: int) -> torch.Tensor:
+        g = torch.Generator(device=x0.device)
+        g.manual_seed(stage_seed(seed, f"elbo/rows{start}"))
+        return elbo(denoiser, x0[start:start + m], edm_config, num_sigmas=num_sigmas, generator=g,
+                    batch_size=batch_size)
 
+    values = [v.to(x0.device) for v in map_batches(x0.shape[0], chunk_points, chunk)]
+    return float(torch.cat(values).mean())
 
 
 def train_denoiser(
@@ -128,6 +139,12 @@ def train_denoiser(
     Returns:
         :class:`TrainResult`. On return ``denoiser`` holds the best weights (by held-out ELBO) or the
         final ones when never evaluated.
+
+    Data-parallel (:mod:`genneg.pipeline.distributed`): the batch is global; each rank evaluates its
+    share of rows (the noise of the whole batch drawn on every rank from the same ``generator``) through
+    ``DistributedDataParallel``, so the weights follow the one-process run up to the order of
+    floating-point sums. The held-out ELBO is sharded over the ranks and gathered (:func:`heldout_elbo`),
+    so every rank keeps the same best weights and stops at the same step.
     """
     if train_x.ndim < 2 or train_x.shape[0] == 0:
         raise ValueError(f"train_x must be (N, *shape) with N > 0, got {tuple(train_x.shape)}")
@@ -136,6 +153,10 @@ def train_denoiser(
                          f"{tuple(train_x.shape[1:])}")
     n = train_x.shape[0]
     batch = n if config.batch_size == 0 else min(config.batch_size, n)
+    w = world()
+    rows = shard_rows(batch, w)
+    share = (rows.stop - rows.start) * w.world_size / batch  # this rank's loss scale (1 for one process)
+    model = ddp(denoiser)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.lr)
     evaluate = heldout_x is not None and config.eval_every > 0
     history: list[dict[str, float]] = []
@@ -149,9 +170,9 @@ def train_denoiser(
         set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
                           config.lr_min_fraction, config.warmup)
         x0 = train_x if batch == n else train_x[torch.randint(n, (batch,), generator=generator)]
-        loss = edm_loss(denoiser, x0, edm_config, generator=generator)
-        optimizer_step(optimizer, loss, denoiser.parameters(), config.grad_clip)
-        loss_sum += float(loss.detach())
+        rank_loss = edm_loss(model, x0, edm_config, generator=generator, rows=rows) * share
+        optimizer_step(optimizer, rank_loss, denoiser.parameters(), config.grad_clip)
+        loss_sum += float(rank_loss.detach())  # this rank's scaled share; reduced at each evaluation
         loss_count += 1
         last = step + 1 == config.iterations
         if evaluate and ((step + 1) % config.eval_every == 0 or last):
@@ -159,7 +180,8 @@ def train_denoiser(
             value = heldout_elbo(denoiser, heldout_x, edm_config, num_sigmas=config.eval_num_sigmas,
                                  seed=config.eval_seed)
             denoiser.train()
-            entry = {"iteration": step + 1, "loss": loss_sum / loss_count, "heldout_elbo": value}
+            mean_loss = global_mean(torch.tensor(loss_sum, dtype=torch.float64)) / loss_count
+            entry = {"iteration": step + 1, "loss": mean_loss, "heldout_elbo": value}
             history.append(entry)
             if on_eval is not None:
                 on_eval(entry)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.edm import EDMConfig
 from genneg.pipeline.balanced import BalancedDataset
+from genneg.pipeline.distributed import ddp, global_mean_losses, shard_rows, world
 from genneg.pipeline.optim import ema_update, optimizer_step, set_learning_rate
 
 __all__ = [
@@ -203,6 +204,13 @@ def train_classifier(
     ``noise_levels``, and ``eps ~ N(0, I)``, and evaluates the classifier at ``x0 + sigma eps`` (at ``x0``
     in ``time_independent`` mode).
 
+    Data-parallel (:mod:`genneg.pipeline.distributed`): ``batch_size`` is the global batch. Every rank
+    draws the whole step's randomness from its copy of ``generator`` (the same on every rank) and
+    evaluates its contiguous share of the rows (:func:`~genneg.pipeline.distributed.shard_rows`) through
+    ``DistributedDataParallel``; its loss is scaled by ``share · W / batch_size``, so the averaged
+    gradient is the gradient of the global batch's mean loss, as in one process (up to the order of
+    floating-point sums). The returned losses are the global batch's (all-reduced).
+
     Args:
         classifier: ``c(x (B, ...), sigma (B,), **cond) -> logits (B,) or (B, P)`` with attribute
             ``time_dependent`` (a :class:`genneg.guidance.TimeClassifier`); its device is used.
@@ -238,6 +246,10 @@ def train_classifier(
         if noise_levels.numel() == 0 or not bool((noise_levels > 0).all()):
             raise ValueError("noise_levels must be a non-empty tensor of positive noise levels")
     n, b = len(data), config.batch_size
+    w = world()
+    rows = shard_rows(b, w)
+    share = (rows.stop - rows.start) * w.world_size / b  # this rank's loss scale (1 for one process)
+    model = ddp(classifier)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     losses = torch.empty(config.iterations, dtype=torch.float32, device=device)
     was_training = classifier.training
@@ -261,12 +273,13 @@ def train_classifier(
             x = x0 + broadcast_to_sample(sigma.to(x0.dtype), x0) * eps
         else:
             x, sigma = x0, torch.ones(b, device=device)
-        logits = classifier(x, sigma, **data.cond_rows(idx))
+        idx, x, sigma = idx[rows], x[rows], sigma[rows]
+        logits = model(x, sigma, **data.cond_rows(idx))
         if logits.ndim == 2 and data.part_labels is None:
             raise ValueError(f"classifier returned per-part logits {tuple(logits.shape)} but the set has no "
                              "part labels")
         mask = data.part_mask[idx] if data.part_mask is not None else None
-        loss = classifier_loss(logits, targets[idx], weights[idx], mask)
+        loss = classifier_loss(logits, targets[idx], weights[idx], mask) * share
         optimizer_step(optimizer, loss, classifier.parameters(), config.grad_clip)
         if ema is not None:
             ema_update(ema, classifier, config.ema_decay, step)
@@ -278,4 +291,4 @@ def train_classifier(
             for p, p_ema in zip(classifier.parameters(), ema.parameters(), strict=True):
                 p.copy_(p_ema)
     classifier.train(was_training)
-    return losses.tolist()
+    return global_mean_losses(losses)

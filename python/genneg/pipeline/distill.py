@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from genneg.diffusion.ddpm import DDPMSchedule
 from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.edm import EDMConfig, edm_loss_weight
+from genneg.pipeline.distributed import ddp, global_mean_losses, shard_rows, world
 from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
 __all__ = ["DistillConfig", "distillation_loss", "distillation_loss_eps", "distillation_x0",
@@ -110,6 +111,7 @@ def distillation_loss(
     *,
     generator: torch.Generator | None = None,
     cond: Mapping[str, torch.Tensor] | None = None,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     """Eq. 12 on one batch: ``mean_i lambda(sigma_i) ||D_psi(x_i; sigma_i) - D_K(x_i; sigma_i)||²``.
 
@@ -123,9 +125,11 @@ def distillation_loss(
         edm_config: noise range and ``sigma_data`` (data units).
         generator: random source of sigma and noise (its device is where they are drawn).
         cond: conditioning tensors of the ``B`` samples (leading dimension ``B``), or None.
+        rows: only these rows are evaluated and averaged (a data-parallel rank's share); the noise of the
+            whole batch is drawn all the same.
 
     Returns:
-        scalar loss (squared error summed over sample dimensions, averaged over the batch).
+        scalar loss (squared error summed over sample dimensions, averaged over the batch or ``rows``).
     """
     cond = {} if cond is None else dict(cond)
     gen_device = generator.device if generator is not None else x0.device
@@ -135,6 +139,8 @@ def distillation_loss(
     sigma = torch.exp(log_min + u * (log_max - log_min))
     eps = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
     x = x0 + broadcast_to_sample(sigma.to(x0.dtype), x0) * eps
+    if rows is not None:
+        x, sigma, cond = x[rows], sigma[rows], {k: v[rows] for k, v in cond.items()}
     with torch.no_grad():
         target = teacher(x, sigma, **cond)
     err = (student(x, sigma, **cond) - target).pow(2).flatten(1).sum(dim=1)
@@ -149,6 +155,7 @@ def distillation_loss_eps(
     *,
     generator: torch.Generator | None = None,
     cond: Mapping[str, torch.Tensor] | None = None,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     """Eq. 12 in ε form on one batch: ``mean_i ||eps_psi(x_t, t) - eps_K(x_t, t)||²``, ``t ~ U{0..T-1}``.
 
@@ -159,6 +166,7 @@ def distillation_loss_eps(
         schedule: the DDPM schedule of both models.
         generator: random source of ``t`` and noise (its device is where they are drawn).
         cond: conditioning tensors of the ``B`` samples, or None.
+        rows: only these rows are evaluated and averaged (a data-parallel rank's share).
 
     Returns:
         scalar loss (squared error summed over sample dimensions, averaged over the batch).
@@ -169,6 +177,8 @@ def distillation_loss_eps(
     t = torch.randint(schedule.num_steps, (b,), generator=generator, device=gen_device).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
     x_t = schedule.add_noise(x0, t, eps)
+    if rows is not None:
+        x_t, t, eps, cond = x_t[rows], t[rows], eps[rows], {k: v[rows] for k, v in cond.items()}
     with torch.no_grad():
         target = teacher(x_t, t, **cond)
     return (student(x_t, t, **cond) - target).pow(2).flatten(1).sum(dim=1).mean()
@@ -201,6 +211,11 @@ def train_distilled(
     Returns:
         the loss of every step, ``config.iterations`` floats (none, and the student untouched, when
         ``config.iterations == 0``).
+
+    Data-parallel (:mod:`genneg.pipeline.distributed`): ``config.batch_size`` is the global batch; each
+    rank evaluates student and teacher on its share of rows through ``DistributedDataParallel`` (the
+    randomness of the whole batch drawn on every rank from the same ``generator``), so the student follows
+    the one-process run up to the order of floating-point sums.
     """
     for attr in ("denoiser", "eps_model"):
         if getattr(teacher, attr, None) is student:
@@ -213,6 +228,10 @@ def train_distilled(
         if value.shape[0] != pool.shape[0]:
             raise ValueError(f"cond[{key!r}] has {value.shape[0]} rows for a pool of {pool.shape[0]}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
+    w = world()
+    rows = shard_rows(config.batch_size, w)
+    share = (rows.stop - rows.start) * w.world_size / config.batch_size
+    model = ddp(student)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
     losses = torch.empty(config.iterations, dtype=torch.float32, device=device)
     was_training = student.training
@@ -225,14 +244,15 @@ def train_distilled(
         idx = idx.to(device)
         batch_cond = {k: v[idx] for k, v in pool_cond.items()}
         if isinstance(edm_config, DDPMSchedule):
-            loss = distillation_loss_eps(student, teacher, pool[idx], edm_config, generator=generator,
-                                         cond=batch_cond)
+            loss = distillation_loss_eps(model, teacher, pool[idx], edm_config, generator=generator,
+                                         cond=batch_cond, rows=rows)
         else:
-            loss = distillation_loss(student, teacher, pool[idx], edm_config, generator=generator,
-                                     cond=batch_cond)
+            loss = distillation_loss(model, teacher, pool[idx], edm_config, generator=generator,
+                                     cond=batch_cond, rows=rows)
+        loss = loss * share
         optimizer_step(optimizer, loss, student.parameters(), config.grad_clip)
         losses[step] = loss.detach()
         if progress and (step % 50 == 0 or step == config.iterations - 1):
             bar.set_postfix(loss=f"{loss.item():.4f}")
     student.train(was_training)
-    return losses.tolist()
+    return global_mean_losses(losses)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,13 +55,8 @@ from genneg.io.checkpoint import (
 from genneg.io.config import apply_overrides, config_to_dict
 from genneg.io.rundir import RunDir, RunStateError, stage_generator, stage_seed
 from genneg.metrics import reduction
-from genneg.pipeline.balanced import (
-    BalancedDataset,
-    InfractionBudgetError,
-    _label_batch,
-    draw_balanced,
-    draw_imbalanced,
-)
+from genneg.pipeline import distributed
+from genneg.pipeline.balanced import BalancedDataset, draw_balanced, draw_imbalanced
 from genneg.pipeline.classifier import train_classifier
 from genneg.pipeline.distill import train_distilled
 from genneg.pipeline.plots import plot_progress
@@ -183,7 +177,7 @@ def open_run(run_dir: str | Path, *, oracle: Callable[..., Any] | None = None,
         RunStateError: no run there, or its data no longer match the run.
         TaskImportError: the task factory or oracle recorded with the run does not import (named).
     """
-    run = RunDir(run_dir, resume=True)
+    run = RunDir(run_dir, read_only=True)
     task_file = run.root / TASK_FILE
     if task_file.is_file():
         reference = json.loads(task_file.read_text())
@@ -224,8 +218,12 @@ def load_model(run_dir: str | Path, name: str, *, oracle: Callable[..., Any] | N
 
 @contextlib.contextmanager
 def _intra_op_threads(num_threads: int) -> Iterator[None]:
-    """PyTorch intra-op threads set to ``num_threads`` (0: unchanged) for the block."""
+    """PyTorch intra-op threads set to ``num_threads`` for the block; 0: the cores per local rank when
+    several ranks share the machine (:func:`~genneg.pipeline.distributed.threads_per_rank`), else
+    unchanged."""
     previous = torch.get_num_threads()
+    if num_threads == 0 and distributed.world().local_world_size > 1:
+        num_threads = distributed.threads_per_rank()
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     try:
@@ -235,11 +233,23 @@ def _intra_op_threads(num_threads: int) -> Iterator[None]:
 
 
 class _Runner:
-    """Runs stages in order, skipping finished ones (see the module docstring)."""
+    """Runs stages in order, skipping finished ones (see the module docstring).
+
+    Data-parallel (:mod:`genneg.pipeline.distributed`): every rank runs every stage; rank 0 alone writes
+    (checkpoints, datasets, samples, ``metrics.jsonl``, markers) and the others read what it wrote after
+    the barrier that ends each stage."""
 
     def __init__(self, task: Task, config: Any, run: RunDir, progress: bool, hook: StageHook | None) -> None:
         self.task, self.config, self.run, self.progress, self.hook = task, config, run, progress, hook
+        self.world = distributed.world()
+        self.main = self.world.is_main
+        self.progress = progress and self.main
         self.started = time.perf_counter()
+
+    def log(self, stage: str, record: dict[str, Any]) -> None:
+        """Append a metric record (rank 0)."""
+        if self.main:
+            self.run.log(stage, record)
 
     def say(self, text: str) -> None:
         if self.progress:
@@ -259,7 +269,9 @@ class _Runner:
         self._event(name, "start")
         t0 = time.perf_counter()
         info = body(stage_generator(self.config.seed, name, self.task.generator_device)) or {}
-        self.run.mark_done(name, {"seconds": time.perf_counter() - t0, **info})
+        if self.main:
+            self.run.mark_done(name, {"seconds": time.perf_counter() - t0, **self.world.record(), **info})
+        distributed.barrier()  # the other ranks read the stage's outputs after this
         self._event(name, "done")
         self.say(f"{name}: done in {time.perf_counter() - t0:.1f}s")
         return True
@@ -278,6 +290,8 @@ class _Runner:
         data_dir = self.run.root / "data"
 
         def body(g: torch.Generator) -> dict[str, Any]:
+            if not self.main:
+                return {}
             data_dir.mkdir(exist_ok=True)
             return self.task.prepare(self.config, data_dir, progress=self.progress) or {}
 
@@ -290,13 +304,14 @@ class _Runner:
             model = self.fresh(task.new_denoiser, "baseline/init")
 
             def on_eval(entry: dict[str, Any]) -> None:
-                run.log("baseline", {"kind": "train", **entry})
+                self.log("baseline", {"kind": "train", **entry})
                 self._event("baseline", "progress")
 
             summary = task.train_baseline(model, g, progress=self.progress, on_eval=on_eval)
-            save_checkpoint(run.path("checkpoints", "baseline.safetensors"), model,
-                            {"stage": "baseline", **summary})
-            run.log("baseline", {"kind": "train_summary", **summary})
+            if self.main:
+                save_checkpoint(run.path("checkpoints", "baseline.safetensors"), model,
+                                {"stage": "baseline", **summary})
+            self.log("baseline", {"kind": "train_summary", **summary})
             return summary
 
         self.stage("baseline", body)
@@ -307,8 +322,12 @@ class _Runner:
         stage = f"eval/{name}"
 
         def body(g: torch.Generator) -> dict[str, Any]:
+            if not (self.main or self.task.shards_evaluation):  # evaluated on rank 0 alone
+                return {}
             metrics, tensors = self.task.evaluate(model, progress=self.progress,
                                                   on_sampled=lambda: self._event(stage, "sampled"))
+            if not self.main:  # a sharded evaluation: the same metrics on every rank; rank 0 writes
+                return {}
             save_tensors(self.run.path("samples", f"{name}.safetensors"), tensors)
             n = metrics["n_parallel"]
             red = 0.0 if group == "baseline" else (
@@ -324,23 +343,24 @@ class _Runner:
                  f"N={record['n_parallel']}")
         return record
 
-    def sampler(self, model: nn.Module, pool_name: str | None, g: torch.Generator
-                ) -> Callable[[int], tuple[torch.Tensor, Cond | None]]:
-        """``sample_fn(n) -> (x, cond)``: ``n`` training contexts (None for unconditioned tasks) and a sample
-        of ``model`` in each; for tasks that pool, the evaluation samples of ``pool_name`` come first."""
+    def sampler(self, model: nn.Module, pool_name: str | None, stage: str
+                ) -> Callable[[int, int], tuple[torch.Tensor, Cond | None]]:
+        """``sample_fn(n, start) -> (x, cond)``: rows ``start .. start + n - 1`` of the stage's stream of
+        draws: ``n`` training contexts (None for unconditioned tasks) and a sample of ``model`` in each,
+        drawn from a generator seeded by the run seed, ``stage`` and ``start`` (so any rank can draw any
+        batch, and the stream is the same for every world size); for tasks that pool, the evaluation
+        samples of ``pool_name`` are the stream's first rows."""
         task = self.task
         pool = None
         if pool_name and task.pools_eval_samples:
             pool = load_tensors(self.run.path("samples", f"{pool_name}.safetensors"))["x"]
-        state = {"offset": 0}
 
-        def sample_fn(n: int) -> tuple[torch.Tensor, Cond | None]:
+        def sample_fn(n: int, start: int) -> tuple[torch.Tensor, Cond | None]:
+            g = stage_generator(self.config.seed, f"{stage}/rows{start}", task.generator_device)
             cond = task.train_contexts(n, g)
             parts = []
-            if pool is not None and state["offset"] < pool.shape[0]:
-                take = pool[state["offset"]: state["offset"] + n].to(task.device)
-                state["offset"] += take.shape[0]
-                parts.append(take)
+            if pool is not None and start < pool.shape[0]:
+                parts.append(pool[start: start + n].to(task.device))
             missing = n - sum(p.shape[0] for p in parts)
             if missing > 0:
                 parts.append(task.sample(model, missing, g, cond=cond, progress=self.progress))
@@ -353,77 +373,35 @@ class _Runner:
         path = self.run.path(stage, "dataset.safetensors")
 
         def body(g: torch.Generator) -> dict[str, Any]:
-            sampler = self.sampler(model, pool_name, g)
+            sampler = self.sampler(model, pool_name, stage)
 
-            def sample_fn(n: int) -> Any:
-                x, cond = sampler(n)
+            def sample_fn(n: int, start: int) -> Any:
+                x, cond = sampler(n, start)
                 return x if cond is None else (x, cond)
 
             if balanced:
-                dataset = self._draw_balanced(sample_fn, g)
+                gen_neg = cfg.gen_neg
+                dataset = draw_balanced(sample_fn, task.oracle, gen_neg.num_samples,
+                                        batch_size=task.sample_batch_size, max_draws=gen_neg.max_draws,
+                                        part_mask_fn=task.part_mask_fn, generator=g, progress=self.progress,
+                                        shrink=gen_neg.budget_policy == "shrink")
+                if dataset.extra.get("shrunk"):
+                    self.say(f"balanced data: a class too rare for max_draws={gen_neg.max_draws}; the set "
+                             f"shrank to {dataset.num_pos} valid and {dataset.num_neg} invalid examples")
             else:
                 dataset = draw_imbalanced(sample_fn, task.oracle, cfg.gen_neg.num_samples,
                                           batch_size=task.sample_batch_size, part_mask_fn=task.part_mask_fn,
                                           progress=self.progress)
-            dataset.save(path)
+            if self.main:
+                dataset.save(path)
             info = {"pi_neg": dataset.pi_neg, "num_drawn": dataset.num_drawn, "num_pos": dataset.num_pos,
                     "num_neg": dataset.num_neg, "balanced": balanced,
                     "shrunk": bool(dataset.extra.get("shrunk", False))}
-            self.run.log(stage, {"kind": "data", **info})
+            self.log(stage, {"kind": "data", **info})
             return info
 
         self.stage(stage, body)
         return BalancedDataset.load(path, device=task.device)
-
-    def _draw_balanced(self, sample_fn: Callable[[int], Any], g: torch.Generator) -> BalancedDataset:
-        """``draw_balanced``; with ``gen_neg.budget_policy == "shrink"``, a model too rare in one class for
-        the budget gets, instead of an error, every example of that class among exactly ``max_draws``
-        draws and ``N/2`` of the other (the loss weights ``pi_y / f_y`` follow the actual mix)."""
-        cfg, task = self.config.gen_neg, self.task
-        drawn: list[Any] = []
-
-        def recording(n: int) -> Any:
-            out = sample_fn(n)
-            drawn.append(out)
-            return out
-
-        try:
-            return draw_balanced(recording, task.oracle, cfg.num_samples, batch_size=task.sample_batch_size,
-                                 max_draws=cfg.max_draws, part_mask_fn=task.part_mask_fn, generator=g,
-                                 progress=self.progress)
-        except InfractionBudgetError as err:
-            if cfg.budget_policy != "shrink":
-                raise
-            self.say(f"balanced data: {err}; shrinking the set to what {cfg.max_draws} draws hold")
-        total = sum((d[0] if isinstance(d, tuple) else d).shape[0] for d in drawn)
-        while total < cfg.max_draws:
-            n = min(task.sample_batch_size, cfg.max_draws - total)
-            drawn.append(sample_fn(n))
-            total += n
-        xs = [d[0] if isinstance(d, tuple) else d for d in drawn]
-        conds = [d[1] if isinstance(d, tuple) else None for d in drawn]
-        x = torch.cat(xs)
-        cond = None if conds[0] is None else {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
-        valid, part_labels, part_mask = _label_batch(x, task.oracle, task.part_mask_fn, cond)
-        half = cfg.num_samples // 2
-        pos = torch.nonzero(valid).flatten()[:half]
-        neg = torch.nonzero(~valid).flatten()[:half]
-        if pos.numel() == 0 or neg.numel() == 0:
-            raise InfractionBudgetError(float((~valid).float().mean()), cfg.max_draws, drawn=total,
-                                        needed=math.inf, label="negative" if neg.numel() == 0 else "positive",
-                                        rate_upper=1.0, missing=half)
-        keep = torch.cat([pos, neg])
-        keep = keep[torch.randperm(keep.numel(), generator=g).to(x.device)]
-        pi_neg = float((~valid).float().mean())
-
-        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[keep]
-
-        # up to N/2 of each class; the importance weights pi_y / f_y correct for the actual class mix
-        return BalancedDataset(x=x[keep], labels=valid[keep], part_labels=rows(part_labels),
-                               pi_pos=1.0 - pi_neg, pi_neg=pi_neg, num_drawn=total, part_mask=rows(part_mask),
-                               balanced=True, extra={"shrunk": True},
-                               cond=None if cond is None else {k: v[keep] for k, v in cond.items()})
 
     def classifier(self, stage: str, name: str, dataset: BalancedDataset, mode: str) -> nn.Module:
         cfg, task = self.config, self.task
@@ -439,8 +417,9 @@ class _Runner:
             tail = losses[-max(1, len(losses) // 10):] if losses else []
             info = {"mode": mode, "time_dependent": time_dependent,
                     "final_loss": sum(tail) / len(tail) if tail else None}
-            save_checkpoint(classifier_path(self.run, name), classifier, {"stage": stage, **info})
-            self.run.log(stage, {"kind": "classifier", **info})
+            if self.main:
+                save_checkpoint(classifier_path(self.run, name), classifier, {"stage": stage, **info})
+            self.log(stage, {"kind": "classifier", **info})
             return info
 
         self.stage(stage, body)
@@ -456,15 +435,27 @@ class _Runner:
             else:
                 student = self.fresh(task.new_denoiser, "distill/init")
             student.train()
-            x0, cond = task.distillation_data(self.sampler(teacher, teacher_pool, g), g)
+            sampler = self.sampler(teacher, teacher_pool, "distill/teacher")
+
+            def sample_teacher(n: int) -> tuple[torch.Tensor, Cond | None]:
+                """``n`` teacher samples, drawn data-parallel in batches and gathered in row order."""
+                batches = distributed.map_batches(n, task.sample_batch_size, lambda s, m: sampler(m, s))
+                x = torch.cat([b[0].to(task.device) for b in batches])
+                conds = [b[1] for b in batches]
+                cond = None if conds[0] is None else {
+                    k: torch.cat([c[k].to(task.device) for c in conds]) for k in conds[0]}
+                return x, cond
+
+            x0, cond = task.distillation_data(sample_teacher, g)
             history = train_distilled(student, teacher, x0, cfg.distill, task.distill_noise, generator=g,
                                       progress=self.progress, cond=cond)
             losses = [float(v) for v in (history or [])]
             info = {"x0_source": cfg.distill.x0_source, "num_x0": int(x0.shape[0]),
                     "final_loss": sum(losses[-50:]) / len(losses[-50:]) if losses else None}
-            save_checkpoint(run.path("checkpoints", "distilled.safetensors"), student,
-                            {"stage": "distill", **info})
-            run.log("distill", {"kind": "distill", **info})
+            if self.main:
+                save_checkpoint(run.path("checkpoints", "distilled.safetensors"), student,
+                                {"stage": "distill", **info})
+            self.log("distill", {"kind": "distill", **info})
             return info
 
         self.stage("distill", body)
@@ -511,7 +502,9 @@ def run_gen_neg(task: Task, config: Any, run: RunDir, *, progress: bool = True,
             runner.evaluate("distilled", "distilled", config.gen_neg.iterations, student,
                             task.num_parameters(student), baseline_n)
         runner.say("report: writing")
-        write_run_report(run, task=task)
+        if runner.main:
+            write_run_report(run, task=task)
+        distributed.barrier()
         return eval_rows(run.records())
 
 
@@ -526,7 +519,7 @@ def write_run_report(run: RunDir, *, task: Task | None = None) -> Path:
         ValueError: the run has no evaluation records yet.
     """
     if task is None:
-        task, config, run = open_run(run.root)
+        task, config, _ = open_run(run.root)
     else:
         config = task.config
     rows = eval_rows(run.records())
@@ -550,6 +543,10 @@ def write_run_report(run: RunDir, *, task: Task | None = None) -> Path:
         f"classifier {config.classifier.iterations} iterations (batch {config.classifier.batch_size}), "
         f"guidance scale {config.gen_neg.guidance_scale:g}",
     ]
+    infos = [run.stage_info(s) for s in run.completed_stages()]
+    worlds = sorted({(int(i.get("world_size", 1)), str(i.get("backend", "none"))) for i in infos})
+    notes.append("processes: " + "; ".join(f"world size {n} (backend {backend})" for n, backend in worlds)
+                 + " (per stage: the markers in stages/)")
     notes += task.report_notes(run)
     for k in range(1, config.gen_neg.iterations + 1):
         recs = run.records(f"iter{k}/data")
@@ -609,12 +606,24 @@ def run_task(task: Task, config: Any, run_dir: str | Path, *, resume: bool = Fal
         raise TypeError(f"task {task.name!r} takes a {task.config_class.__name__}, got "
                         f"{type(config).__name__}")
     reference = task.reference() if reference is None else reference
+    world = distributed.init_from_env(config.device)
     if resume and (Path(run_dir) / "config.json").is_file():
         _check_same_task(Path(run_dir), reference)
-    run = RunDir(run_dir, resume=resume, overwrite=overwrite)
-    task_file = run.root / TASK_FILE
-    run.write_config(config)
-    atomic_write_text(task_file, json.dumps(reference, indent=2, sort_keys=True) + "\n")
+    error: BaseException | None = None
+    if world.is_main:  # rank 0 opens (or creates) the run and writes; the others then read it
+        try:
+            run = RunDir(run_dir, resume=resume, overwrite=overwrite)
+            run.write_config(config)
+            atomic_write_text(run.root / TASK_FILE, json.dumps(reference, indent=2, sort_keys=True) + "\n")
+        except (RunStateError, OSError) as err:
+            error = err
+    failed = distributed.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if failed is not None:
+        raise RunStateError(f"rank 0 could not open the run in {run_dir}: {failed}")
+    if not world.is_main:
+        run = RunDir(run_dir, read_only=True)
     return run_gen_neg(task, config, run, progress=progress, hook=hook)
 
 
@@ -629,7 +638,7 @@ def resume_run(run_dir: str | Path, *, progress: bool = True, hook: StageHook | 
     reference = (json.loads(task_file.read_text()) if task_file.is_file()
                  else {"experiment": json.loads((root / "config.json").read_text()).get("experiment")})
     task = _task_from_reference(reference, root / "data", oracle)
-    config = RunDir(root, resume=True).read_config(task.config_class)
+    config = RunDir(root, read_only=True).read_config(task.config_class)
     return run_task(task, config, root, resume=True, progress=progress, hook=hook, reference=reference)
 
 
@@ -697,7 +706,7 @@ def train(
         _check_same_task(root, task_obj.reference() if reference is None else reference)
     if config is None:
         if resume and (root / "config.json").is_file():
-            config = RunDir(root, resume=True).read_config(task_obj.config_class)
+            config = RunDir(root, read_only=True).read_config(task_obj.config_class)
             if profile is not None and profile != config.profile:
                 raise ValueError(f"{root} was run with profile {config.profile!r}, not {profile!r}")
         else:

@@ -31,9 +31,7 @@ tiny|quick|paper``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +50,7 @@ from genneg.data.motion import (
     write_deepmimic_split,
     write_procedural_dataset,
 )
-from genneg.diffusion.ddpm import DDPMSchedule, ddpm_ancestral_sample, ddpm_loss
+from genneg.diffusion.ddpm import DDPMSchedule, ddpm_ancestral_sample
 from genneg.diffusion.edm import EDMConfig
 from genneg.guidance import GuidedEps, TimeClassifier
 from genneg.io.checkpoint import load_checkpoint, save_checkpoint
@@ -70,13 +68,13 @@ from genneg.metrics.motion import (
 )
 from genneg.models.motion_transformer import MotionEpsNet, MotionLogitNet
 from genneg.oracles.motion import GroundPenetrationOracle
+from genneg.pipeline.ddpm_training import train_ddpm
 from genneg.pipeline.motion_profiles import (
     MOTION_PROFILES,
     MotionExperimentConfig,
     MotionTrainingConfig,
     get_motion_profile,
 )
-from genneg.pipeline.optim import ema_update, optimizer_step, set_learning_rate
 from genneg.pipeline.registry import Experiment
 from genneg.pipeline.task import Cond, EvalOutput, Task
 
@@ -133,8 +131,9 @@ def train_motion_baseline(eps_model: nn.Module, train_x: torch.Tensor, heldout_x
                           heldout_family: torch.Tensor | None = None, num_families: int = 0,
                           family_dropout: float = 0.0, progress: bool = False,
                           on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train the ε-model in place with Adam on :func:`~genneg.diffusion.ddpm.ddpm_loss`, keeping the (EMA)
-    weights of the best held-out r-ELBO (per frame).
+    """Train the ε-model in place with :func:`~genneg.pipeline.ddpm_training.train_ddpm` (the DDPM loss,
+    Adam, EMA), keeping the (EMA) weights of the best held-out r-ELBO (per frame); batches are clips with,
+    when conditioned, their family label dropped with probability ``family_dropout``.
 
     Args:
         eps_model: the model; train_x, heldout_x: ``(N, F, D)`` clips; config: optimiser and selection.
@@ -147,55 +146,24 @@ def train_motion_baseline(eps_model: nn.Module, train_x: torch.Tensor, heldout_x
         ``{"best_iteration", "best_r_elbo" (per frame), "iterations_run", "final_loss"}``.
     """
     device = train_x.device
-    optimizer = torch.optim.Adam(eps_model.parameters(), lr=config.lr)
     held = heldout_x[:config.eval_clips]
     held_cond = None if heldout_family is None else {"family": heldout_family[:config.eval_clips]}
     frames = train_x.shape[1]
-    best: dict[str, Any] = {"iteration": 0, "r_elbo": -math.inf, "state": None}
-    losses: list[float] = []
-    ema = copy.deepcopy(eps_model).eval().requires_grad_(False) if config.ema_decay > 0 else None
-    weights = ema if ema is not None else eps_model
 
-    def evaluate(step: int) -> None:
-        weights.eval()
-        value = float(motion_r_elbo(weights, held, schedule, num_timesteps=config.eval_timesteps, seed=seed,
-                                    cond=held_cond).mean()) / frames
-        eps_model.train()
-        record = {"iteration": step, "r_elbo_per_frame": value,
-                  "loss": float(np.mean(losses[-100:])) if losses else None}
-        if on_eval is not None:
-            on_eval(record)
-        if value > best["r_elbo"]:
-            best.update(iteration=step, r_elbo=value, state=copy.deepcopy(weights.state_dict()))
+    def draw_batch(g: torch.Generator, b: int) -> tuple[torch.Tensor, Cond | None]:
+        idx = torch.randint(train_x.shape[0], (b,), generator=g).to(device)
+        if train_family is None:
+            return train_x[idx], None
+        family = train_family[idx].clone()
+        family[(torch.rand(b, generator=g) < family_dropout).to(device)] = num_families
+        return train_x[idx], {"family": family}
 
-    eps_model.train()
-    bar = tqdm(range(config.iterations), disable=not progress, desc="baseline (DDPM)", leave=False)
-    for step in bar:
-        set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
-                          config.lr_min_fraction, config.warmup)
-        idx = torch.randint(train_x.shape[0], (config.batch_size,), generator=generator).to(device)
-        cond = None
-        if train_family is not None:
-            family = train_family[idx].clone()
-            drop = (torch.rand(len(idx), generator=generator) < family_dropout).to(device)
-            family[drop] = num_families
-            cond = {"family": family}
-        loss = ddpm_loss(_bind(eps_model, cond), train_x[idx], schedule, generator=generator)
-        optimizer_step(optimizer, loss, eps_model.parameters(), config.grad_clip)
-        if ema is not None:
-            ema_update(ema, eps_model, config.ema_decay, step)
-        losses.append(float(loss.detach()))
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        if config.eval_every and (step + 1) % config.eval_every == 0:
-            evaluate(step + 1)
-    if not config.eval_every or config.iterations % config.eval_every:
-        evaluate(config.iterations)
-    if best["state"] is not None:
-        eps_model.load_state_dict(best["state"])
-    eps_model.eval()
-    return {"best_iteration": best["iteration"], "best_r_elbo": best["r_elbo"],
-            "iterations_run": config.iterations, "final_loss": float(np.mean(losses[-100:]))}
+    def evaluate(weights: nn.Module) -> float:
+        return float(motion_r_elbo(weights, held, schedule, num_timesteps=config.eval_timesteps, seed=seed,
+                                   cond=held_cond).mean()) / frames
+
+    return train_ddpm(eps_model, draw_batch, evaluate, config, schedule, generator, metric="r_elbo_per_frame",
+                      progress=progress, on_eval=on_eval)
 
 
 class MotionTask(Task):

@@ -3,22 +3,19 @@ and training of the baseline ε-model (METHOD.md 3, 7, 8 "Traffic")."""
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from genneg.data.traffic.scene_set import Cond, SceneSet
-from genneg.diffusion.ddpm import DDPMSchedule, ddpm_ancestral_sample, ddpm_loss
+from genneg.diffusion.ddpm import DDPMSchedule, ddpm_ancestral_sample
 from genneg.metrics import r_elbo
 from genneg.models.scene_networks import SceneEpsModel
-from genneg.pipeline.optim import ema_update, optimizer_step, set_learning_rate
+from genneg.pipeline.ddpm_training import train_ddpm
 
 __all__ = ["SceneTrainingConfig", "mean_per_vehicle", "sample_scenes", "scene_r_elbo", "train_scene_baseline"]
 
@@ -153,8 +150,9 @@ def train_scene_baseline(
     progress: bool = False,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train the ε-model in place with Adam on :func:`~genneg.diffusion.ddpm.ddpm_loss` (masked by
-    :class:`SceneEpsModel`'s exact padding ε), keeping the (EMA) weights of the best held-out r-ELBO.
+    """Train the ε-model in place with :func:`~genneg.pipeline.ddpm_training.train_ddpm` (the DDPM loss,
+    masked by :class:`SceneEpsModel`'s exact padding ε), keeping the (EMA) weights of the best held-out
+    r-ELBO; batches are rows of scenes with their conditioning.
 
     Args:
         eps_model: the model; train/heldout: scenes; config: optimiser and selection.
@@ -167,46 +165,15 @@ def train_scene_baseline(
         ``{"best_iteration", "best_r_elbo" (per vehicle), "iterations_run", "final_loss"}``.
     """
     device = train.tokens.device
-    optimizer = torch.optim.Adam(eps_model.parameters(), lr=config.lr)
     held = heldout.rows(torch.arange(min(config.eval_scenes, len(heldout)), device=device))
-    best = {"iteration": 0, "r_elbo": -math.inf, "state": None}
-    losses: list[float] = []
-    ema = copy.deepcopy(eps_model).eval().requires_grad_(False) if config.ema_decay > 0 else None
-    weights = ema if ema is not None else eps_model
 
-    def evaluate(step: int) -> None:
-        weights.eval()
-        value = mean_per_vehicle(scene_r_elbo(weights, held, schedule, num_timesteps=config.eval_timesteps,
-                                               seed=seed), held.cond["valid"])
-        eps_model.train()
-        record = {"iteration": step, "r_elbo_per_vehicle": value,
-                  "loss": float(np.mean(losses[-100:])) if losses else None}
-        if on_eval is not None:
-            on_eval(record)
-        if value > best["r_elbo"]:
-            best.update(iteration=step, r_elbo=value, state=copy.deepcopy(weights.state_dict()))
+    def draw_batch(g: torch.Generator, b: int) -> tuple[torch.Tensor, Cond]:
+        batch = train.rows(torch.randint(len(train), (b,), generator=g).to(device))
+        return batch.tokens, batch.cond
 
-    eps_model.train()
-    bar = tqdm(range(config.iterations), disable=not progress, desc="baseline (DDPM)", leave=False)
-    for step in bar:
-        set_learning_rate(optimizer, config.lr, step, config.iterations, config.lr_schedule,
-                          config.lr_min_fraction, config.warmup)
-        idx = torch.randint(len(train), (config.batch_size,), generator=generator).to(device)
-        batch = train.rows(idx)
-        loss = ddpm_loss(_bind(eps_model, batch.cond), batch.tokens, schedule, generator=generator)
-        optimizer_step(optimizer, loss, eps_model.parameters(), config.grad_clip)
-        if ema is not None:
-            ema_update(ema, eps_model, config.ema_decay, step)
-        losses.append(float(loss.detach()))
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        if config.eval_every and (step + 1) % config.eval_every == 0:
-            evaluate(step + 1)
-    if not config.eval_every or config.iterations % config.eval_every:
-        evaluate(config.iterations)
-    if best["state"] is not None:
-        eps_model.load_state_dict(best["state"])
-    eps_model.eval()
-    return {"best_iteration": best["iteration"], "best_r_elbo": best["r_elbo"],
-            "iterations_run": config.iterations, "final_loss": float(np.mean(losses[-100:]))}
+    def evaluate(weights: torch.nn.Module) -> float:
+        return mean_per_vehicle(scene_r_elbo(weights, held, schedule, num_timesteps=config.eval_timesteps,
+                                             seed=seed), held.cond["valid"])
 
+    return train_ddpm(eps_model, draw_batch, evaluate, config, schedule, generator,
+                      metric="r_elbo_per_vehicle", progress=progress, on_eval=on_eval)

@@ -54,12 +54,16 @@ class Task:
         pools_eval_samples: evaluation samples of model ``k`` are unconditioned draws from it, so they are
             also the first draws of iteration ``k + 1``'s data (False for conditioned tasks whose evaluation
             contexts differ from the training contexts).
+        shards_evaluation: :meth:`evaluate` is a collective that every data-parallel rank calls (it shares
+            the work among them and returns the same metrics on every rank); False: the loop calls it on
+            rank 0 alone.
     """
 
     name: ClassVar[str] = "task"
     config_class: ClassVar[type] = object
     writes_data: ClassVar[bool] = False
     pools_eval_samples: ClassVar[bool] = False
+    shards_evaluation: ClassVar[bool] = False
 
     config: Any
     device: torch.device

@@ -58,6 +58,7 @@ from genneg.guidance import GuidedEps, TimeClassifier
 from genneg.io.rundir import stage_generator, stage_seed
 from genneg.metrics import infraction_rate, num_parallel_samples
 from genneg.models.scene_networks import MAP_SAMPLES, SceneEpsModel, SceneLogitNet
+from genneg.pipeline import distributed
 from genneg.pipeline.balanced import BalancedDataset
 from genneg.pipeline.registry import Experiment
 from genneg.pipeline.scene_training import mean_per_vehicle, sample_scenes, scene_r_elbo, train_scene_baseline
@@ -175,7 +176,9 @@ class TrafficTask(Task):
         self.norm = train_set.norm
         self.train = SceneSet.from_dataset(train_set, self.device)
         self.heldout = SceneSet.from_dataset(heldout_set, self.device)
-        self.scene_oracle = TrafficTokenOracle(self.road_maps, self.norm)
+        shared = distributed.world().local_world_size > 1  # ranks on this machine share its cores
+        self.scene_oracle = TrafficTokenOracle(self.road_maps, self.norm,
+                                               threads=distributed.threads_per_rank() if shared else 0)
         self.crop_extent = float(train_set.crop_extent)
         sig = self.schedule.sigmas
         top = min(float(sig[-1]), config.model.classifier_sigma_max)

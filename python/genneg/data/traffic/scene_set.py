@@ -76,14 +76,15 @@ class TrafficTokenOracle:
         road_maps: the maps ``map_index`` refers to.
         norm: the token normalisation.
         min_size_m: smallest decoded length and width, metres.
+        threads: the C++ oracle's worker threads, 0 = all cores.
     """
 
     def __init__(self, road_maps: Sequence[RoadMap], norm: TokenNormalisation,
-                 min_size_m: float = 0.1) -> None:
+                 min_size_m: float = 0.1, threads: int = 0) -> None:
         self.road_maps = list(road_maps)
         self.norm = norm
         self.min_size_m = float(min_size_m)
-        self._oracles = [TrafficOracle(m.drivable_map) for m in self.road_maps]
+        self._oracles = [TrafficOracle(m.drivable_map, threads=threads) for m in self.road_maps]
 
     def details(self, tokens: torch.Tensor, *, valid: torch.Tensor, centre_m: torch.Tensor,
                 map_index: torch.Tensor, **context: torch.Tensor) -> TrafficVerdicts:
