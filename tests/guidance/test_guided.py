@@ -74,8 +74,8 @@ def test_guidance_equals_finite_differences(parts: int) -> None:
 
 
 def test_time_independent_guidance_is_taken_on_the_estimate() -> None:
-    """D_K - D = r²(σ) ∇_{x̂0} log c(x̂0) at x̂0 = D(x; σ) (ΠGDM's posterior variance, MPGD's gradient on
-    the estimate; module docstring of genneg.guidance.guided)."""
+    """D_K - D = γ r² g / sqrt(1 + π r² |g|² / 8), g = ∇_{x̂0} log c(x̂0) at x̂0 = D(x; σ) (ΠGDM's
+    posterior, MPGD's gradient on the estimate, MacKay's probit moderation; genneg.guidance.guided)."""
     x, sigma = _batch(seed=3)
     denoiser = _denoiser()
     c = _classifier(5, time_dependent=False)
@@ -84,10 +84,11 @@ def test_time_independent_guidance_is_taken_on_the_estimate() -> None:
         base = denoiser(x, sigma)
     fd = _finite_difference(lambda z: _log_c(c, z, sigma), base)
     r2 = posterior_variance(sigma.to(torch.float64), SIGMA_DATA)[:, None]
-    torch.testing.assert_close(out - base, 0.8 * r2 * fd, **FD_TOL)
+    moderation = 1 / torch.sqrt(1 + math.pi / 8 * r2 * fd.pow(2).sum(dim=1, keepdim=True))
+    torch.testing.assert_close(out - base, 0.8 * r2 * moderation * fd, **FD_TOL)
     s2 = sigma.to(torch.float64)[:, None] ** 2
     got = guidance_gradient([c], x, sigma, [0.8], denoiser=denoiser)
-    torch.testing.assert_close(got, 0.8 * r2 / s2 * fd, **FD_TOL)
+    torch.testing.assert_close(got, 0.8 * r2 * moderation / s2 * fd, **FD_TOL)
     with pytest.raises(ValueError, match="time-independent"):
         guidance_gradient([c], x, sigma)
     # r² -> σ² as σ -> 0 and -> σ_data² as σ -> ∞
@@ -96,33 +97,45 @@ def test_time_independent_guidance_is_taken_on_the_estimate() -> None:
     assert float(large) == pytest.approx(SIGMA_DATA**2, rel=1e-6)
 
 
+class _SteepLogit(nn.Module):
+    """A clean-data classifier with a steep logit (slope 50 along (1, -1, 0.5)): far from its data its
+    gradient is large, as a classifier trained on clean samples only may be at a blurred estimate."""
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        return 50.0 * (x_in[:, 0] - x_in[:, 1] + 0.5 * x_in[:, 2]) - 20.0
+
+
 def test_time_independent_guidance_stays_bounded_as_sigma_grows() -> None:
     """On a DDPM ε-network's levels (σ up to ~157) the time-independent term of D_K stays within
-    σ_data² |∇ log c|, while the literal σ² ∇_x log c(D(x; σ)) grows like σ² (the ablation's divergence)."""
+    min(r² |g|, r sqrt(8/π)) <= σ_data sqrt(8/π), for a network classifier and a steep one, while the
+    literal σ² ∇_x log c(D(x; σ)) grows like σ² (the ablation's divergence)."""
     schedule = DDPMSchedule(DDPMConfig(num_steps=1000))
     eps_net = _net(3, 31)
     eps_model = lambda z, t: eps_net(z, t.to(z.dtype) / 1000)  # noqa: E731
     denoiser = EpsDenoiser(eps_model, schedule)
-    c = TimeClassifier(_net(1, 32), sigma_data=1.0, time_dependent=False)
     g = torch.Generator().manual_seed(7)
     levels = schedule.sigmas[[0, 100, 300, 600, 800, 999]].to(torch.float64)
-    norms, literal = [], []
-    for sigma_value in levels.tolist():
-        sigma = torch.full((16,), sigma_value, dtype=torch.float64)
-        x = torch.randn(16, 3, generator=g, dtype=torch.float64) * math.sqrt(1 + sigma_value**2)
-        with torch.no_grad():
-            shift = GuidedDenoiser(denoiser, [c])(x, sigma) - denoiser(x, sigma)
-            x0_hat = denoiser(x, sigma)
-            grad_c = _finite_difference(lambda z, s=sigma: _log_c(c, z, s), x0_hat)  # ∇ log c at x̂0
-            lit = _finite_difference(lambda z, s=sigma: _log_c(c, denoiser(z, s), s), x)
-        # bounded: |shift| = r² |∇ log c| <= σ_data² |∇ log c| = |∇ log c| (σ_data = 1), at every level;
-        # the slack covers float64 rounding of D_K - D at |D| ~ 160 (~1e-13) and the differences (~1e-9)
-        assert bool((shift.norm(dim=1) <= grad_c.norm(dim=1) * (1 + 1e-6) + 1e-10).all()), sigma_value
-        norms.append(float(shift.norm(dim=1).max()))
-        literal.append(float((sigma_value**2 * lit).norm(dim=1).max()))
-    assert all(math.isfinite(v) for v in norms)
-    # the literal form is amplified by σ² J_D, about σ² at the top level: orders of magnitude above
-    assert literal[-1] > 100 * norms[-1]
+    for c in (TimeClassifier(_net(1, 32), sigma_data=1.0, time_dependent=False),
+              TimeClassifier(_SteepLogit(), sigma_data=1.0, time_dependent=False)):
+        norms, literal = [], []
+        for sigma_value in levels.tolist():
+            sigma = torch.full((16,), sigma_value, dtype=torch.float64)
+            x = torch.randn(16, 3, generator=g, dtype=torch.float64) * math.sqrt(1 + sigma_value**2)
+            with torch.no_grad():
+                shift = GuidedDenoiser(denoiser, [c])(x, sigma) - denoiser(x, sigma)
+                x0_hat = denoiser(x, sigma)
+                grad_c = _finite_difference(lambda z, s=sigma, c=c: _log_c(c, z, s), x0_hat)  # g at x̂0
+                lit = _finite_difference(lambda z, s=sigma, c=c: _log_c(c, denoiser(z, s), s), x)
+            r2 = float(posterior_variance(torch.tensor(sigma_value, dtype=torch.float64), 1.0))
+            bound = torch.minimum(r2 * grad_c.norm(dim=1), torch.full((16,), math.sqrt(8 * r2 / math.pi)))
+            # the slack covers float64 rounding of D_K - D at |D| ~ 160 (~1e-13) and the differences
+            assert bool((shift.norm(dim=1) <= bound * (1 + 1e-6) + 1e-10).all()), sigma_value
+            assert float(shift.norm(dim=1).max()) <= math.sqrt(8 / math.pi) + 1e-9
+            norms.append(float(shift.norm(dim=1).max()))
+            literal.append(float((sigma_value**2 * lit).norm(dim=1).max()))
+        assert all(math.isfinite(v) for v in norms)
+        # the literal form is amplified by σ² J_D, about σ² at the top level: orders of magnitude above
+        assert literal[-1] > 100 * norms[-1]
 
 
 def test_ddpm_guidance_in_sigma_form_is_ddpm_eps_guidance() -> None:

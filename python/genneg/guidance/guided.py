@@ -19,18 +19,25 @@ their term is ``sigma² ∇_x log c(D(x; sigma)) = sigma² J_D(x)^T ∇_{x̂0} l
 denoiser ``sigma² J_D = Cov[x0 | x_sigma = x]`` (Tweedie's second-order identity), which is bounded by the
 data's covariance; but a learned network's Jacobian is not that covariance, and its error is multiplied by
 ``sigma²``: for a DDPM ε-network ``J_D = I - sigma/sqrt(1 + sigma²) J_eps``, so an error ``δ`` in ``J_eps``
-becomes ``sigma² δ`` (``sigma_T² ≈ 2.5e4`` on the linear schedule) and the guided sampler diverges. We
-therefore replace the posterior covariance by that of Gaussian data, ``r²(sigma) = sigma² sigma_data² /
-(sigma² + sigma_data²)`` (the ``r_t²`` of ΠGDM, Song et al. 2023, "Pseudoinverse-Guided Diffusion Models
-for Inverse Problems"), and take the gradient in ``x̂0`` without back-propagating through the denoiser
-(the manifold-preserving update of MPGD, He et al. 2024, "Manifold Preserving Guided Diffusion")::
+becomes ``sigma² δ`` (``sigma_T² ≈ 2.5e4`` on the linear schedule) and the guided sampler diverges
+(traffic quick: r-ELBO -7.3e7 per vehicle, every scene offroad). We therefore replace the posterior of
+``x0`` by that of Gaussian data, ``N(x̂0, r²(sigma) I)`` with ``r²(sigma) = sigma² sigma_data² / (sigma² +
+sigma_data²)`` (the ``r_t²`` of ΠGDM, Song et al. 2023, "Pseudoinverse-Guided Diffusion Models for
+Inverse Problems"), take the gradient in ``x̂0`` without back-propagating through the denoiser (the
+manifold-preserving update of MPGD, He et al. 2024, "Manifold Preserving Guided Diffusion"), and guide
+with the classifier's expectation under that posterior rather than its value at ``x̂0``: with the logit
+linearised at ``x̂0`` (slope ``g = ∇ log c``), the probit approximation of the expected logistic (MacKay
+1992, "The evidence framework applied to classification networks") moderates the gradient by
+``1 / sqrt(1 + π r² |g|² / 8)``. A classifier trained on clean data only sees, at large sigma, a blurred
+``x̂0`` far from its data, where its gradient can be huge; the moderation keeps the step to the
+posterior's scale::
 
-    D_K(x; sigma) = D(x; sigma) + r²(sigma) Σ_{k time-independent} gamma_k ∇_{x̂0} log c_k(x̂0),
-    x̂0 = D(x; sigma)
+    D_K(x; sigma) = D(x; sigma) + Σ_{k time-independent} gamma_k r² g_k / sqrt(1 + π r² |g_k|² / 8),
+    g_k = ∇_{x̂0} log c_k(x̂0),   x̂0 = D(x; sigma)
 
-which is bounded for every ``sigma`` by ``sigma_data² Σ_k gamma_k ||∇ log c_k||`` and equals ``sigma² ∇``
-as ``sigma -> 0``. ``sigma_data`` is the classifier's (a :class:`TimeClassifier` attribute, the same as
-the denoiser's).
+Each term is bounded for every ``sigma`` by ``gamma_k min(r² |g_k|, r sqrt(8/π))``, at most
+``gamma_k sigma_data sqrt(8/π)``, and tends to the literal ``sigma² ∇ log c`` as ``sigma -> 0``.
+``sigma_data`` is the classifier's (a :class:`TimeClassifier` attribute, the same as the denoiser's).
 
 The fused Triton path (``genneg.guidance.fused``) plugs in behind :class:`GuidedDenoiser` when its
 ``backend`` resolves to ``"triton"``; it then also provides ``heun_step`` for the sampler.
@@ -46,6 +53,7 @@ a real part) restricts ``Σ_parts log c`` to real parts (padding slots add nothi
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -166,7 +174,8 @@ def _guidance_and_estimate(
     """The stack's score guidance ``g`` (so that ``D_K = D + sigma² g``) and, if computed, ``x̂0``.
 
     Time-dependent classifiers give ``γ_k ∇_x log c_k(x, sigma)``; time-independent ones
-    ``γ_k (r²(sigma)/sigma²) ∇_{x̂0} log c_k(x̂0)`` at ``x̂0 = clean_estimate(x)`` (module docstring).
+    ``γ_k (r²/sigma²) g_k / sqrt(1 + π r² |g_k|² / 8)`` with ``g_k = ∇_{x̂0} log c_k(x̂0)`` at
+    ``x̂0 = clean_estimate(x)`` (module docstring).
     ``cond`` is passed to every classifier as keyword arguments; ``part_mask`` ``(B, P)`` bool keeps only
     the real parts in the sum. Returns ``g`` with ``x``'s shape (zeros when every scale is 0) and ``x̂0``
     (or None).
@@ -203,15 +212,17 @@ def _guidance_and_estimate(
                 with torch.no_grad():
                     x0_hat = clean_estimate(x.detach())
                 x0g = x0_hat.detach().requires_grad_(True)
-            total = None
             for i, c, g in independent:
-                weight = posterior_variance(sigma, _classifier_sigma_data(c, i)) / (sigma * sigma)
-                term = (g * weight.to(x0g.dtype) * _log_c(c, (x0g, sigma), batch, cond, part_mask)).sum()
-                total = term if total is None else total + term
-            if total is not None and total.requires_grad:
-                (g_ind,) = torch.autograd.grad(total, x0g, allow_unused=True, create_graph=keep_graph)
-                if g_ind is not None:
-                    grad = grad + g_ind
+                log_c = _log_c(c, (x0g, sigma), batch, cond, part_mask).sum()
+                if not log_c.requires_grad:
+                    continue
+                (g_c,) = torch.autograd.grad(log_c, x0g, allow_unused=True, create_graph=keep_graph)
+                if g_c is None:
+                    continue
+                r2 = posterior_variance(sigma, _classifier_sigma_data(c, i)).to(g_c.dtype)
+                moderation = torch.rsqrt(1 + (math.pi / 8) * r2 * g_c.flatten(1).pow(2).sum(dim=1))
+                weight = g * r2 * moderation / (sigma * sigma).to(g_c.dtype)
+                grad = grad + broadcast_to_sample(weight, g_c) * g_c
     return grad, x0_hat
 
 
@@ -231,7 +242,8 @@ def guidance_gradient(
     Args:
         classifiers: callables ``c(x, sigma, **cond) -> logits (B,) or (B, P)`` (e.g.
             :class:`TimeClassifier`); one with ``time_dependent = False`` contributes
-            ``gamma_k (r²(sigma)/sigma²) ∇_{x̂0} log c_k(x̂0)`` at ``x̂0 = D(x; sigma)`` (module docstring).
+            ``gamma_k (r²/sigma²) g_k / sqrt(1 + π r² |g_k|² / 8)``, ``g_k = ∇_{x̂0} log c_k(x̂0)`` at
+            ``x̂0 = D(x; sigma)`` (module docstring).
         x: ``(B, *shape)`` float noisy samples (variance-exploding coordinates).
         sigma: ``(B,)`` or scalar noise level.
         scales: ``gamma_k`` per classifier; default all 1.
@@ -266,8 +278,8 @@ def guidance_gradient(
 class GuidedDenoiser(nn.Module):
     """``D_K(x; sigma) = D(x; sigma) + sigma² Σ_k gamma_k ∇_x log c_k(x, sigma)``: a denoiser again.
 
-    Time-independent classifiers enter through ``x̂0 = D(x; sigma)`` with the bounded term of the module
-    docstring (``r²(sigma) gamma_k ∇_{x̂0} log c_k(x̂0)``).
+    Time-independent classifiers enter through ``x̂0 = D(x; sigma)`` with the bounded, moderated term of
+    the module docstring (``gamma_k r² g_k / sqrt(1 + π r² |g_k|² / 8)``).
 
     Args:
         denoiser: the base denoiser ``D(x (B, ...), sigma (B,), **cond) -> (B, ...)``; a DDPM ε-network
