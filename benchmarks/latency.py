@@ -6,11 +6,14 @@ Models (said again in the JSON):
     into a temporary run directory (about 30 s), or any finished run given with ``--run-dir``. Its
     measured infraction rates give ``N(r, p)``. Models: ``baseline``, ``guided`` (the baseline with the
     run's whole classifier stack), ``distilled``.
-  * traffic: scene transformers (``genneg.models.scene_transformer``, width 32, 2 blocks, 16 vehicle slots,
-    32x32 map crop) with RANDOM weights (no traffic run exists in the package yet), DDPM with T = 1000;
-    ``guided`` = ``GuidedEps`` with K = 2 random per-vehicle classifiers, ``distilled`` = a second network
-    of the baseline's architecture (a distilled model costs what the baseline costs, by construction).
-    Calls are conditioned: ego and two seen vehicles fixed, the other present slots sampled.
+  * traffic: the trained models of a finished traffic run (``--traffic-run-dir``, e.g. the ``quick``
+    profile's; default: the ``tiny`` profile trained inside this script, about a minute), loaded with
+    ``FastSampler.from_run``: ``baseline`` (the DDPM scene transformer through its ``EpsDenoiser``),
+    ``guided`` (the baseline with the run's whole classifier stack, K = its iterations) and ``distilled``,
+    sampled with DDPM's ancestral step (Euler-ancestral on the schedule's levels). Calls are conditioned
+    like a planner's (``genneg.planning.traffic.scene_condition``): a held-out scene's ego and two seen
+    vehicles fixed, its other present slots sampled, its map crop in ``cond``; its measured infraction
+    rates give ``N(r, p)`` for the headline.
 
 Measured (per call = one round of N parallel samples, the oracle included; ``max_rounds = 1``):
   * grid: p50 / p90 / p99 for N in {1, 8, 32, 128} x steps in {10, 25, 50, 100} x model variant
@@ -63,25 +66,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS_DIR, machine_info, write_results
 
-from genneg.data.traffic import (
-    RoadNetworkConfig,
-    SceneConfig,
-    TokenNormalisation,
-    generate_road_map,
-    generate_scenes,
-    scenes_to_tokens,
-)
-from genneg.diffusion import DDPMConfig, DDPMSchedule, heun_sample, make_sigmas
-from genneg.guidance import GuidedDenoiser, GuidedEps
+from genneg.diffusion import heun_sample, make_sigmas
+from genneg.guidance import GuidedDenoiser
 from genneg.io.rundir import RunDir
 from genneg.metrics import num_parallel_samples, reduction
-from genneg.models.scene_transformer import SceneTransformer, SceneTransformerConfig
-from genneg.oracles import TrafficOracle, evaluate_oracle, sample_verdicts
-from genneg.pipeline.experiment import load_model, run_experiment
+from genneg.oracles import evaluate_oracle, sample_verdicts
+from genneg.pipeline.experiment import load_model, open_run, run_experiment
 from genneg.pipeline.profiles import ExperimentConfig, get_profile
+from genneg.pipeline.traffic_profiles import get_traffic_profile
 from genneg.planning.fast_sampler import FastSampler, SamplerConfig
 from genneg.planning.inpainting import InpaintCondition
-from genneg.planning.traffic import SceneContextModel, SceneTokenOracle, scene_condition
+from genneg.planning.traffic import scene_condition
 
 P_HEADLINE = 0.99999
 
@@ -436,77 +431,76 @@ def graph_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- traffic ------------------------------------------------------------------------------------------------
 
 
-def traffic_setup(device: torch.device) -> dict[str, Any]:
-    a, cells = 16, 32
-    road = generate_road_map("crossroads", RoadNetworkConfig(), seed=2)
-    scenes = generate_scenes(
-        [road], 8, SceneConfig(max_vehicles=a, min_vehicles=8, proposals_per_scene=128), 0
-    )
-    norm = TokenNormalisation()
-    tokens = torch.from_numpy(
-        scenes_to_tokens(scenes.boxes, scenes.speeds, scenes.valid, scenes.centre_m, norm)
-    )
-    row = int(np.argmax(scenes.valid.sum(axis=1)))
-    valid = torch.from_numpy(scenes.valid[row])
-    known = torch.zeros(a, dtype=torch.bool)
-    known[:3] = True
-    cond = scene_condition(
-        tokens[row], known, valid, road.drivable_map, tuple(scenes.centre_m[row]), norm=norm, map_cells=cells
-    )
-    bare = InpaintCondition(cond.values, cond.mask, (), cond.frame)  # guided: context bound in the model
-    cfg = SceneTransformerConfig(width=32, heads=2, blocks=2)
-    torch.manual_seed(0)
-    eps = SceneTransformer(cfg).to(device).eval()
-    distilled = SceneTransformer(cfg).to(device).eval()
-    clfs = [
-        SceneTransformer(SceneTransformerConfig(width=32, heads=2, blocks=2, head="logit")).to(device).eval()
-        for _ in range(2)
-    ]
-    schedule = DDPMSchedule(DDPMConfig(num_steps=1000))
-    ctx_valid, ctx_map = (c.to(device) for c in cond.context)
-    guided = GuidedEps(
-        SceneContextModel(eps, ctx_valid, ctx_map),
-        schedule,
-        [SceneContextModel(c, ctx_valid, ctx_map) for c in clfs],
-        coordinates="ddpm",  # raw networks called with the timestep, as the ε-model (timing only)
-    )
-    oracle = SceneTokenOracle(TrafficOracle(road.drivable_map))
-    return {
-        "A": a,
-        "cond": cond,
-        "bare": bare,
-        "eps": eps,
-        "distilled": distilled,
-        "guided": guided,
-        "schedule": schedule,
-        "oracle": oracle,
-        "config": cfg.to_json(),
-        "map_cells": cells,
-    }
+def traffic_run(run_dir: str | None) -> tuple[Path, float]:
+    """A finished traffic run: ``run_dir``, or the tiny profile trained now. Returns (dir, seconds)."""
+    if run_dir is not None:
+        return Path(run_dir), 0.0
+    target = Path(tempfile.mkdtemp(prefix="genneg-latency-traffic-"))
+    t0 = time.perf_counter()
+    run_experiment(get_traffic_profile("tiny"), target, overwrite=True, progress=False)
+    return target, time.perf_counter() - t0
+
+
+def traffic_setup(run_dir: Path, device: torch.device) -> dict[str, Any]:
+    """A planner's condition on the run's first held-out scene (ego and two seen vehicles fixed) and the
+    run's measured infraction rates."""
+    task, config, _ = open_run(run_dir)
+    scene = task.heldout.rows(torch.tensor([0], device=task.device))
+    valid = scene.cond["valid"][0].cpu()
+    known = torch.zeros_like(valid)
+    known[: min(3, int(valid.sum()))] = True
+    road = task.road_maps[int(scene.cond["map_index"][0])].drivable_map
+    centre = tuple(float(c) for c in scene.cond["centre_m"][0])
+    condition = scene_condition(scene.tokens[0].cpu(), known, valid, road, centre, norm=task.norm,
+                                map_cells=config.data.crop_cells, crop_margin_m=config.data.crop_margin_m)
+    run = RunDir(run_dir, resume=True)
+    names = {"baseline": "baseline", "guided": f"iter{config.gen_neg.iterations}", "distilled": "distilled"}
+    rates = {label: float(run.records(f"eval/{name}")[-1]["infraction"]) for label, name in names.items()}
+    return {"run_dir": run_dir, "cond": condition, "road": road, "rates": rates, "names": names,
+            "profile": config.profile, "A": int(valid.shape[0]), "classifiers_K": config.gen_neg.iterations,
+            "sample_steps": config.gen_neg.sample_steps, "ddpm_steps_T": config.ddpm.num_steps}
 
 
 def traffic_variants(t: dict[str, Any], device: torch.device) -> dict[str, Callable[[int, int], FastSampler]]:
-    def build(model: Any, graphs: bool = True) -> Callable[[int, int], FastSampler]:
+    def build(model: str, graphs: bool = True) -> Callable[[int, int], FastSampler]:
         def make(n: int, steps: int) -> FastSampler:
-            return FastSampler(
-                model,
-                t["oracle"],
-                sample_shape=(t["A"], 7),
-                config=SamplerConfig(num_parallel=n, num_steps=steps, cuda_graphs=graphs),
-                ddpm_schedule=t["schedule"],
-                device=device,
-            )
+            return FastSampler.from_run(t["run_dir"], model, num_parallel=n, num_steps=steps, device=device,
+                                        drivable_map=t["road"], cuda_graphs=graphs)
 
         return make
 
-    variants = {
-        "baseline": build(t["eps"]),
-        "guided[autograd]": build(t["guided"]),
-        "distilled": build(t["distilled"]),
-    }
+    variants = {"baseline": build("baseline"), "guided[autograd]": build("guided"),
+                "distilled": build("distilled")}
     if device.type == "cuda":  # the same calls without CUDA graphs
-        variants["baseline" + NO_GRAPHS] = build(t["eps"], graphs=False)
+        variants["baseline" + NO_GRAPHS] = build("baseline", graphs=False)
     return variants
+
+
+def traffic_headline(t: dict[str, Any], steps: int, calls: int, cell_seconds: float,
+                     device: torch.device) -> dict[str, Any]:
+    """Time to a valid scene with probability p: one round of N(r, p) conditioned samples per model."""
+    out: dict[str, Any] = {"p": P_HEADLINE, "steps": steps}
+    for label in ("baseline", "guided", "distilled"):
+        rate = t["rates"][label]
+        n = num_parallel_samples(rate, P_HEADLINE) if rate < 1 else None
+        if n is None or n > 4096:
+            out[label] = {"rate": rate, "N": n, "unmeasured": "N(r, p) above 4096 samples per round"}
+            continue
+        sampler = FastSampler.from_run(t["run_dir"], label, num_parallel=n, num_steps=steps, device=device,
+                                       drivable_map=t["road"])
+        results: list[Any] = []
+        times = time_calls(lambda s=sampler, r=results: r.append(s(t["cond"])), calls, cell_seconds)
+        out[label] = {"rate": rate, "N": n, **quantiles_ms(times), "mode": sampler.mode,
+                      "stages": stage_medians(results[-len(times):]),
+                      "valid_fraction": float(np.mean([r.valid_fraction for r in results]))}
+    b, d = out["baseline"], out["distilled"]
+    if "p50_ms" in b and "p50_ms" in d:
+        out["N_reduction_distilled"] = reduction(d["N"], b["N"])
+        out["time_ratio_baseline_over_distilled_p50"] = b["p50_ms"] / d["p50_ms"]
+        print(f"  traffic headline p={P_HEADLINE}: baseline r={b['rate']:.4f} N={b['N']} p50 "
+              f"{b['p50_ms']:.1f} ms; distilled r={d['rate']:.4f} N={d['N']} p50 {d['p50_ms']:.1f} ms",
+              flush=True)
+    return out
 
 
 # --- main ---------------------------------------------------------------------------------------------------
@@ -523,6 +517,8 @@ def main() -> None:
     )
     parser.add_argument("--cell-seconds", type=float, default=None, help="time cap per cell")
     parser.add_argument("--skip-traffic", action="store_true")
+    parser.add_argument("--traffic-run-dir", default=None,
+                        help="a finished traffic run (default: train the tiny profile)")
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive-loop comparison")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder for the JSON")
     args = parser.parse_args()
@@ -602,26 +598,33 @@ def main() -> None:
 
     traffic: dict[str, Any] = {}
     if not args.skip_traffic:
-        t = traffic_setup(device)
-        print("grid (traffic, random weights):", flush=True)
+        traffic_dir, traffic_train_s = traffic_run(args.traffic_run_dir)
+        t = traffic_setup(traffic_dir, device)
+        how = f"trained in {traffic_train_s:.0f} s" if traffic_train_s else "given"
+        print(f"traffic run {traffic_dir} ({how}); rates: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in t["rates"].items()), flush=True)
+        print("grid (traffic, trained models, planner condition):", flush=True)
         traffic_rows = grid_rows(
             "traffic",
             traffic_variants(t, device),
             [1, 8] if quick else ns,
-            [10] if quick else steps_list,
+            [t["sample_steps"]] if quick else sorted({10, t["sample_steps"]}),
             calls,
             cell_seconds,
-            lambda name: t["bare"] if name.startswith("guided") else t["cond"],
+            lambda name: t["cond"],
         )
         rows += traffic_rows
         traffic = {
-            "weights": "random",
+            "weights": "trained",
+            "run_dir": str(traffic_dir),
+            "profile": t["profile"],
+            "trained_in_script_s": traffic_train_s,
+            "models": t["names"],
+            "rates": t["rates"],
             "vehicle_slots": t["A"],
-            "map_cells": t["map_cells"],
-            "transformer_config": t["config"],
-            "ddpm_steps_T": 1000,
-            "classifiers_K": 2,
-            "headline": "unmeasured: no trained traffic run (rates of random weights are ~1)",
+            "ddpm_steps_T": t["ddpm_steps_T"],
+            "classifiers_K": t["classifiers_K"],
+            "headline": traffic_headline(t, t["sample_steps"], calls, cell_seconds, device),
         }
 
     payload.update({

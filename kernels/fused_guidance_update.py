@@ -1,5 +1,5 @@
 """Fused combine-and-update for guidance with networks too large to fuse whole (e.g. the traffic
-transformer), EDM and DDPM forms.
+transformer), in the one σ (variance-exploding) form; a DDPM ε-network enters as its ``EpsDenoiser``.
 
 The per-classifier input gradients ``G_k = ∇_x Σ_rows l_k`` come from ONE batched autograd backward over
 the whole stack (``genneg.guidance.fused.stack_input_gradients``); this kernel then makes one pass over
@@ -7,33 +7,29 @@ memory that, per element,
 
 - sums ``g = Σ_k γ_k w_k G_k`` with the logsigmoid scaling ``w_k = sigmoid(-l_k)`` per row
   (``d logsigmoid(l)/dl``; ``logits=None`` means the gradients are already of ``log c_k``),
-- applies the guidance: ``D_K = D + σ² g`` (EDM) or ``ε_K = ε − sqrt(1−ᾱ_t) g`` (DDPM, METHOD.md 4),
+- applies the guidance: ``D_K = D + σ² g`` (METHOD.md 4),
 - and applies the sampler update: Euler ``x + (σ' − σ)(x − D_K)/σ`` (optionally writing the slope ``d``
-  for Heun), Heun's correction ``x_prev + (σ' − σ)(d_prev + (x − D_K)/σ')/2``, or the DDPM ancestral step
-  ``c0 x̂0 + c_t x_t + std · noise`` with ``x̂0 = (x_t − sqrt(1−ᾱ_t) ε_K)/sqrt(ᾱ_t)`` and the posterior
-  coefficients of ``genneg.diffusion.ddpm.ddpm_ancestral_sample`` (noise drawn by the caller, so both
-  backends consume the same random numbers).
+  for Heun), Heun's correction ``x_prev + (σ' − σ)(d_prev + (x − D_K)/σ')/2``, or the Euler-ancestral
+  step ``D_K + (σ_down/σ)(x − D_K) + σ_up · noise`` of ``genneg.diffusion.euler_ancestral_step`` (on a
+  DDPM's levels, its ancestral step; noise drawn by the caller, so both backends consume the same random
+  numbers).
 
 Tensors are flattened to ``(B, M)`` with ``M`` the number of elements of one sample.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 __all__ = [
-    "ddpm_ancestral_coefficients",
-    "ddpm_guided_eps",
-    "ddpm_guided_step",
+    "edm_guided_ancestral_step",
     "edm_guided_denoise",
     "edm_guided_step",
 ]
 
-_EDM_DENOISE, _EDM_EULER, _EDM_HEUN, _DDPM_EPS, _DDPM_STEP = 0, 1, 2, 3, 4
+_EDM_DENOISE, _EDM_EULER, _EDM_HEUN, _EDM_ANCESTRAL = 0, 1, 2, 3
 _BLOCK = 1024
 
 
@@ -71,16 +67,12 @@ def _guidance_update_kernel(
         x_prev = tl.load(aux1_ptr + offs, mask=mask, other=0.0)
         d_prev = tl.load(aux2_ptr + offs, mask=mask, other=0.0)
         out = x_prev + (c2 - c1) * 0.5 * (d_prev + d2)
-    elif MODE == 3:  # ε_K = ε − sqrt(1 − ᾱ_t) g, ᾱ_t per row
-        ab = tl.load(row_ptr + row, mask=mask, other=1.0)
-        out = base - tl.sqrt(1.0 - ab) * g
-    else:  # ancestral step: c1 = sqrt(1−ᾱ_t), c2 = sqrt(ᾱ_t), c3 = c0, c4 = c_t, c5 = std
+    else:  # Euler-ancestral: c1 = σ, c2 = σ_down / σ, c3 = σ_up, noise in aux1
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        eps = base - c1 * g
-        x0 = (x - c1 * eps) / c2
-        out = c3 * x0 + c4 * x
+        den = base + c1 * c1 * g
+        out = den + c2 * (x - den)
         if HAS_AUX:
-            out += c5 * tl.load(aux1_ptr + offs, mask=mask, other=0.0)
+            out += c3 * tl.load(aux1_ptr + offs, mask=mask, other=0.0)
     tl.store(out_ptr + offs, out, mask=mask)
 
 
@@ -103,7 +95,7 @@ def _run(mode: int, base: torch.Tensor, grads: torch.Tensor, logits: torch.Tenso
     if len(shape) < 1:
         raise ValueError("inputs must have a batch dimension")
     batch = shape[0]
-    base = _flat(base, "denoised/eps", shape, dev)
+    base = _flat(base, "denoised", shape, dev)
     if grads.ndim < 1:
         raise ValueError("grads must have shape (K, B, ...)")
     num_k = grads.shape[0]
@@ -204,62 +196,35 @@ def edm_guided_step(
                 coefs=(sigma_cur, sigma_next))
 
 
-def ddpm_guided_eps(
-    eps: torch.Tensor,
-    grads: torch.Tensor,
-    logits: torch.Tensor | None,
-    scales: torch.Tensor,
-    alpha_bar: torch.Tensor,
-) -> torch.Tensor:
-    """``ε_K = ε − sqrt(1 − ᾱ_t) Σ_k γ_k w_k G_k`` (gradients with respect to ``x_t``).
-
-    Args:
-        eps: ``(B, ...)`` float32 ``ε_θ(x_t, t)``.
-        grads, logits, scales: as in :func:`edm_guided_denoise`.
-        alpha_bar: ``(B,)`` float32 ``ᾱ_t`` per row.
-    """
-    return _run(_DDPM_EPS, eps, grads, logits, scales, row=alpha_bar)
-
-
-def ddpm_ancestral_coefficients(alpha_bar_t: float, alpha_bar_s: float) -> tuple[float, float, float]:
-    """``(c0, c_t, std)`` of the posterior step ``x_t -> x_s`` (float64 arithmetic, as the sampler);
-    ``(1, 0, 0)`` for the last step (``alpha_bar_s == 1``: return ``x̂0``)."""
-    if alpha_bar_s >= 1.0:
-        return 1.0, 0.0, 0.0
-    alpha = alpha_bar_t / alpha_bar_s
-    beta = 1 - alpha
-    c0 = math.sqrt(alpha_bar_s) * beta / (1 - alpha_bar_t)
-    ct = math.sqrt(alpha) * (1 - alpha_bar_s) / (1 - alpha_bar_t)
-    std = math.sqrt(beta * (1 - alpha_bar_s) / (1 - alpha_bar_t))
-    return c0, ct, std
-
-
-def ddpm_guided_step(
+def edm_guided_ancestral_step(
     x: torch.Tensor,
-    eps: torch.Tensor,
+    denoised: torch.Tensor,
     grads: torch.Tensor,
     logits: torch.Tensor | None,
     scales: torch.Tensor,
-    alpha_bar_t: float,
-    alpha_bar_s: float,
+    sigma_cur: float,
+    sigma_next: float,
     noise: torch.Tensor | None,
+    eta: float = 1.0,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Guided DDPM ancestral step ``x_t -> x_s`` in one pass (``genneg.diffusion.ddpm`` posterior).
+    """The guided Euler-ancestral step ``D_K + (σ_down/σ)(x − D_K) + σ_up · noise`` in one pass
+    (``genneg.diffusion.euler_ancestral_step``; levels of ``genneg.diffusion.ancestral_levels``).
 
     Args:
-        x: ``(B, ...)`` float32 ``x_t`` (VP coordinates).
-        eps: ``(B, ...)`` float32 ``ε_θ(x_t, t)``.
-        grads, logits, scales: as in :func:`edm_guided_denoise`, gradients with respect to ``x_t``.
-        alpha_bar_t, alpha_bar_s: ``ᾱ`` of this and the next visited step (``1.0`` for the last step,
-            which returns ``x̂0`` and ignores ``noise``).
-        noise: ``(B, ...)`` float32 standard normal draws (None only for the last step).
+        x, denoised: ``(B, ...)`` float32, the state at ``sigma_cur`` and ``D(x; sigma_cur)``.
+        grads, logits, scales: as in :func:`edm_guided_denoise`, evaluated at ``(x, sigma_cur)``.
+        sigma_cur, sigma_next: noise levels, ``sigma_cur > sigma_next >= 0`` (0 returns ``D_K``).
+        noise: ``(B, ...)`` float32 standard normal draws (None only when ``σ_up = 0``).
+        eta: 1 for the ancestral step.
         out: destination, may alias ``x``.
     """
-    if not (0 < alpha_bar_t < alpha_bar_s <= 1.0):
-        raise ValueError(f"need 0 < alpha_bar_t < alpha_bar_s <= 1, got {alpha_bar_t}, {alpha_bar_s}")
-    c0, ct, std = ddpm_ancestral_coefficients(alpha_bar_t, alpha_bar_s)
-    if std > 0 and noise is None:
-        raise ValueError("noise is required for every step but the last")
-    return _run(_DDPM_STEP, eps, grads, logits, scales, x=x, aux1=noise if std > 0 else None, out=out,
-                coefs=(math.sqrt(1 - alpha_bar_t), math.sqrt(alpha_bar_t), c0, ct, std))
+    from genneg.diffusion.samplers import ancestral_levels
+
+    if not (sigma_cur > 0 and 0 <= sigma_next < sigma_cur):
+        raise ValueError(f"need sigma_cur > sigma_next >= 0, got {sigma_cur}, {sigma_next}")
+    sigma_down, sigma_up = ancestral_levels(sigma_cur, sigma_next, eta)
+    if sigma_up > 0 and noise is None:
+        raise ValueError(f"a step to sigma_next={sigma_next} with eta={eta} needs noise")
+    return _run(_EDM_ANCESTRAL, denoised, grads, logits, scales, x=x, aux1=noise if sigma_up > 0 else None,
+                out=out, coefs=(sigma_cur, sigma_down / sigma_cur, sigma_up))

@@ -8,7 +8,8 @@ import torch
 from genneg.diffusion import (
     DDPMConfig,
     DDPMSchedule,
-    ddpm_ancestral_sample,
+    EpsDenoiser,
+    euler_ancestral_sample,
     euler_step,
     heun_sample,
     heun_step,
@@ -90,29 +91,32 @@ def test_heun_rejects_bad_schedule() -> None:
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_ddpm_ancestral_exact_eps_lands_on_gaussian(schedule: str) -> None:
+    """DDPM's ancestral sampler = Euler-ancestral (η = 1) on the schedule's levels, through EpsDenoiser."""
     sched = DDPMSchedule(DDPMConfig(num_steps=1000, schedule=schedule))
     g = torch.Generator().manual_seed(3)
     n = 6000
-    x_T = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    x0 = ddpm_ancestral_sample(gaussian_eps(MU, S, sched), x_T, sched, generator=g)
+    sigmas = sched.sampling_sigmas()
+    x_T = torch.randn(n, 3, generator=g, dtype=torch.float64) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    x0 = euler_ancestral_sample(EpsDenoiser(gaussian_eps(MU, S, sched), sched), x_T, sigmas, generator=g)
     # MC std of the mean 0.008, of the std 0.0055. The β̃ posterior variance ignores the uncertainty
     # of x̂0, which shrinks the std by ~1% with 1000 steps (measured 0.595 for s = 0.6).
     torch.testing.assert_close(x0.mean(0), MU, atol=0.03, rtol=0)
     torch.testing.assert_close(x0.std(0), torch.full((3,), S, dtype=torch.float64), atol=0.03, rtol=0)
 
 
-def test_ddpm_sampler_is_seeded_and_strided() -> None:
+def test_ancestral_sampler_is_seeded_and_strided() -> None:
     sched = DDPMSchedule(DDPMConfig(num_steps=200))
-    eps = gaussian_eps(MU, S, sched)
+    den = EpsDenoiser(gaussian_eps(MU, S, sched), sched)
+    sigmas = sched.sampling_sigmas(20)
     x_T = torch.randn(16, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     calls: list[tuple[float, float]] = []
-    a = ddpm_ancestral_sample(eps, x_T, sched, num_steps=20, generator=torch.Generator().manual_seed(5),
-                              callback=lambda i, x, s_cur, s_next: calls.append((s_cur, s_next)))
-    b = ddpm_ancestral_sample(eps, x_T, sched, num_steps=20, generator=torch.Generator().manual_seed(5))
+    a = euler_ancestral_sample(den, x_T, sigmas, generator=torch.Generator().manual_seed(5),
+                               callback=lambda i, x, s_cur, s_next: calls.append((s_cur, s_next)))
+    b = euler_ancestral_sample(den, x_T, sigmas, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
     assert len(calls) == 20 and calls[-1][1] == 0.0
     assert calls[0][0] == pytest.approx(float(sched.sigmas[-1]))
     # consecutive steps chain: each step starts at the level the previous one ended at
     assert all(calls[i][1] == pytest.approx(calls[i + 1][0]) for i in range(19))
-    with pytest.raises(ValueError, match="x_T"):
-        ddpm_ancestral_sample(eps, torch.zeros(3), sched)
+    with pytest.raises(ValueError, match="eta"):
+        euler_ancestral_sample(den, x_T, sigmas, eta=-1.0)

@@ -1,5 +1,6 @@
 """Issue 16, guidance kinds: every guided call gives the guided answer in every grad mode (plain, no_grad,
-inference_mode), on every guidance entry point; a wrong pairing of noise coordinates is refused."""
+inference_mode), on every guidance entry point (DDPM models through their EpsDenoiser); a classifier that
+declares integer-timestep coordinates is refused."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from genneg.diffusion.ddpm import DDPMConfig, DDPMSchedule, ddpm_ancestral_sample
-from genneg.diffusion.samplers import heun_sample
-from genneg.guidance import GuidedDenoiser, GuidedEps, TimeClassifier, guidance_gradient
+from genneg.diffusion.ddpm import DDPMConfig, DDPMSchedule, EpsDenoiser
+from genneg.diffusion.samplers import euler_ancestral_sample, heun_sample
+from genneg.guidance import GuidedDenoiser, TimeClassifier, guidance_gradient
 
 GRAD_MODES = {
     "grad": contextlib.nullcontext,
@@ -47,15 +48,14 @@ def test_guidance_gradient_in_every_grad_mode(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", list(GRAD_MODES))
-def test_guided_eps_in_every_grad_mode(mode: str) -> None:
+def test_guided_ddpm_model_in_every_grad_mode(mode: str) -> None:
     schedule = DDPMSchedule(DDPMConfig(num_steps=20))
     x = torch.tensor([[0.3, -0.2], [1.0, 2.0]])
-    t = torch.tensor([3, 17])
-    ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float32)[t]
-    eps = GuidedEps(lambda z, tt: torch.zeros_like(z), schedule, [DiagonalLogit()], coordinates="ddpm")
+    sigma = schedule.sigmas[[3, 17]].to(torch.float32)
+    guided = GuidedDenoiser(EpsDenoiser(lambda z, tt: torch.zeros_like(z), schedule), [DiagonalLogit()])
     with GRAD_MODES[mode]():
-        out = eps(x, t)
-    torch.testing.assert_close(out, -(1 - ab).sqrt()[:, None] * _expected(x))
+        out = guided(x, sigma)
+    torch.testing.assert_close(out, x + sigma[:, None] ** 2 * _expected(x))
 
 
 @pytest.mark.parametrize("mode", list(GRAD_MODES))
@@ -70,11 +70,11 @@ def test_guided_sampling_in_every_grad_mode(mode: str) -> None:
     with GRAD_MODES[mode]():
         torch.testing.assert_close(heun_sample(guided, x_T, sigmas), reference)
     schedule = DDPMSchedule(DDPMConfig(num_steps=20))
-    eps = GuidedEps(lambda z, tt: 0.1 * z, schedule, [DiagonalLogit()], [3.0], coordinates="ddpm")
+    ddpm = GuidedDenoiser(EpsDenoiser(lambda z, tt: 0.1 * z, schedule), [DiagonalLogit()], [3.0])
 
     def sample() -> torch.Tensor:
         generator = torch.Generator().manual_seed(1)
-        return ddpm_ancestral_sample(eps, x_T, schedule, num_steps=5, generator=generator)
+        return euler_ancestral_sample(ddpm, x_T, schedule.sampling_sigmas(5), generator=generator)
 
     ref_ddpm = sample()
     with GRAD_MODES[mode]():
@@ -99,25 +99,15 @@ class _Net(nn.Module):
         return (x_in[:, 1] - x_in[:, 0]) + c_noise
 
 
-def test_time_classifier_is_never_handed_a_timestep() -> None:
-    """GuidedEps' default coordinates come from the classifier: a TimeClassifier gets sigma_t, so t = 0
-    no longer gives log(0) and NaN; an explicit wrong pairing raises."""
+def test_time_classifier_on_a_ddpm_model_gets_sigma() -> None:
+    """A DDPM model is guided through its EpsDenoiser, so a TimeClassifier always gets sigma_t (never the
+    timestep 0, which would give log(0) and NaN)."""
     schedule = DDPMSchedule(DDPMConfig(num_steps=20))
     classifier = TimeClassifier(_Net(), sigma_data=0.5)
-    eps_model = lambda z, tt: torch.zeros_like(z)  # noqa: E731
-    default = GuidedEps(eps_model, schedule, [classifier])
-    assert default.coordinates == "ve"
+    guided = GuidedDenoiser(EpsDenoiser(lambda z, tt: torch.zeros_like(z), schedule), [classifier])
     x = torch.tensor([[0.3, -0.2], [1.0, 2.0]])
-    t = torch.tensor([0, 10])
-    out = default(x, t)
+    out = guided(x, schedule.sigmas[[0, 10]].to(torch.float32))
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, GuidedEps(eps_model, schedule, [classifier], coordinates="ve")(x, t))
-    with pytest.raises(ValueError, match="noise_coordinates"):
-        GuidedEps(eps_model, schedule, [classifier], coordinates="ddpm")
-    with pytest.raises(ValueError, match="noise_coordinates"):
-        GuidedEps(eps_model, schedule, coordinates="ddpm").with_classifier(classifier)
-    with pytest.raises(ValueError, match="coordinates"):  # undeclared classifier: no guess
-        GuidedEps(eps_model, schedule, [DiagonalLogit()])
 
 
 def test_ddpm_classifier_refused_where_sigma_is_passed() -> None:
@@ -128,37 +118,35 @@ def test_ddpm_classifier_refused_where_sigma_is_passed() -> None:
         GuidedDenoiser(_identity_denoiser, [StepClassifier()])
     with pytest.raises(ValueError, match="ddpm"):
         guidance_gradient([StepClassifier()], torch.zeros(2, 2), 0.5)
-    mixed = [StepClassifier(), TimeClassifier(_Net(), sigma_data=0.5)]
-    with pytest.raises(ValueError, match="mix"):
-        GuidedEps(lambda z, tt: z, DDPMSchedule(DDPMConfig(num_steps=20)), mixed)
 
 
 @pytest.mark.parametrize("mode", list(GRAD_MODES))
 def test_fused_guidance_paths_in_every_grad_mode(mode: str) -> None:
     """The same kind on the Triton backends (under the interpreter): the combine path of GuidedDenoiser,
-    FusedGuidedEps and the fused ancestral sampler give the guided answer in every grad mode."""
+    its fused Euler-ancestral step and the sampler through it give the guided answer in every grad mode."""
     from genneg.kernels._backend import has_triton, interpreter_enabled
 
     if not has_triton() or not interpreter_enabled():
         pytest.skip("needs triton and TRITON_INTERPRET=1")
-    from genneg.guidance.fused import FusedCombineGuidance, FusedGuidedEps, fused_ddpm_ancestral_sample
+    from genneg.guidance.fused import FusedCombineGuidance
 
     x = torch.tensor([[0.3, -0.2], [1.0, 2.0], [-0.5, 0.1]])
     sigma = torch.full((3,), 0.7)
     fused = FusedCombineGuidance(_identity_denoiser, [DiagonalLogit()], [1.0])
     schedule = DDPMSchedule(DDPMConfig(num_steps=20))
-    eps = GuidedEps(lambda z, tt: 0.1 * z, schedule, [DiagonalLogit()], [3.0], coordinates="ddpm")
-    t = torch.tensor([3, 17, 9])
-    ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float32)[t]
+    ddpm = GuidedDenoiser(EpsDenoiser(lambda z, tt: 0.1 * z, schedule), [DiagonalLogit()], [3.0],
+                          backend="triton")
+    assert ddpm.ancestral_step is not None
 
     def sample_fused() -> torch.Tensor:
-        return fused_ddpm_ancestral_sample(eps, x, num_steps=4, generator=torch.Generator().manual_seed(2))
+        return euler_ancestral_sample(ddpm, x, schedule.sampling_sigmas(4),
+                                      generator=torch.Generator().manual_seed(2))
 
     expected_sample = sample_fused()
     with GRAD_MODES[mode]():
         denoised = fused(x, sigma)
-        guided_eps = FusedGuidedEps(eps)(x, t)
         sample = sample_fused()
+        step = fused.ancestral_step(x, 0.7, 0.0, None)
     torch.testing.assert_close(denoised, 0.5 * x + 0.49 * _expected(x))
-    torch.testing.assert_close(guided_eps, 0.1 * x - 3.0 * (1 - ab).sqrt()[:, None] * _expected(x))
+    torch.testing.assert_close(step, denoised)  # the step to 0 returns D_K
     torch.testing.assert_close(sample, expected_sample)

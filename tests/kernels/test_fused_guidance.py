@@ -23,15 +23,13 @@ from torch import nn
 
 import genneg.reference.guidance as ref
 from genneg.diffusion import EDMPrecond, heun_sample, heun_step, make_sigmas
-from genneg.guidance import GuidedDenoiser, GuidedEps, TimeClassifier, guidance_gradient
+from genneg.guidance import GuidedDenoiser, TimeClassifier, guidance_gradient
 from genneg.guidance.analytic import AnalyticMLPGuidance, build_analytic_guidance
 from genneg.guidance.fused import (
     FusedCombineGuidance,
-    FusedGuidedEps,
     FusedMLPClassifierGuidance,
     FusedMLPGuidance,
     build_fused_guidance,
-    fused_ddpm_ancestral_sample,
     stack_input_gradients,
 )
 from genneg.kernels import fused_guidance_update as update_kernels
@@ -193,7 +191,6 @@ def test_guidance_update(device, k, batch, shape, with_logits):
     logits = torch.randn(k, batch, generator=g) * 3 if with_logits else None
     scales = torch.rand(k, generator=g) + 0.5
     sigma = torch.exp(torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), batch))
-    alpha_bar = torch.linspace(0.01, 0.99, batch)
     args = (grads, logits, scales)
 
     def _k(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -202,8 +199,6 @@ def test_guidance_update(device, k, batch, shape, with_logits):
     k_args = tuple(_k(a) for a in args)
     _assert_close(update_kernels.edm_guided_denoise(_k(denoised), *k_args, _k(sigma)).cpu(),
                   ref.edm_guided_denoise(denoised, *args, sigma))
-    _assert_close(update_kernels.ddpm_guided_eps(_k(denoised), *k_args, _k(alpha_bar)).cpu(),
-                  ref.ddpm_guided_eps(denoised, *args, alpha_bar))
     for s_cur, s_next in [(SIGMA_MAX, 60.0), (0.01, SIGMA_MIN), (0.3, 0.0)]:
         d_kernel, d_ref = torch.empty(full, device=device), torch.empty(full)
         euler = update_kernels.edm_guided_step(_k(x), _k(denoised), *k_args, s_cur, s_next, d_out=d_kernel)
@@ -215,9 +210,9 @@ def test_guidance_update(device, k, batch, shape, with_logits):
                                                   d_prev=d_kernel)
             _assert_close(heun.cpu(), ref.edm_guided_step(euler.cpu(), denoised, *args, s_cur, s_next,
                                                           x_prev=x, d_prev=d_kernel.cpu()))
-    for ab_t, ab_s in [(0.02, 0.05), (0.9, 0.95), (0.99, 1.0)]:
-        got = update_kernels.ddpm_guided_step(_k(x), _k(denoised), *k_args, ab_t, ab_s, _k(noise))
-        _assert_close(got.cpu(), ref.ddpm_guided_step(x, denoised, *args, ab_t, ab_s, noise))
+    for s_cur, s_next in [(157.0, 150.0), (0.02, 0.01), (0.1, 0.0)]:  # Euler-ancestral (DDPM levels)
+        got = update_kernels.edm_guided_ancestral_step(_k(x), _k(denoised), *k_args, s_cur, s_next, _k(noise))
+        _assert_close(got.cpu(), ref.edm_guided_ancestral_step(x, denoised, *args, s_cur, s_next, noise))
 
 
 def test_guidance_update_matches_method():
@@ -255,10 +250,12 @@ def test_update_kernel_rejects_bad_input():
         update_kernels.edm_guided_denoise(
             d, torch.randn(2, 4, 3), torch.randn(2, 3), torch.ones(2), torch.ones(4)
         )
-    with pytest.raises(ValueError, match="noise is required"):
-        update_kernels.ddpm_guided_step(d, d, torch.randn(0, 4, 3), None, torch.ones(0), 0.5, 0.7, None)
-    with pytest.raises(ValueError, match="alpha_bar_t < alpha_bar_s"):
-        update_kernels.ddpm_guided_step(d, d, torch.randn(0, 4, 3), None, torch.ones(0), 0.7, 0.5, d)
+    with pytest.raises(ValueError, match="needs noise"):
+        update_kernels.edm_guided_ancestral_step(d, d, torch.randn(0, 4, 3), None, torch.ones(0), 0.7, 0.5,
+                                                 None)
+    with pytest.raises(ValueError, match="sigma_cur > sigma_next"):
+        update_kernels.edm_guided_ancestral_step(d, d, torch.randn(0, 4, 3), None, torch.ones(0), 0.5, 0.7,
+                                                 d)
     with pytest.raises(ValueError, match="both x_prev and d_prev"):
         update_kernels.edm_guided_step(d, d, torch.randn(0, 4, 3), None, torch.ones(0), 1.0, 0.5, x_prev=d)
 
@@ -320,9 +317,10 @@ def test_fused_sampling_equals_torch(device):
 
 
 def test_fused_ddpm_sampling_equals_torch(device):
-    """Ancestral DDPM sampling on ``device``: fused guidance vs the PyTorch path there, same noise draws
-    (the noise comes from a generator on that device, so both paths run there)."""
-    from genneg.diffusion.ddpm import DDPMConfig, DDPMSchedule, ddpm_ancestral_sample
+    """DDPM's ancestral sampling (Euler-ancestral on the levels of an ε-network's EpsDenoiser) on
+    ``device``: the fused guided step vs the PyTorch path there, same noise draws (the noise comes from a
+    generator on that device, so both paths run there)."""
+    from genneg.diffusion import DDPMConfig, DDPMSchedule, EpsDenoiser, euler_ancestral_sample
 
     schedule = DDPMSchedule(DDPMConfig(num_steps=50))
     net = _mlp(2, 2, 16, 1, seed=7).to(device)
@@ -330,29 +328,19 @@ def test_fused_ddpm_sampling_equals_torch(device):
     def eps_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return net(x_t, t.to(torch.float32) / 50.0)
 
-    classifiers = [TimeClassifier(_mlp(2, 1, 16, 1, seed=s), SIGMA_DATA).to(device) for s in range(3)]
-    guided = GuidedEps(eps_model, schedule, classifiers, [1.0, 0.5, 2.0], coordinates="ve")
-    x_T = torch.randn(9, 2, generator=torch.Generator().manual_seed(0)).to(device)
-    expected = ddpm_ancestral_sample(guided, x_T, schedule, num_steps=10,
-                                     generator=torch.Generator(device).manual_seed(1))
-    got = fused_ddpm_ancestral_sample(guided, x_T, num_steps=10,
+    # large-network classifiers (not packable MLPs): the combine kernel's fused Euler-ancestral step
+    classifiers = [TimeClassifier(Wrapped(_mlp(2, 1, 16, 1, seed=s)), SIGMA_DATA).to(device)
+                   for s in range(3)]
+    denoiser = EpsDenoiser(eps_model, schedule)
+    torch_guided = GuidedDenoiser(denoiser, classifiers, [1.0, 0.5, 2.0], backend="torch")
+    fused_guided = GuidedDenoiser(denoiser, classifiers, [1.0, 0.5, 2.0], backend="triton")
+    sigmas = schedule.sampling_sigmas(10)
+    x_T = schedule.initial_noise((9, 2), generator=torch.Generator().manual_seed(0), num_steps=10).to(device)
+    assert torch_guided.ancestral_step is None and fused_guided.ancestral_step is not None
+    expected = euler_ancestral_sample(torch_guided, x_T, sigmas,
                                       generator=torch.Generator(device).manual_seed(1))
+    got = euler_ancestral_sample(fused_guided, x_T, sigmas, generator=torch.Generator(device).manual_seed(1))
     _assert_close(got.cpu(), expected.cpu(), rel=1e-4)
-
-    class StepClassifier(nn.Module):  # "ddpm" coordinates: c(x_t, t) with integer timesteps
-        def __init__(self, net: ResidualMLP) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.net(x_t, t.to(torch.float32) / 50.0)[:, 0]
-
-    step_classifiers = [StepClassifier(_mlp(2, 1, 16, 1, seed=s)).to(device) for s in (4, 5)]
-    step_guided = GuidedEps(eps_model, schedule, step_classifiers, [1.0, 3.0], coordinates="ddpm")
-    t = torch.tensor([49, 30, 10, 0, 5, 20, 40, 1, 2], device=device)
-    with torch.no_grad():
-        expected_eps = step_guided(x_T, t)
-    _assert_close(FusedGuidedEps(step_guided)(x_T, t).cpu(), expected_eps.cpu())
 
 
 def test_build_fused_guidance_refuses_time_independent():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genneg.data.checkerboard import sample_checkerboard
-from genneg.diffusion import DDPMConfig, DDPMSchedule, EDMConfig, EDMPrecond, edm_loss
+from genneg.diffusion import DDPMConfig, DDPMSchedule, EDMConfig, EDMPrecond, EpsDenoiser, edm_loss
 from genneg.metrics import (
     elbo,
     elbo_terms,
@@ -138,7 +138,7 @@ def test_r_elbo_of_exact_eps() -> None:
     v = ab * S * S + 1 - ab
     m2 = (x0 - MU).pow(2).sum(dim=1, keepdim=True)
     expected = -((1 - ab) * ab * m2 / v**2 + 2 * (ab * S * S / v) ** 2).mean(dim=1)
-    est = r_elbo(gaussian_eps(MU, S, sched), x0, sched, num_timesteps=32,
+    est = r_elbo(EpsDenoiser(gaussian_eps(MU, S, sched), sched), x0, sched, num_timesteps=32,
                  generator=torch.Generator().manual_seed(11))
     diff = est - expected
     assert abs(float(diff.mean())) < 4 * float(diff.std()) / math.sqrt(len(x0))

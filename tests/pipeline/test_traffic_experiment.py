@@ -144,6 +144,7 @@ def test_scene_r_elbo_binds_each_scene_to_its_conditioning(task: TrafficTask) ->
         ab = alpha_bar[t][:, None, None]
         return (x_t - ab.sqrt() * x0[scene_id]) / (1 - ab).sqrt()
 
+    exact.parameterisation = "eps"  # an ε-network: scene_r_elbo sees it through its EpsDenoiser
     cond = dict(scenes.cond, scene_id=torch.arange(7))
     value = scene_r_elbo(exact, SceneSet(x0, cond), task.schedule, num_timesteps=3, seed=5, batch_scenes=4)
     assert value.shape == (7,)
@@ -301,7 +302,7 @@ def test_fast_sampler_from_a_traffic_run_plans_in_a_scene(tiny_run: tuple[Path, 
                                                            task: TrafficTask) -> None:
     """FastSampler.from_run on a traffic run: the distilled model, conditioned per call on a held-out
     scene (its first vehicle known, the other present slots sampled), keeps the known vehicle exactly and
-    the padding at zero; a guided stack is refused with the reason."""
+    the padding at zero; so does the guided stack, its classifiers reading the same per-call ``cond``."""
     from genneg.planning.fast_sampler import FastSampler
     from genneg.planning.traffic import scene_condition
 
@@ -323,8 +324,13 @@ def test_fast_sampler_from_a_traffic_run_plans_in_a_scene(tiny_run: tuple[Path, 
     assert result.samples.shape == (3, 4, 7)
     torch.testing.assert_close(result.samples[:, 0], scene.tokens[0, 0].expand(3, 7))
     assert bool((result.samples[:, ~valid] == 0).all())
-    with pytest.raises(ValueError, match="guided stack"):
-        FastSampler.from_run(run_dir, "guided", num_parallel=3)
+    guided = FastSampler.from_run(run_dir, "guided", num_parallel=3, num_steps=4, drivable_map=road)
+    assert guided.kind == "ddpm" and guided.mode in ("split", "whole")
+    result = guided(condition, seed=0)
+    assert torch.equal(result.samples[:, 0], scene.tokens[0, 0].expand(3, 7))  # kept exactly
+    assert bool((result.samples[:, ~valid] == 0).all()) and bool(torch.isfinite(result.samples).all())
+    assert result.times.guidance_ms > 0  # the classifiers ran, on the scene's cond
+    assert result.verdicts.shape == (3, 4)
 
 
 class _Kill(RuntimeError):

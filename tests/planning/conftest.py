@@ -23,6 +23,8 @@ def _mlp(dim_out: int, seed: int) -> ResidualMLP:
 class TimeEps(nn.Module):
     """A residual MLP as a DDPM ε-model ``eps(x_t, t)`` (time = t / T)."""
 
+    parameterisation = "eps"
+
     def __init__(self, net: nn.Module, num_steps: int) -> None:
         super().__init__()
         self.net = net

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from genneg.diffusion import ddpm_ancestral_sample, heun_sample, make_sigmas
+from genneg.diffusion import EpsDenoiser, euler_ancestral_sample, heun_sample, make_sigmas
 from genneg.guidance import GuidedDenoiser
 from genneg.planning.fast_sampler import FastSampler, SamplerConfig, parallel_samples_for, success_probability
 from genneg.planning.inpainting import fix_coordinates
@@ -61,10 +61,12 @@ def test_guided_split_equals_guided_denoiser(guided, oracle) -> None:
 
 
 def test_ddpm_equals_ancestral_sample(eps_model, schedule, oracle) -> None:
+    """On a DDPM's levels FastSampler is the library's Euler-ancestral sampler of the EpsDenoiser."""
     result = _ddpm(eps_model, schedule, oracle)(seed=7)
     g = torch.Generator().manual_seed(7)
-    x_T = torch.randn((16, 2), generator=g)
-    expected = ddpm_ancestral_sample(eps_model, x_T, schedule, num_steps=8, generator=g)
+    sigmas = schedule.sampling_sigmas(8)
+    x_T = torch.randn((16, 2), generator=g) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    expected = euler_ancestral_sample(EpsDenoiser(eps_model, schedule), x_T, sigmas, generator=g)
     assert torch.equal(result.samples, expected)
 
 

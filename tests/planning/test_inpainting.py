@@ -3,6 +3,8 @@ traffic scenes keep the ego and seen vehicles, bad conditions raise ValueError."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -16,15 +18,16 @@ from genneg.data.traffic import (
     scenes_to_tokens,
     tokens_to_scenes,
 )
-from genneg.diffusion import DDPMConfig, DDPMSchedule, make_sigmas
-from genneg.models.scene_transformer import SceneTransformer, SceneTransformerConfig
+from genneg.diffusion import DDPMConfig, DDPMSchedule, EpsDenoiser, make_sigmas
+from genneg.models.scene_networks import SceneEpsModel
+from genneg.models.scene_transformer import SceneTransformerConfig
 from genneg.oracles import DrivableMap, TrafficOracle
 from genneg.planning.fast_sampler import FastSampler, SamplerConfig
 from genneg.planning.inpainting import (
     InpaintCondition,
     check_condition,
     fix_coordinates,
-    inpaint_ddpm_sample,
+    inpaint_ancestral_sample,
     inpaint_heun_sample,
 )
 from genneg.planning.traffic import SceneTokenOracle, decode_tokens, scene_condition
@@ -52,7 +55,9 @@ def test_checkerboard_fixed_coordinate_exact_and_equals_reference(
     if kind == "edm":
         expected = inpaint_heun_sample(denoiser, x_T, make_sigmas("log_linear", 7, 0.002, 80.0), cond)
     else:
-        expected = inpaint_ddpm_sample(eps_model, x_T, schedule, cond, num_steps=7, generator=g)
+        sigmas = schedule.sampling_sigmas(7)
+        expected = inpaint_ancestral_sample(EpsDenoiser(eps_model, schedule), x_T, sigmas, cond,
+                                            start_scale=math.sqrt(1 + float(sigmas[0]) ** 2), generator=g)
     assert torch.equal(result.samples, expected)
 
 
@@ -105,7 +110,9 @@ def test_bad_conditions_raise() -> None:
     with pytest.raises(ValueError, match="mask"):
         check_condition(InpaintCondition(good.values, good.mask.float()), (2,), 4)
     with pytest.raises(ValueError, match="leading batch"):
-        check_condition(InpaintCondition(good.values, good.mask, context=(torch.zeros(3, 5),)), (2,), 4)
+        check_condition(InpaintCondition(good.values, good.mask, cond={"c": torch.zeros(3, 5)}), (2,), 4)
+    with pytest.raises(TypeError, match="dict"):
+        check_condition(InpaintCondition(good.values, good.mask, cond=(torch.zeros(4, 5),)), (2,), 4)
     with pytest.raises(ValueError, match="NaN"):
         check_condition(InpaintCondition(torch.tensor([float("inf"), 0.0]), good.mask), (2,), 4)
     # a NaN where nothing is fixed is ignored
@@ -126,8 +133,9 @@ def traffic():
     norm = TokenNormalisation()
     tokens = scenes_to_tokens(scenes.boxes, scenes.speeds, scenes.valid, scenes.centre_m, norm)
     torch.manual_seed(0)
-    net = SceneTransformer(SceneTransformerConfig(width=16, heads=2, blocks=1, mlp_ratio=1)).eval()
-    return road, scenes, torch.from_numpy(tokens), net, DDPMSchedule(DDPMConfig(num_steps=40))
+    schedule = DDPMSchedule(DDPMConfig(num_steps=40))
+    net = SceneEpsModel(SceneTransformerConfig(width=16, heads=2, blocks=1, mlp_ratio=1), schedule).eval()
+    return road, scenes, torch.from_numpy(tokens), net, schedule
 
 
 def test_decode_tokens_matches_tokens_to_scenes(traffic) -> None:

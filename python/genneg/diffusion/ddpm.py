@@ -1,15 +1,24 @@
-"""DDPM (Ho et al. 2020): ε-prediction, linear / cosine ᾱ schedules, ancestral sampling.
+"""DDPM (Ho et al. 2020) as a preconditioned denoiser in variance-exploding σ coordinates.
 
 Variance-preserving forward process with integer timesteps ``t = 0 .. T-1``::
 
     x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε,      ᾱ_t = Π_{s<=t} (1 - β_s)
 
-An ε-model is a callable ``eps_model(x_t (B, ...) float32, t (B,) int64) -> (B, ...)``.
+An ε-network is a callable ``eps_model(x_t (B, ...) float32, t (B,) int64, **cond) -> (B, ...)``; it is
+trained with :func:`ddpm_loss` and saved as is. Everything downstream (samplers, guidance, inpainting,
+distillation, metrics, the planner) sees it only through :class:`EpsDenoiser`, the one noise formalism of
+the package (DESIGN.md "One noise formalism"): the same process in VE coordinates is
+``x = x_t / sqrt(ᾱ_t) = x0 + σ_t ε`` with ``σ_t = sqrt((1 - ᾱ_t) / ᾱ_t)``, and
 
-The same process in variance-exploding coordinates is ``x_VE = x_t / sqrt(ᾱ_t) = x0 + σ_t ε`` with
-``σ_t = sqrt((1 - ᾱ_t) / ᾱ_t)``; :class:`EpsDenoiser` uses this to present an ε-model as a denoiser
-``D(x, sigma)`` (``genneg.diffusion.denoiser``) so that the Heun sampler, guidance and metrics are
-written once for both model families.
+    D(x; σ) = x - σ ε_θ(x / sqrt(1 + σ²), t(σ))
+
+(EDM's ``VPPrecond``, Karras et al. 2022 Table 1, with ``c_skip = 1``, ``c_out = -σ``,
+``c_in = 1 / sqrt(1 + σ²)``; k-diffusion's ``DiscreteEpsDDPMDenoiser`` on the discrete levels). DDPM's
+ancestral sampler is then the stochastic Euler-ancestral step (η = 1) of
+:func:`genneg.diffusion.samplers.euler_ancestral_sample` on the levels :meth:`DDPMSchedule.sampling_sigmas`:
+the Gaussian bridge ``x_{σ'} | x_σ, x̂0 ~ N(x̂0 + (σ'²/σ²)(x_σ - x̂0), σ'² (1 - σ'²/σ²) I)`` is the DDPM
+posterior ``q(x_s | x_t, x̂0)`` (variance β̃) written in VE coordinates. Its initial state is
+``x_T / sqrt(ᾱ_T) = sqrt(1 + σ_T²) N(0, I)`` (:meth:`DDPMSchedule.initial_noise`).
 """
 
 from __future__ import annotations
@@ -20,23 +29,21 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from genneg.diffusion.denoiser import broadcast_to_sample
-from genneg.diffusion.samplers import StepCallback
-from genneg.profiling import nvtx_range
+from genneg.diffusion.denoiser import broadcast_to_sample, expand_sigma
 
 __all__ = [
     "DDPMConfig",
     "DDPMSchedule",
     "EpsDenoiser",
     "EpsModel",
-    "ddpm_ancestral_sample",
+    "as_denoiser",
     "ddpm_loss",
     "ddpm_timesteps",
 ]
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EpsModel = Callable[..., torch.Tensor]
+"""``eps_model(x_t (B, ...), t (B,) int64, **cond) -> (B, ...)``."""
 
 _SCHEDULES = ("linear", "cosine")
 
@@ -146,6 +153,20 @@ class DDPMSchedule:
         abar = broadcast_to_sample(abar, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
+    def sampling_sigmas(self, num_steps: int | None = None) -> torch.Tensor:
+        """The ancestral sampler's levels: ``(n + 1,)`` float64, ``σ_t`` at the timesteps of
+        :func:`ddpm_timesteps` (decreasing) and a final 0, the shape every sampler takes."""
+        t = ddpm_timesteps(self, num_steps)
+        return torch.cat([self.sigmas[t], self.sigmas.new_zeros(1)])
+
+    def initial_noise(self, shape: tuple[int, ...] | torch.Size, *, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu", num_steps: int | None = None) -> torch.Tensor:
+        """The sampler's initial state in VE coordinates, ``(*shape)`` float32: ``x_T / sqrt(ᾱ_T)`` with
+        ``x_T ~ N(0, I)`` drawn from ``generator`` on ``device`` (``T`` = the first visited timestep)."""
+        sigma_max = float(self.sampling_sigmas(num_steps)[0])
+        noise = torch.randn(tuple(shape), generator=generator, device=device)
+        return noise * math.sqrt(1.0 + sigma_max * sigma_max)
+
 
 def ddpm_loss(
     eps_model: EpsModel, x0: torch.Tensor, schedule: DDPMSchedule, *,
@@ -166,31 +187,61 @@ def ddpm_loss(
 
 
 class EpsDenoiser(nn.Module):
-    """Adapts an ε-model to the denoiser interface in VE coordinates.
+    """An ε-network as a denoiser in VE coordinates (module docstring; EDM's ``VPPrecond``).
 
-    ``D(x, sigma)``: ``x`` ``(B, ...)`` is ``x0 + sigma ε`` (VE), ``sigma`` ``(B,)`` or scalar. The model is
-    evaluated at ``t`` = the step whose ``σ_t`` is nearest in ``log σ`` and at ``x_t = x / sqrt(1 + σ²)``
-    (the VP point with ``ᾱ = 1 / (1 + σ²)``), and ``D = x - σ ε_model(x_t, t)``. On the schedule's own
-    levels (``sigma = schedule.sigmas[t]``) this is exact; in between, ``t`` is rounded.
+    ``D(x, sigma, **cond)``: ``x`` ``(B, ...)`` is ``x0 + sigma ε`` (VE), ``sigma`` ``(B,)`` or scalar. The
+    network is evaluated at ``t`` = the step whose ``σ_t`` is nearest in ``log σ`` and at
+    ``x_t = x / sqrt(1 + σ²)`` (the VP point with ``ᾱ = 1 / (1 + σ²)``), with ``cond`` passed on by
+    keyword, and ``D = x - σ ε_θ(x_t, t, **cond)``. On the schedule's own levels
+    (``sigma = schedule.sigmas[t]``) this is exact; in between, ``t`` is rounded.
+
+    The ε-network stays the saved model (checkpoints hold its weights); the wrapper holds no parameters
+    of its own and is applied when a model is loaded or sampled (:func:`as_denoiser`).
+
+    Args:
+        eps_model: ``eps_model(x_t (B, ...), t (B,) int64, **cond) -> (B, ...)``.
+        schedule: its :class:`DDPMSchedule`.
     """
 
     def __init__(self, eps_model: EpsModel, schedule: DDPMSchedule) -> None:
         super().__init__()
+        if not isinstance(schedule, DDPMSchedule):
+            raise TypeError(f"schedule must be a DDPMSchedule, got {type(schedule).__name__}")
         self.eps_model = eps_model
         self.schedule = schedule
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """``x`` ``(B, ...)`` VE coordinates, ``sigma`` ``(B,)`` or scalar -> ``(B, ...)`` x0 estimate."""
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)  # keep float64 levels exact
-        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
-        if sigma.shape != (x.shape[0],):
-            raise ValueError(
-                f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(sigma.shape)}"
-            )
+    def eps(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: torch.Tensor) -> torch.Tensor:
+        """``ε_θ(x / sqrt(1 + σ²), t(σ), **cond)`` ``(B, ...)`` for VE ``x`` ``(B, ...)``."""
+        sigma = expand_sigma(sigma, x)
         t = self.schedule.t_of_sigma(sigma)
         s = broadcast_to_sample(sigma, x)
-        x_t = x / torch.sqrt(1 + s * s)
-        return x - s * self.eps_model(x_t, t)
+        return self.eps_model(x / torch.sqrt(1 + s * s), t, **cond)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, ...)`` VE coordinates, ``sigma`` ``(B,)`` or scalar -> ``(B, ...)`` x0 estimate.
+
+        Raises:
+            ValueError: ``sigma`` of another batch size, or ``sigma <= 0``.
+        """
+        sigma = expand_sigma(sigma, x)
+        return x - broadcast_to_sample(sigma, x) * self.eps(x, sigma, **cond)
+
+
+def as_denoiser(model: Callable[..., torch.Tensor], schedule: DDPMSchedule | None
+                ) -> Callable[..., torch.Tensor]:
+    """``model`` as a denoiser ``D(x, sigma, **cond)``: an ε-network (a module whose ``parameterisation``
+    attribute is ``"eps"``) is wrapped in :class:`EpsDenoiser` with ``schedule``; a denoiser (an
+    :class:`EpsDenoiser`, an EDM model, a guided stack) is returned as is. A ``DistributedDataParallel``
+    wrapper is looked through for the attribute (and kept, so that gradients are averaged over ranks).
+
+    Raises:
+        ValueError: an ε-network without a schedule.
+    """
+    if getattr(getattr(model, "module", model), "parameterisation", "denoiser") != "eps":
+        return model
+    if schedule is None:
+        raise ValueError(f"{type(model).__name__} is an ε-network: pass its DDPMSchedule to wrap it")
+    return EpsDenoiser(model, schedule)
 
 
 def ddpm_timesteps(schedule: DDPMSchedule, num_steps: int | None = None) -> torch.Tensor:
@@ -203,70 +254,3 @@ def ddpm_timesteps(schedule: DDPMSchedule, num_steps: int | None = None) -> torc
         raise ValueError(f"num_steps must lie in [1, {T}], got {num_steps}")
     t = torch.linspace(T - 1, 0, num_steps, dtype=torch.float64).round().to(torch.int64)
     return torch.unique_consecutive(t)
-
-
-@torch.no_grad()
-def ddpm_ancestral_sample(
-    eps_model: EpsModel,
-    x_T: torch.Tensor,
-    schedule: DDPMSchedule,
-    *,
-    num_steps: int | None = None,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Ancestral sampling ``x_t -> x_s`` with the posterior ``q(x_s | x_t, x̂0)`` (Ho et al., variance β̃).
-
-    With ``num_steps < T`` the sampler visits an evenly spaced subsequence of timesteps and uses the
-    posterior of that coarser chain (``α = ᾱ_t / ᾱ_s``, ``β = 1 - α``)::
-
-        x̂0   = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)
-        mean = sqrt(ᾱ_s) β / (1 - ᾱ_t) · x̂0 + sqrt(α) (1 - ᾱ_s) / (1 - ᾱ_t) · x_t
-        var  = β (1 - ᾱ_s) / (1 - ᾱ_t)
-
-    and the last step (to ``ᾱ = 1``) returns ``x̂0`` without noise. Runs under ``torch.no_grad``;
-    guided ε wrappers switch gradients on locally.
-
-    Args:
-        eps_model: ``eps_model(x_t (B, ...), t (B,) int64) -> (B, ...)``, possibly guided.
-        x_T: ``(B, *shape)`` float, initial noise ``N(0, I)`` (VP coordinates).
-        schedule: the model's :class:`DDPMSchedule`.
-        num_steps: number of sampling steps (default ``T``).
-        generator: random source of the per-step noise.
-        callback: ``callback(i, x_next, sigma_cur, sigma_next)`` after step ``i`` with the VE noise
-            levels of the two steps (``sigma_next = 0`` at the end); ``x_next`` is in VP coordinates.
-        progress: show a progress bar.
-
-    Returns:
-        ``(B, *shape)`` samples ``x_0`` in ``x_T``'s dtype.
-    """
-    if x_T.ndim < 2:
-        raise ValueError(f"x_T must be (B, *shape), got shape {tuple(x_T.shape)}")
-    steps = ddpm_timesteps(schedule, num_steps).tolist()
-    abars = schedule.alphas_cumprod.tolist()
-    x = x_T
-    B = x.shape[0]
-    for i in tqdm(range(len(steps)), disable=not progress, desc="ddpm sampling", leave=False):
-        t = steps[i]
-        ab_t = abars[t]
-        ab_s = abars[steps[i + 1]] if i + 1 < len(steps) else 1.0
-        t_batch = torch.full((B,), t, dtype=torch.int64, device=x.device)
-        with nvtx_range("sampler.ddpm_eps"):
-            eps = eps_model(x, t_batch)
-        x0_hat = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
-        if i + 1 < len(steps):
-            alpha = ab_t / ab_s
-            beta = 1 - alpha
-            c0 = math.sqrt(ab_s) * beta / (1 - ab_t)
-            ct = math.sqrt(alpha) * (1 - ab_s) / (1 - ab_t)
-            std = math.sqrt(beta * (1 - ab_s) / (1 - ab_t))
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = c0 * x0_hat + ct * x + std * noise
-            sigma_next = math.sqrt((1 - ab_s) / ab_s)
-        else:
-            x = x0_hat
-            sigma_next = 0.0
-        if callback is not None:
-            callback(i, x, math.sqrt((1 - ab_t) / ab_t), sigma_next)
-    return x

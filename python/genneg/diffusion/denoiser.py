@@ -1,14 +1,17 @@
 """The one denoiser interface every sampler, guidance wrapper and metric uses.
 
-A denoiser is a callable ``D(x, sigma) -> x0_hat``:
+A denoiser is a callable ``D(x, sigma, **cond) -> x0_hat``:
 
 - ``x``: ``(B, *sample_shape)`` float32, a noisy sample in variance-exploding coordinates
   ``x = x0 + sigma · eps``;
 - ``sigma``: ``(B,)`` float32, the noise level of each sample (same units as ``x``);
+- ``cond``: per-sample conditioning tensors (leading dimension ``B``) passed by keyword; none for
+  unconditioned models;
 - returns ``(B, *sample_shape)``, the estimate of ``E[x0 | x_sigma = x]``.
 
-Its score is ``(D(x, sigma) - x) / sigma²``. DDPM ε-models are adapted to this interface by
-``genneg.diffusion.ddpm`` so that guidance and metrics are written once.
+Its score is ``(D(x, sigma) - x) / sigma²``. DDPM ε-networks enter this interface through
+``genneg.diffusion.ddpm.EpsDenoiser`` (the one noise formalism), so that samplers, guidance, inpainting,
+distillation, metrics and the planner are written once.
 """
 
 from __future__ import annotations

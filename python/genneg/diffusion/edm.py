@@ -71,7 +71,8 @@ class EDMPrecond(nn.Module):
     """Wraps a raw network ``F(x_in, c_noise)`` into the EDM denoiser ``D(x, sigma)``.
 
     Args:
-        net: module mapping ``(B, *shape)`` and ``(B,)`` to ``(B, *shape)``.
+        net: module mapping ``(B, *shape)`` and ``(B,)`` (and, for conditioned models, ``**cond``) to
+            ``(B, *shape)``.
         sigma_data: standard deviation of the data, in data units.
     """
 
@@ -80,11 +81,12 @@ class EDMPrecond(nn.Module):
         self.net = net
         self.sigma_data = float(sigma_data)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """``x`` ``(B, *shape)`` float32, ``sigma`` ``(B,)`` or scalar -> ``(B, *shape)``."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, *shape)`` float32, ``sigma`` ``(B,)`` or scalar -> ``(B, *shape)``; ``cond``
+        (per-sample conditioning, leading dimension ``B``) is passed to the network by keyword."""
         sigma = expand_sigma(sigma, x)
         c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
-        f = self.net(broadcast_to_sample(c_in, x) * x, c_noise)
+        f = self.net(broadcast_to_sample(c_in, x) * x, c_noise, **cond)
         return broadcast_to_sample(c_skip, x) * x + broadcast_to_sample(c_out, x) * f
 
 

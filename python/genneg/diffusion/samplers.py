@@ -24,13 +24,20 @@ Samplers (:data:`SAMPLERS`, by name through :func:`get_sampler`), with ``n`` the
   is DPM-Solver++(2M); the corrector UniC re-uses the denoiser output at the predicted point (which the
   next predictor needs anyway), so it raises the order to 3 at no extra call, ``n`` calls.
 
+One stochastic sampler shares the signature (plus a ``generator`` for its noise):
+:func:`euler_ancestral_sample`, the Euler-ancestral step (k-diffusion's ``sample_euler_ancestral``; Song
+et al. 2021 "Score-Based Generative Modeling through SDEs" for the reverse SDE, DDIM's η for the split of
+the variance). With ``η = 1`` it draws from the Gaussian bridge ``x_{σ'} | x_σ, x̂0`` of the VE process,
+which on a DDPM's discrete levels is exactly DDPM's ancestral step (``genneg.diffusion.ddpm``).
+
 With ``lambda = -log sigma`` and ``h = lambda' - lambda`` the data-prediction update of all the
 multistep methods is ``x' = e^{-h} x + (1 - e^{-h}) D_eff`` where ``D_eff`` extrapolates the denoiser's
 past outputs (METHOD.md 1: the PF-ODE in VE coordinates, where ``alpha = 1``).
 
 A denoiser may provide its own fused Heun step (``denoiser.heun_step(x, sigma_cur, sigma_next)``, e.g. the
-Triton guidance kernels); :func:`heun_step` then calls it (unconditioned calls only), so the fast path
-changes nothing for callers.
+Triton guidance kernels) or Euler-ancestral step (``denoiser.ancestral_step(x, sigma_cur, sigma_next,
+noise)``); :func:`heun_step` and :func:`euler_ancestral_step` then call it (unconditioned calls only), so
+the fast path changes nothing for callers.
 """
 
 from __future__ import annotations
@@ -53,8 +60,11 @@ __all__ = [
     "MultistepStep",
     "Sampler",
     "StepCallback",
+    "ancestral_levels",
     "denoiser_calls",
     "dpmpp_2m_sample",
+    "euler_ancestral_sample",
+    "euler_ancestral_step",
     "euler_sample",
     "euler_step",
     "get_sampler",
@@ -155,6 +165,75 @@ def euler_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, c
         x = euler_step(denoiser, x, levels[i], levels[i + 1], cond=cond)
         if callback is not None:
             callback(i, x, levels[i], levels[i + 1])
+    return x
+
+
+def ancestral_levels(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)`` of an Euler-ancestral step from ``sigma`` to ``sigma_next``: a
+    deterministic step to ``sigma_down`` then fresh noise of std ``sigma_up``, with
+    ``sigma_down² + sigma_up² = sigma_next²`` and ``sigma_up = min(sigma_next, η sigma_next
+    sqrt(1 - sigma_next²/sigma²))`` (k-diffusion's ``get_ancestral_step``). ``(0, 0)`` when
+    ``sigma_next == 0``; ``η = 0`` is the deterministic (DDIM) step."""
+    if sigma_next == 0.0:
+        return 0.0, 0.0
+    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(max(0.0, 1.0 - (sigma_next / sigma) ** 2)))
+    return math.sqrt(sigma_next * sigma_next - sigma_up * sigma_up), sigma_up
+
+
+def euler_ancestral_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float,
+                         noise: torch.Tensor | None, *, cond: Cond | None = None, eta: float = 1.0
+                         ) -> torch.Tensor:
+    """One Euler-ancestral step: ``x' = D + (sigma_down/sigma)(x - D) + sigma_up · noise`` with
+    ``D = D(x; sigma_cur)`` and the levels of :func:`ancestral_levels`. ``noise`` ``(B, ...)`` standard
+    normal (unused, may be None, when ``sigma_up == 0``, e.g. the step to 0, which returns ``D``).
+
+    Delegates to ``denoiser.ancestral_step(x, sigma_cur, sigma_next, noise)`` when the denoiser has one
+    (fused backends), ``cond`` is empty and ``eta == 1``."""
+    fused = getattr(denoiser, "ancestral_step", None)
+    if fused is not None and not cond and eta == 1.0:
+        return fused(x, sigma_cur, sigma_next, noise)
+    den = _call(denoiser, x, sigma_cur, cond)
+    sigma_down, sigma_up = ancestral_levels(sigma_cur, sigma_next, eta)
+    x_next = den + (sigma_down / sigma_cur) * (x - den)
+    if sigma_up > 0.0:
+        if noise is None:
+            raise ValueError(f"a step to sigma_next={sigma_next} with eta={eta} needs noise")
+        x_next = x_next + sigma_up * noise
+    return x_next
+
+
+@torch.no_grad()
+def euler_ancestral_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                           cond: Cond | None = None, callback: StepCallback | None = None,
+                           progress: bool = False, generator: torch.Generator | None = None,
+                           eta: float = 1.0) -> torch.Tensor:
+    """Euler-ancestral sampling along ``sigmas`` (module docstring): one denoiser call and, except for
+    the step to 0, one ``randn`` of ``x``'s shape from ``generator`` per step.
+
+    On a DDPM's levels (``DDPMSchedule.sampling_sigmas``) with ``η = 1`` and the initial state
+    ``DDPMSchedule.initial_noise`` this is DDPM's ancestral sampler (Ho et al. 2020, Alg. 2; the
+    posterior of the visited sub-chain when steps are skipped).
+
+    Args:
+        generator: source of the per-step noise (drawn on ``x``'s device in ``x``'s dtype).
+        eta: 1 for the ancestral (SDE) step, 0 for the deterministic one, in between to interpolate.
+        Others as :func:`heun_sample`.
+
+    Raises:
+        ValueError: a bad ``sigmas`` (as :func:`heun_sample`) or ``eta < 0``.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    levels = _levels(sigmas)
+    for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        noise = None
+        if ancestral_levels(sigma, sigma_next, eta)[1] > 0.0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        with nvtx_range("sampler.euler_ancestral_step"):
+            x = euler_ancestral_step(denoiser, x, sigma, sigma_next, noise, cond=cond, eta=eta)
+        if callback is not None:
+            callback(i, x, sigma, sigma_next)
     return x
 
 

@@ -5,6 +5,6 @@ never here, so that importing this package does not touch Triton.
 """
 
 from genneg.guidance.classifier import TimeClassifier
-from genneg.guidance.guided import GuidedDenoiser, GuidedEps, guidance_gradient
+from genneg.guidance.guided import GuidedDenoiser, guidance_gradient, posterior_variance
 
-__all__ = ["GuidedDenoiser", "GuidedEps", "TimeClassifier", "guidance_gradient"]
+__all__ = ["GuidedDenoiser", "TimeClassifier", "guidance_gradient", "posterior_variance"]

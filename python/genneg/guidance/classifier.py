@@ -29,7 +29,8 @@ class TimeClassifier(nn.Module):
     """Logits of the probability that a noisy sample's clean origin is valid.
 
     Declares ``noise_coordinates = "ve"``: it takes ``sigma`` (variance-exploding coordinates), never an
-    integer DDPM timestep; :class:`genneg.guidance.GuidedEps` reads this and refuses a wrong pairing.
+    integer DDPM timestep (a DDPM model is guided in VE coordinates through its ``EpsDenoiser``);
+    :class:`genneg.guidance.GuidedDenoiser` reads this and refuses a classifier that declares otherwise.
 
     Args:
         net: raw network ``F(x_in (B, *shape), c_noise (B,), **cond) -> (B, 1)``, ``(B,)`` or ``(B, P)``

@@ -1,4 +1,4 @@
-"""The fused (Triton) guidance backend behind :class:`~genneg.guidance.GuidedDenoiser` and for DDPM.
+"""The fused (Triton) guidance backend behind :class:`~genneg.guidance.GuidedDenoiser`.
 
 :func:`build_fused_guidance` picks, for a guided denoiser's stack:
 
@@ -13,7 +13,8 @@
   (``genneg.kernels.fused_guidance_update``) combines them and applies the update;
 - None when the stack cannot be fused (a time-independent classifier, whose gradient runs through ``D``).
 
-:class:`FusedGuidedEps` does the same for the DDPM ε form, including the ancestral step and its noise.
+A DDPM ε-network enters as its ``EpsDenoiser`` (the one σ form): :class:`FusedCombineGuidance` also
+provides the guided Euler-ancestral step (DDPM's ancestral step on its levels) with the caller's noise.
 
 Only ever used when ``resolve_backend`` chose Triton (CUDA, or the interpreter in tests). Triton is
 imported lazily, inside the builders, so importing this module costs nothing on a CPU-only install.
@@ -22,7 +23,7 @@ imported lazily, inside the builders, so importing this module costs nothing on 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,16 +33,11 @@ from genneg.diffusion.denoiser import expand_sigma
 from genneg.guidance.guided import _run_outside_inference_mode
 from genneg.profiling import nvtx_range
 
-if TYPE_CHECKING:
-    from genneg.diffusion.ddpm import DDPMSchedule
-
 __all__ = [
     "FusedCombineGuidance",
-    "FusedGuidedEps",
     "FusedMLPClassifierGuidance",
     "FusedMLPGuidance",
     "build_fused_guidance",
-    "fused_ddpm_ancestral_sample",
     "stack_input_gradients",
 ]
 
@@ -204,6 +200,16 @@ class FusedCombineGuidance:
                                                        sigma_next, x_prev=x, d_prev=slope, out=x_next)
         return x_next
 
+    def ancestral_step(self, x: torch.Tensor, sigma_cur: float, sigma_next: float,
+                       noise: torch.Tensor | None) -> torch.Tensor:
+        """One guided Euler-ancestral step (η = 1), the networks plus one kernel launch; ``noise``
+        ``(B, ...)`` standard normal (None for the step to 0)."""
+        x = x.contiguous()
+        denoised, grads, logits, scales = self._parts(x, expand_sigma(sigma_cur, x))
+        with nvtx_range("guidance.combine_step"):
+            return self._kernels.edm_guided_ancestral_step(x, denoised, grads, logits, scales, sigma_cur,
+                                                           sigma_next, noise)
+
 
 def _mlp_stack_or_none(guided: Any, classifiers: Sequence[nn.Module], scales: Sequence[float]) -> Any:
     """Pack the stack for :class:`FusedMLPGuidance`, or None when it is not all residual MLPs."""
@@ -253,116 +259,3 @@ def build_fused_guidance(
             return FusedMLPGuidance(stack)
         return FusedMLPClassifierGuidance(guided.denoiser, stack)
     return FusedCombineGuidance(guided.denoiser, classifiers, scales)
-
-
-class FusedGuidedEps:
-    """The fused backend for :class:`~genneg.guidance.GuidedEps` (DDPM ε form).
-
-    ``ε_K = ε_θ − sqrt(1 − ᾱ_t) Σ_k γ_k ∇_{x_t} log c_k`` with the K gradients from one batched backward
-    and the combination (and, in :meth:`ancestral_step`, the whole ancestral update) in one kernel.
-
-    Args:
-        guided_eps: a ``GuidedEps`` (reads ``eps_model``, ``schedule``, ``classifiers``, ``scales``,
-            ``coordinates``); every classifier must be time-dependent.
-
-    Raises:
-        ValueError: a time-independent classifier (its gradient runs through ``ε_θ``).
-    """
-
-    def __init__(self, guided_eps: Any) -> None:
-        from genneg.kernels import fused_guidance_update
-
-        self._kernels = fused_guidance_update
-        pairs = [(c, float(s)) for c, s in zip(guided_eps.classifiers, guided_eps.scales) if float(s) != 0.0]
-        if any(not bool(getattr(c, "time_dependent", True)) for c, _ in pairs):
-            raise ValueError("FusedGuidedEps needs time-dependent classifiers")
-        self.eps_model = guided_eps.eps_model
-        self.schedule: DDPMSchedule = guided_eps.schedule
-        self.coordinates = getattr(guided_eps, "coordinates", "ddpm")
-        self.classifiers = [c for c, _ in pairs]
-        self.scales = [s for _, s in pairs]
-
-    def _parts(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        if torch.is_inference_mode_enabled():  # the classifier gradients need autograd
-            return _run_outside_inference_mode(self._parts, x_t, t, alpha_bar)
-        with nvtx_range("guidance.eps_model"), torch.no_grad():
-            eps = self.eps_model(x_t, t).to(torch.float32)
-        scales = torch.tensor(self.scales, dtype=torch.float32, device=x_t.device)
-        if not self.classifiers:
-            return eps, x_t.new_zeros((0, *x_t.shape), dtype=torch.float32), None, scales
-        if self.coordinates == "ve":
-            root_ab = alpha_bar.sqrt().reshape(-1, *([1] * (x_t.ndim - 1)))
-            sigma_t = ((1 - alpha_bar) / alpha_bar).sqrt()
-
-            def inputs(xg: torch.Tensor) -> tuple[torch.Tensor, Any]:
-                return xg / root_ab, sigma_t
-        else:
-
-            def inputs(xg: torch.Tensor) -> tuple[torch.Tensor, Any]:
-                return xg, t
-
-        with nvtx_range("guidance.classifier_gradients"):
-            grads, logits = stack_input_gradients(self.classifiers, x_t, inputs)
-        return eps, grads.to(torch.float32), logits, scales
-
-    def _alpha_bar(self, t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.schedule.alphas_cumprod, device=x_t.device)[t].to(torch.float32)
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x_t`` ``(B, ...)`` float32, ``t`` ``(B,)`` int64 -> guided ε ``(B, ...)``."""
-        if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
-            raise ValueError(f"t must have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
-        x_t = x_t.contiguous()
-        alpha_bar = self._alpha_bar(t, x_t)
-        eps, grads, logits, scales = self._parts(x_t, t, alpha_bar)
-        with nvtx_range("guidance.combine"):
-            return self._kernels.ddpm_guided_eps(eps, grads, logits, scales, alpha_bar.contiguous())
-
-    def ancestral_step(self, x_t: torch.Tensor, t: int, t_next: int | None,
-                       noise: torch.Tensor | None) -> torch.Tensor:
-        """Guided ancestral step from timestep ``t`` to ``t_next`` (None: the last step, to ``x̂0``).
-
-        ``x_t``, ``noise`` ``(B, ...)`` float32 (VP coordinates); same posterior as
-        ``genneg.diffusion.ddpm.ddpm_ancestral_sample``.
-        """
-        x_t = x_t.contiguous()
-        abars = self.schedule.alphas_cumprod
-        ab_t = float(abars[t])
-        ab_s = 1.0 if t_next is None else float(abars[t_next])
-        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.int64, device=x_t.device)
-        eps, grads, logits, scales = self._parts(x_t, t_batch, self._alpha_bar(t_batch, x_t))
-        with nvtx_range("guidance.ancestral_step"):
-            return self._kernels.ddpm_guided_step(x_t, eps, grads, logits, scales, ab_t, ab_s, noise)
-
-
-@torch.no_grad()
-def fused_ddpm_ancestral_sample(
-    guided_eps: Any,
-    x_T: torch.Tensor,
-    *,
-    num_steps: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """``genneg.diffusion.ddpm.ddpm_ancestral_sample`` for a ``GuidedEps`` with the fused kernels: the
-    same visited timesteps and the same noise draws (so equal samples from the same generator state).
-
-    Args:
-        guided_eps: a ``GuidedEps`` with time-dependent classifiers.
-        x_T: ``(B, ...)`` float32 initial noise (VP coordinates).
-        num_steps: number of visited timesteps (default all ``T``).
-        generator: random source of the per-step noise.
-
-    Returns:
-        ``(B, ...)`` float32 samples ``x_0``.
-    """
-    from genneg.diffusion.ddpm import ddpm_timesteps
-
-    fused = FusedGuidedEps(guided_eps)
-    steps = ddpm_timesteps(fused.schedule, num_steps).tolist()
-    x = x_T.to(torch.float32).contiguous()
-    for i, t in enumerate(steps):
-        last = i + 1 == len(steps)
-        noise = None if last else torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = fused.ancestral_step(x, t, None if last else steps[i + 1], noise)
-    return x

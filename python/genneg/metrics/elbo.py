@@ -25,11 +25,12 @@ chunks of about ``batch_size`` rows (whole points). Sums are in float64; the den
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from genneg.diffusion.ddpm import DDPMSchedule, EpsModel
+from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
 from genneg.diffusion.denoiser import Denoiser, broadcast_to_sample
 from genneg.diffusion.edm import EDMConfig
 
@@ -180,7 +181,7 @@ def elbo(
 
 @torch.no_grad()
 def r_elbo(
-    eps_model: EpsModel,
+    model: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     schedule: DDPMSchedule,
     *,
@@ -189,12 +190,16 @@ def r_elbo(
     batch_size: int = 65536,
     stratified: bool = True,
 ) -> torch.Tensor:
-    """DDPM's reweighted ELBO ``-E_{t~U{0..T-1}} E_ε ||ε_model(x_t, t) - ε||²`` per point.
+    """DDPM's reweighted ELBO ``-E_{t~U{0..T-1}} E_ε ||ε̂(x_t, t) - ε||²`` per point.
 
-    Uniform weighting over timesteps (not a bound in nats: a score to compare models of one schedule).
+    Uniform weighting over timesteps (not a bound in nats: a score to compare models of one schedule). The
+    model is a denoiser in VE coordinates (an ε-network through :class:`~genneg.diffusion.EpsDenoiser`,
+    wrapped here by :func:`~genneg.diffusion.as_denoiser`; a guided stack; a distilled student), and
+    ``ε̂ = (x - D(x; σ_t)) / σ_t`` at ``x = x_t / sqrt(ᾱ_t) = x0 + σ_t ε``, which for an ε-network is its
+    own ``ε_θ(x_t, t)``.
 
     Args:
-        eps_model: ``eps_model(x_t (B, ...), t (B,) int64) -> (B, ...)``, plain or guided.
+        model: ``D(x (B, ...), sigma (B,)) -> (B, ...)`` or an ε-network, plain or guided.
         x0: ``(N, *shape)`` float held-out points; the model is called in this dtype.
         schedule: the model's :class:`DDPMSchedule`.
         num_timesteps: ``K`` timesteps (each with its own ε) per point; stratified over ``[0, T)`` when
@@ -207,6 +212,7 @@ def r_elbo(
     _check_x0(x0)
     if num_timesteps < 1 or batch_size < 1:
         raise ValueError(f"num_timesteps and batch_size must be >= 1, got {num_timesteps}, {batch_size}")
+    denoiser = as_denoiser(model, schedule)
     n, k, device = x0.shape[0], num_timesteps, x0.device
     T = schedule.num_steps
     u = _uniform_draws(n, k, stratified, generator, device)
@@ -217,6 +223,9 @@ def r_elbo(
         t = t_all[rows]
         clean = x0[torch.arange(rows.start, rows.stop, device=device) // k]
         eps = torch.randn(clean.shape, generator=generator, device=device, dtype=x0.dtype)
-        x_t = schedule.add_noise(clean, t, eps)
-        sq_err[rows] = (eps_model(x_t, t) - eps).to(torch.float64).pow(2).flatten(1).sum(dim=1)
+        sigma = schedule.sigma_of_t(t).to(device=device, dtype=x0.dtype)
+        s = broadcast_to_sample(sigma, clean)
+        x = clean + s * eps
+        eps_hat = (x - denoiser(x, sigma)) / s
+        sq_err[rows] = (eps_hat - eps).to(torch.float64).pow(2).flatten(1).sum(dim=1)
     return -sq_err.reshape(n, k).mean(dim=1)

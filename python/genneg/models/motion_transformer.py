@@ -169,6 +169,9 @@ class MotionEpsNet(nn.Module):
     conditioning entries other than ``family`` (the oracle's, the metrics') are ignored.
     """
 
+    parameterisation = "eps"
+    """An ε-network: samplers, guidance and metrics see it through ``genneg.diffusion.EpsDenoiser``."""
+
     def __init__(self, config: MotionTransformerConfig) -> None:
         super().__init__()
         if config.head != "eps":

@@ -42,6 +42,9 @@ class SceneEpsModel(nn.Module):
         map_samples: the token normalisation, to add the map samples; None: plain tokens.
     """
 
+    parameterisation = "eps"
+    """An ε-network: samplers, guidance and metrics see it through ``genneg.diffusion.EpsDenoiser``."""
+
     def __init__(self, config: SceneTransformerConfig, schedule: DDPMSchedule,
                  map_samples: TokenNormalisation | None = None) -> None:
         super().__init__()

@@ -10,14 +10,12 @@ the guided teacher ``D_K``::
 with ``x0`` from the training set (the paper) or from the teacher's own samples
 (``DistillConfig.x0_source``). The student then samples at the baseline's cost.
 
-For DDPM ε-models (traffic) the same objective in ε form (:func:`distillation_loss_eps`)::
-
-    L(psi) = E_t E_x0 E_eps ||eps_psi(x_t, t) - stopgrad(eps_K(x_t, t))||²,   t ~ U{0..T-1},
-
-the weighting of :func:`genneg.diffusion.ddpm.ddpm_loss` (since ``D = x - sigma eps`` in VE coordinates,
-this is Eq. 12 with ``lambda(sigma) = 1 / sigma²`` at the schedule's levels). :func:`train_distilled`
-picks the form from its noise argument (an ``EDMConfig`` or a ``DDPMSchedule``). Conditioned samples pass
-their conditioning (``cond``, rows aligned with ``x0``) to student and teacher.
+DDPM ε-networks (traffic, motion) are distilled in the same σ form, through their
+:class:`~genneg.diffusion.ddpm.EpsDenoiser`: ``sigma = sigma_t`` with ``t ~ U{0..T-1}`` and
+``lambda(sigma) = 1 / sigma²``, which is ``E_t ||eps_psi(x_t, t) - stopgrad(eps_K(x_t, t))||²``, the
+weighting of :func:`genneg.diffusion.ddpm.ddpm_loss` (``D = x - sigma eps``). :func:`distillation_noise`
+draws the levels and weights from the noise argument (an ``EDMConfig`` or a ``DDPMSchedule``).
+Conditioned samples pass their conditioning (``cond``, rows aligned with ``x0``) to student and teacher.
 """
 
 from __future__ import annotations
@@ -31,14 +29,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from genneg.diffusion.ddpm import DDPMSchedule
+from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
 from genneg.diffusion.denoiser import broadcast_to_sample
 from genneg.diffusion.edm import EDMConfig, edm_loss_weight
 from genneg.pipeline.distributed import ddp, global_mean_losses, shard_rows, world
 from genneg.pipeline.optim import optimizer_step, set_learning_rate
 
-__all__ = ["DistillConfig", "distillation_loss", "distillation_loss_eps", "distillation_x0",
-           "train_distilled"]
+__all__ = ["DistillConfig", "distillation_loss", "distillation_noise", "distillation_x0", "train_distilled"]
 
 
 @dataclass(frozen=True)
@@ -103,11 +100,37 @@ def distillation_x0(
     return x0.detach()
 
 
+def distillation_noise(
+    noise: EDMConfig | DDPMSchedule, batch: int, *, generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma, lambda(sigma))``, each ``(batch,)`` float32 on ``device``, of Eq. 12's noise levels.
+
+    An ``EDMConfig``: ``ln sigma ~ U[ln sigma_min, ln sigma_max]``, ``lambda = (sigma² + sigma_data²) /
+    (sigma sigma_data)²``. A ``DDPMSchedule``: ``sigma = sigma_t``, ``t ~ U{0..T-1}``, ``lambda = 1/sigma²``
+    (the ε loss). Drawn on ``generator``'s device.
+
+    Raises:
+        TypeError: ``noise`` of another type.
+    """
+    gen_device = generator.device if generator is not None else torch.device(device)
+    if isinstance(noise, DDPMSchedule):
+        t = torch.randint(noise.num_steps, (batch,), generator=generator, device=gen_device)
+        sigma64 = noise.sigmas.to(t.device)[t]
+        return sigma64.to(device, torch.float32), (1.0 / sigma64.square()).to(device, torch.float32)
+    if not isinstance(noise, EDMConfig):
+        raise TypeError(f"noise must be an EDMConfig or a DDPMSchedule, got {type(noise).__name__}")
+    log_min, log_max = math.log(noise.sigma_min), math.log(noise.sigma_max)
+    u = torch.rand(batch, generator=generator, device=gen_device).to(device)
+    sigma = torch.exp(log_min + u * (log_max - log_min))
+    return sigma, edm_loss_weight(sigma, noise.sigma_data)
+
+
 def distillation_loss(
     student: Callable[..., torch.Tensor],
     teacher: Callable[..., torch.Tensor],
     x0: torch.Tensor,
-    edm_config: EDMConfig,
+    noise: EDMConfig | DDPMSchedule,
     *,
     generator: torch.Generator | None = None,
     cond: Mapping[str, torch.Tensor] | None = None,
@@ -120,9 +143,10 @@ def distillation_loss(
     differentiated.
 
     Args:
-        student, teacher: denoisers ``D(x (B, ...), sigma (B,), **cond) -> (B, ...)``.
+        student, teacher: denoisers ``D(x (B, ...), sigma (B,), **cond) -> (B, ...)`` (a DDPM ε-network
+            through :class:`~genneg.diffusion.ddpm.EpsDenoiser`).
         x0: ``(B, *shape)`` float clean samples.
-        edm_config: noise range and ``sigma_data`` (data units).
+        noise: an ``EDMConfig`` or a ``DDPMSchedule`` (:func:`distillation_noise`).
         generator: random source of sigma and noise (its device is where they are drawn).
         cond: conditioning tensors of the ``B`` samples (leading dimension ``B``), or None.
         rows: only these rows are evaluated and averaged (a data-parallel rank's share); the noise of the
@@ -133,55 +157,16 @@ def distillation_loss(
     """
     cond = {} if cond is None else dict(cond)
     gen_device = generator.device if generator is not None else x0.device
-    b = x0.shape[0]
-    log_min, log_max = math.log(edm_config.sigma_min), math.log(edm_config.sigma_max)
-    u = torch.rand(b, generator=generator, device=gen_device).to(x0.device)
-    sigma = torch.exp(log_min + u * (log_max - log_min))
+    sigma, weight = distillation_noise(noise, x0.shape[0], generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
     x = x0 + broadcast_to_sample(sigma.to(x0.dtype), x0) * eps
     if rows is not None:
-        x, sigma, cond = x[rows], sigma[rows], {k: v[rows] for k, v in cond.items()}
+        x, sigma, weight = x[rows], sigma[rows], weight[rows]
+        cond = {k: v[rows] for k, v in cond.items()}
     with torch.no_grad():
         target = teacher(x, sigma, **cond)
     err = (student(x, sigma, **cond) - target).pow(2).flatten(1).sum(dim=1)
-    return (edm_loss_weight(sigma, edm_config.sigma_data).to(err.dtype) * err).mean()
-
-
-def distillation_loss_eps(
-    student: Callable[..., torch.Tensor],
-    teacher: Callable[..., torch.Tensor],
-    x0: torch.Tensor,
-    schedule: DDPMSchedule,
-    *,
-    generator: torch.Generator | None = None,
-    cond: Mapping[str, torch.Tensor] | None = None,
-    rows: slice | None = None,
-) -> torch.Tensor:
-    """Eq. 12 in ε form on one batch: ``mean_i ||eps_psi(x_t, t) - eps_K(x_t, t)||²``, ``t ~ U{0..T-1}``.
-
-    Args:
-        student, teacher: ε-models ``eps(x_t (B, ...), t (B,) int64, **cond) -> (B, ...)``; the teacher
-            (e.g. a :class:`genneg.guidance.GuidedEps`) runs under ``torch.no_grad``.
-        x0: ``(B, *shape)`` float clean samples.
-        schedule: the DDPM schedule of both models.
-        generator: random source of ``t`` and noise (its device is where they are drawn).
-        cond: conditioning tensors of the ``B`` samples, or None.
-        rows: only these rows are evaluated and averaged (a data-parallel rank's share).
-
-    Returns:
-        scalar loss (squared error summed over sample dimensions, averaged over the batch).
-    """
-    cond = {} if cond is None else dict(cond)
-    gen_device = generator.device if generator is not None else x0.device
-    b = x0.shape[0]
-    t = torch.randint(schedule.num_steps, (b,), generator=generator, device=gen_device).to(x0.device)
-    eps = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0.device, x0.dtype)
-    x_t = schedule.add_noise(x0, t, eps)
-    if rows is not None:
-        x_t, t, eps, cond = x_t[rows], t[rows], eps[rows], {k: v[rows] for k, v in cond.items()}
-    with torch.no_grad():
-        target = teacher(x_t, t, **cond)
-    return (student(x_t, t, **cond) - target).pow(2).flatten(1).sum(dim=1).mean()
+    return (weight.to(err.dtype) * err).mean()
 
 
 def train_distilled(
@@ -198,12 +183,13 @@ def train_distilled(
     """Train ``student`` in place to match ``teacher`` (Eq. 12) with Adam.
 
     Args:
-        student: the baseline-shaped denoiser (or ε-model) to train (start it from the baseline's weights).
-        teacher: the guided denoiser ``D_K`` (or guided ε-model ``eps_K``), not trained.
+        student: the baseline-shaped denoiser (or ε-network, trained through its ``EpsDenoiser``) to train
+            (start it from the baseline's weights).
+        teacher: the guided denoiser ``D_K``, not trained.
         x0: ``(N, *shape)`` pool of clean samples (:func:`distillation_x0`), moved to the student's device.
         config: iterations, batch size, optimiser.
-        edm_config: an ``EDMConfig`` (noise range and ``sigma_data``: :func:`distillation_loss`) or a
-            ``DDPMSchedule`` (ε form: :func:`distillation_loss_eps`).
+        edm_config: an ``EDMConfig`` (noise range and ``sigma_data``) or a ``DDPMSchedule`` (the ε loss):
+            :func:`distillation_noise`.
         generator: random source of indices, sigma and noise.
         progress: show a progress bar.
         cond: conditioning tensors of the pool (leading dimension ``N``), or None.
@@ -217,10 +203,10 @@ def train_distilled(
     randomness of the whole batch drawn on every rank from the same ``generator``), so the student follows
     the one-process run up to the order of floating-point sums.
     """
-    for attr in ("denoiser", "eps_model"):
-        if getattr(teacher, attr, None) is student:
-            raise ValueError(f"the student is the teacher's own base model ({attr}): train a copy "
-                             "(copy.deepcopy)")
+    base = getattr(teacher, "denoiser", None)
+    if base is student or getattr(base, "eps_model", None) is student:
+        raise ValueError("the student is the teacher's own base model (denoiser): train a copy "
+                         "(copy.deepcopy)")
     device = next(iter(student.parameters())).device
     pool = x0.to(device)
     pool_cond = {k: v.to(device) for k, v in (cond or {}).items()}
@@ -231,7 +217,7 @@ def train_distilled(
     w = world()
     rows = shard_rows(config.batch_size, w)
     share = (rows.stop - rows.start) * w.world_size / config.batch_size
-    model = ddp(student)
+    student_denoiser = as_denoiser(ddp(student), edm_config if isinstance(edm_config, DDPMSchedule) else None)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
     losses = torch.empty(config.iterations, dtype=torch.float32, device=device)
     was_training = student.training
@@ -243,13 +229,8 @@ def train_distilled(
         idx = torch.randint(pool.shape[0], (config.batch_size,), generator=generator, device=gen_device)
         idx = idx.to(device)
         batch_cond = {k: v[idx] for k, v in pool_cond.items()}
-        if isinstance(edm_config, DDPMSchedule):
-            loss = distillation_loss_eps(model, teacher, pool[idx], edm_config, generator=generator,
-                                         cond=batch_cond, rows=rows)
-        else:
-            loss = distillation_loss(model, teacher, pool[idx], edm_config, generator=generator,
-                                     cond=batch_cond, rows=rows)
-        loss = loss * share
+        loss = distillation_loss(student_denoiser, teacher, pool[idx], edm_config, generator=generator,
+                                 cond=batch_cond, rows=rows) * share
         optimizer_step(optimizer, loss, student.parameters(), config.grad_clip)
         losses[step] = loss.detach()
         if progress and (step % 50 == 0 or step == config.iterations - 1):

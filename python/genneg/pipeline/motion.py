@@ -16,7 +16,8 @@ loop (:mod:`genneg.pipeline.experiment`) calls this task's hooks:
 - classifiers: the same transformer with one logit per frame
   (:class:`~genneg.models.motion_transformer.MotionLogitNet` in a :class:`~genneg.guidance.TimeClassifier`,
   ``sigma_data = 1``: its input ``x / sqrt(σ² + 1)`` is the DDPM ``x_t``), trained on per-frame labels;
-  guidance ``ε_K = ε − sqrt(1 − ᾱ_t) Σ_k ∇ Σ_frames log c_k`` (:class:`~genneg.guidance.GuidedEps`);
+  guidance ``ε_K = ε − sqrt(1 − ᾱ_t) Σ_k ∇ Σ_frames log c_k`` (:class:`~genneg.guidance.GuidedDenoiser`
+  of the ε-network's ``EpsDenoiser``);
 - distillation of the stacked model into a baseline-shaped ε-model (ε form of Eq. 12);
 - evaluation of every model with the same noise: infraction per clip (Wilson interval) and per frame,
   r-ELBO per frame on held-out clips (same draws for every model), FID and KID against the held-out clips in
@@ -50,9 +51,10 @@ from genneg.data.motion import (
     write_deepmimic_split,
     write_procedural_dataset,
 )
-from genneg.diffusion.ddpm import DDPMSchedule, ddpm_ancestral_sample
+from genneg.diffusion.ddpm import DDPMSchedule, EpsDenoiser, as_denoiser
 from genneg.diffusion.edm import EDMConfig
-from genneg.guidance import GuidedEps, TimeClassifier
+from genneg.diffusion.samplers import euler_ancestral_sample
+from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.io.checkpoint import load_checkpoint, save_checkpoint
 from genneg.io.rundir import stage_generator, stage_seed
 from genneg.metrics import infraction_rate, num_parallel_samples, r_elbo
@@ -83,28 +85,30 @@ __all__ = ["EXPERIMENT", "MotionTask", "motion_r_elbo", "sample_motions", "train
 
 def _bind(model: Callable[..., torch.Tensor], cond: Cond | None) -> Callable[[torch.Tensor, torch.Tensor],
                                                                             torch.Tensor]:
-    """``model(x, t, **cond)`` as ``f(x, t)``."""
-    return (lambda x, t: model(x, t)) if not cond else (lambda x, t: model(x, t, **cond))
+    """``model(x, s, **cond)`` as ``f(x, s)`` (``s``: the ε loss's timestep or a denoiser's sigma)."""
+    return (lambda x, s: model(x, s)) if not cond else (lambda x, s: model(x, s, **cond))
 
 
 def sample_motions(eps_model: Callable[..., torch.Tensor], n: int, shape: tuple[int, int],
                    schedule: DDPMSchedule, *, num_steps: int, batch_size: int, generator: torch.Generator,
                    cond: Cond | None = None, device: torch.device | str = "cpu", progress: bool = False
                    ) -> tuple[torch.Tensor, list[float]]:
-    """Ancestral DDPM samples ``(n, F, D)`` of ``eps_model`` (plain or guided) and the wall seconds of each
-    batch. Noise is drawn on the CPU from ``generator`` in batch order (so a batch's noise does not depend on
-    the model); ``cond``: ``n`` conditioning rows or None."""
+    """Ancestral DDPM samples ``(n, F, D)`` of ``eps_model`` (an ε-network through its ``EpsDenoiser``, or a
+    denoiser: guided, distilled) with the Euler-ancestral sampler on the schedule's levels, and the wall
+    seconds of each batch. Noise is drawn on the CPU from ``generator`` in batch order (so a batch's noise
+    does not depend on the model); ``cond``: ``n`` conditioning rows or None."""
     out, seconds = [], []
+    denoiser = as_denoiser(eps_model, schedule)
+    sigmas = schedule.sampling_sigmas(num_steps)
     starts = range(0, n, batch_size)
     for start in tqdm(starts, disable=not progress or len(starts) < 2, desc="sampling clips", leave=False):
         m = min(batch_size, n - start)
         batch = None if cond is None else {k: v[start:start + m] for k, v in cond.items()}
-        x_T = torch.randn((m, *shape), generator=generator).to(device)
+        x_T = schedule.initial_noise((m, *shape), generator=generator, num_steps=num_steps).to(device)
         step_gen = torch.Generator(device=device)
         step_gen.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         t0 = time.perf_counter()
-        out.append(ddpm_ancestral_sample(_bind(eps_model, batch), x_T, schedule, num_steps=num_steps,
-                                         generator=step_gen))
+        out.append(euler_ancestral_sample(denoiser, x_T, sigmas, cond=batch, generator=step_gen))
         seconds.append(time.perf_counter() - t0)
     return torch.cat(out), seconds
 
@@ -120,7 +124,8 @@ def motion_r_elbo(eps_model: Callable[..., torch.Tensor], x: torch.Tensor, sched
         chunk = x[start:start + batch_clips]
         c = None if cond is None else {k: v[start:start + batch_clips].repeat_interleave(num_timesteps, 0)
                                        for k, v in cond.items()}
-        out.append(r_elbo(_bind(eps_model, c), chunk, schedule, num_timesteps=num_timesteps,
+        out.append(r_elbo(_bind(as_denoiser(eps_model, schedule), c), chunk, schedule,
+                          num_timesteps=num_timesteps,
                           generator=generator, batch_size=chunk.shape[0] * num_timesteps))
     return torch.cat(out)
 
@@ -328,11 +333,12 @@ class MotionTask(Task):
         return self._classifier_noise
 
     def guide(self, model: nn.Module, classifiers: Sequence[nn.Module], scale: float) -> nn.Module:
-        """``ε_K``: the stack's guidance (sum over frames of ``log c_k``), or the model itself."""
+        """``D_K`` of the ε-network's ``EpsDenoiser``: the stack's guidance (sum over frames of ``log c_k``),
+        or the model itself."""
         if not classifiers:
             return model
         scales = [scale] * len(classifiers)
-        return GuidedEps(model, self.schedule, list(classifiers), scales, coordinates="ve")
+        return GuidedDenoiser(EpsDenoiser(model, self.schedule), list(classifiers), scales)
 
     @property
     def distill_noise(self) -> DDPMSchedule:

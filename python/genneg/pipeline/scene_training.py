@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from genneg.data.traffic.scene_set import Cond, SceneSet
-from genneg.diffusion.ddpm import DDPMSchedule, ddpm_ancestral_sample
+from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
+from genneg.diffusion.samplers import euler_ancestral_sample
 from genneg.metrics import r_elbo
 from genneg.models.scene_networks import SceneEpsModel
 from genneg.pipeline.ddpm_training import train_ddpm
@@ -56,8 +57,8 @@ class SceneTrainingConfig:
 
 def _bind(model: Callable[..., torch.Tensor], cond: Cond
           ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``model(x, t, **cond)`` as ``f(x, t)`` for the samplers and metrics written for ``eps(x, t)``."""
-    return lambda x, t: model(x, t, **cond)
+    """``model(x, s, **cond)`` as ``f(x, s)`` (``s``: the ε loss's timestep or a denoiser's sigma)."""
+    return lambda x, s: model(x, s, **cond)
 
 
 def sample_scenes(
@@ -70,10 +71,12 @@ def sample_scenes(
     generator: torch.Generator,
     progress: bool = False,
 ) -> tuple[torch.Tensor, list[float]]:
-    """Ancestral DDPM samples of scenes in the contexts ``cond`` (one scene per row).
+    """Ancestral DDPM samples of scenes in the contexts ``cond`` (one scene per row): the Euler-ancestral
+    sampler on the schedule's levels (``genneg.diffusion.ddpm``).
 
     Args:
-        eps_model: ``eps(x_t, t, **cond)``, plain or guided.
+        eps_model: a denoiser ``D(x, sigma, **cond)`` (guided stack, distilled student) or an ε-network
+            (wrapped in its ``EpsDenoiser``).
         cond: ``n`` contexts (see the module docstring).
         schedule: the DDPM schedule; num_steps: sampler steps.
         batch_size: scenes per sampler call.
@@ -87,18 +90,19 @@ def sample_scenes(
     valid = cond["valid"]
     n, a = valid.shape
     device = valid.device
+    denoiser = as_denoiser(eps_model, schedule)
     out, seconds = [], []
     starts = range(0, n, batch_size)
     for start in tqdm(starts, disable=not progress or len(starts) < 2, desc="sampling scenes", leave=False):
         rows = slice(start, min(start + batch_size, n))
         batch = {k: v[rows] for k, v in cond.items()}
         m = batch["valid"].shape[0]
-        x_T = torch.randn((m, a, 7), generator=generator).to(device)
+        x_T = schedule.initial_noise((m, a, 7), generator=generator, num_steps=num_steps).to(device)
         step_gen = torch.Generator(device=device)
         step_gen.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         t0 = time.perf_counter()
-        x = ddpm_ancestral_sample(_bind(eps_model, batch), x_T, schedule, num_steps=num_steps,
-                                  generator=step_gen)
+        x = euler_ancestral_sample(denoiser, x_T, schedule.sampling_sigmas(num_steps), cond=batch,
+                                   generator=step_gen)
         seconds.append(time.perf_counter() - t0)
         out.append(torch.where(batch["valid"][..., None], x, torch.zeros_like(x)))
     return torch.cat(out), seconds
@@ -128,7 +132,8 @@ def scene_r_elbo(
         stop = min(start + batch_scenes, len(scenes))
         chunk = scenes.rows(torch.arange(start, stop, device=scenes.tokens.device))
         cond = {k: v.repeat_interleave(num_timesteps, dim=0) for k, v in chunk.cond.items()}
-        out.append(r_elbo(_bind(eps_model, cond), chunk.tokens, schedule, num_timesteps=num_timesteps,
+        out.append(r_elbo(_bind(as_denoiser(eps_model, schedule), cond), chunk.tokens, schedule,
+                          num_timesteps=num_timesteps,
                           generator=generator, batch_size=len(chunk) * num_timesteps))
     return torch.cat(out)
 

@@ -20,7 +20,7 @@ decoded boxes. That conditioning travels with every sample as a dict of tensors
   trained in variance-exploding coordinates over the DDPM schedule's noise range with ``sigma_data = 1``
   (its input ``x / sqrt(σ² + 1)`` is exactly the DDPM ``x_t``), on the 8 dihedral copies of each labelled
   scene (:func:`dihedral_augment`); guidance ``ε_K = ε − sqrt(1 − ᾱ_t) Σ_k ∇ Σ_{real vehicles} log c_k``
-  (:class:`~genneg.guidance.GuidedEps`, ``coordinates="ve"``, ``part_mask_key="valid"``);
+  (:class:`~genneg.guidance.GuidedDenoiser` of the ε-network's ``EpsDenoiser``, ``part_mask_key="valid"``);
 - distillation of the stacked model into a baseline-shaped ε-model (ε form of Eq. 12);
 - evaluation of every model on the same held-out contexts and the same noise: collision, offroad and
   infraction rates per scene and per vehicle, r-ELBO on held-out scenes (same draws for every model),
@@ -52,9 +52,9 @@ from genneg.data.traffic import (
     write_traffic_dataset,
 )
 from genneg.data.traffic.scene_set import Cond, SceneSet, TrafficTokenOracle
-from genneg.diffusion.ddpm import DDPMSchedule
+from genneg.diffusion.ddpm import DDPMSchedule, EpsDenoiser
 from genneg.diffusion.edm import EDMConfig
-from genneg.guidance import GuidedEps, TimeClassifier
+from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.io.rundir import stage_generator, stage_seed
 from genneg.metrics import infraction_rate, num_parallel_samples
 from genneg.models.scene_networks import MAP_SAMPLES, SceneEpsModel, SceneLogitNet
@@ -293,11 +293,13 @@ class TrafficTask(Task):
         return dihedral_augment(dataset) if self.config.gen_neg.augment else dataset
 
     def guide(self, model: nn.Module, classifiers: Sequence[nn.Module], scale: float) -> nn.Module:
-        """``ε_K``: the stack's guidance (sum over real vehicles of ``log c_k``), or the model itself."""
+        """``D_K`` of the ε-network's ``EpsDenoiser``: the stack's guidance (sum over real vehicles of
+        ``log c_k``), or the model itself."""
         if not classifiers:
             return model
-        return GuidedEps(model, self.schedule, list(classifiers), [scale] * len(classifiers),
-                         coordinates="ve", part_mask_key="valid")
+        scales = [scale] * len(classifiers)
+        return GuidedDenoiser(EpsDenoiser(model, self.schedule), list(classifiers), scales,
+                              part_mask_key="valid")
 
     @property
     def distill_noise(self) -> DDPMSchedule:

@@ -4,8 +4,8 @@ A planner draws ``N`` samples in parallel and keeps a valid one; with the model'
 and required success probability ``p``, ``N = N(r, p) = ceil(log(1 - p) / log r)`` (METHOD.md 7).
 :class:`FastSampler` makes that call cheap and predictable:
 
-- **Built once.** Schedules, per-step coefficients, per-step noise-level vectors and timestep vectors are
-  computed at construction; the state, noise and scratch buffers, and the buffers that keep every round's
+- **Built once.** Schedules, per-step coefficients and per-step noise-level vectors are computed at
+  construction; the state, noise and scratch buffers, and the buffers that keep every round's
   samples and verdicts, are allocated on the first call (or :meth:`FastSampler.warmup`) and reused: after
   warm-up a call allocates no sampler state, only what the network itself allocates (nothing either under
   a CUDA graph) and the small result tensors.
@@ -19,14 +19,14 @@ and required success probability ``p``, ``N = N(r, p) = ceil(log(1 - p) / log r)
   (:mod:`genneg.guidance.analytic`, no autograd, so the guided call stays in inference mode).
 - **Reproducible.** One ``torch.Generator`` per sampler, reseeded at every call (``seed=`` or a counter),
   so a call is a function of its seed. With ``fast_paths=False`` the arithmetic is the library samplers'
-  op for op (``genneg.diffusion.heun_sample``, ``genneg.diffusion.ddpm_ancestral_sample``,
+  op for op (``genneg.diffusion.heun_sample``, ``genneg.diffusion.euler_ancestral_sample``,
   ``genneg.planning.inpainting``): results are equal bit for bit to theirs; with the fast paths they agree
   to float32 rounding. Either way they are equal bit for bit to this sampler's ``preallocate=False`` mode.
 - **CUDA graphs** on a GPU (models without autograd guidance: plain, distilled, fused-guidance steps): one
   graph per condition layout captured on first use; the noise is drawn into static buffers before each
   replay. Never used off CUDA.
 - **The fused guidance backend** when a :class:`~genneg.guidance.GuidedDenoiser` resolves to Triton (its
-  ``heun_step``), and :class:`~genneg.guidance.fused.FusedGuidedEps` for a guided ε-model on CUDA.
+  ``heun_step``, or its ``ancestral_step`` on a DDPM's levels) for unconditioned calls.
 - **Deadline and rounds.** The clock is read before every step and before the oracle; a call returns
   ``ok=False, reason="deadline"`` instead of starting work after the deadline (so it overruns by at most
   one step), or ``reason="max_rounds"`` when every round was rejected. Under a CUDA graph the whole round
@@ -36,11 +36,14 @@ and required success probability ``p``, ``N = N(r, p) = ceil(log(1 - p) / log r)
   served one after the other, each result correct). For parallel planners give each thread its own
   sampler (:meth:`FastSampler.clone`: shares the weights, owns its buffers and generator).
 
-Model forms (chosen at construction): an EDM denoiser ``D(x, sigma, *context)`` sampled with Heun's
-method (or, ``SamplerConfig.solver``, a few-step solver of :mod:`genneg.diffusion.samplers`: Euler,
-DPM-Solver++(2M), UniPC-2M, one (guided) denoiser call per level) on ``config``'s sigma schedule, or
-(``ddpm_schedule=`` given) an ε-model ``eps(x_t, t, *context)`` sampled with the ancestral sampler.
-Guided models (``GuidedDenoiser``, ``GuidedEps``) take no context.
+Model forms (one noise formalism, one conditioning convention): every model is a denoiser
+``D(x, sigma, **cond)`` in VE coordinates (plain, distilled, or a guided ``GuidedDenoiser`` stack), called
+with the condition's ``cond`` dict by keyword. An EDM model samples with Heun's method (or,
+``SamplerConfig.solver``, a few-step solver of :mod:`genneg.diffusion.samplers`: Euler, DPM-Solver++(2M),
+UniPC-2M, one (guided) denoiser call per level) on ``config``'s sigma schedule; with ``ddpm_schedule=``
+the model lives on that DDPM's discrete levels (an ε-network is wrapped in its
+:class:`~genneg.diffusion.EpsDenoiser`) and samples with the Euler-ancestral step there (DDPM's ancestral
+sampler), with the library's step coefficients (:func:`genneg.diffusion.ancestral_levels`).
 """
 
 from __future__ import annotations
@@ -57,13 +60,13 @@ from typing import Any, Literal
 
 import torch
 
-from genneg.diffusion.ddpm import DDPMSchedule, ddpm_timesteps
-from genneg.diffusion.samplers import multistep_coefficients
+from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
+from genneg.diffusion.samplers import ancestral_levels, multistep_coefficients
 from genneg.diffusion.schedules import make_sigmas
-from genneg.guidance.guided import GuidedDenoiser, GuidedEps, guidance_gradient
+from genneg.guidance.guided import GuidedDenoiser, guidance_gradient
 from genneg.metrics.parallel import num_parallel_samples
 from genneg.oracles.base import evaluate_oracle, sample_verdicts
-from genneg.planning.inpainting import InpaintCondition, check_condition, ddpm_replace_, edm_replace_
+from genneg.planning.inpainting import InpaintCondition, batch_cond, check_condition, edm_replace_
 from genneg.planning.mlp_plan import ResidualMLPDenoiserPlan, supports_mlp_plan
 from genneg.planning.result import SampleResult, StageTimes
 
@@ -96,12 +99,12 @@ class SamplerConfig:
         p: required probability of at least one valid sample per round; ``N = N(infraction_rate, p)``.
         infraction_rate: the model's measured infraction rate ``r`` (fraction), needed with ``p``.
         max_parallel: refuse an ``N`` above this (memory guard), e.g. from a rate close to 1.
-        num_steps: EDM: solver steps (noise levels before the final 0); DDPM: visited timesteps.
+        num_steps: EDM: solver steps (noise levels before the final 0); DDPM: visited discrete levels.
         solver: EDM: ``"heun"`` (2 denoiser calls per level), or one call per level: ``"euler"``,
             ``"dpmpp_2m"`` (DPM-Solver++(2M), Lu et al. 2022), ``"unipc"`` (UniPC-2M, Zhao et al. 2023);
             the library's samplers of the same name to float32 rounding (their coefficients are taken from
-            them). DDPM models sample with the ancestral sampler (``"heun"``, the default, only).
-            Inpainting conditions need ``"heun"``.
+            them). DDPM models sample with the Euler-ancestral sampler on their levels (``"heun"``, the
+            default, stands for it; the others are refused). Inpainting conditions need ``"heun"``.
         schedule: EDM sigma schedule, ``"log_linear"`` (the paper's) or ``"karras"``.
         sigma_min, sigma_max, rho: EDM schedule range (data units) and Karras ``rho``.
         deadline_ms: default deadline of a call, milliseconds from its entry; None = none.
@@ -206,7 +209,6 @@ class _Workspace:
         device: torch.device,
         max_rounds: int,
         levels: Sequence[float],
-        timesteps: Sequence[int] | None,
     ) -> None:
         full = (n, *shape)
         opts = {"dtype": torch.float32, "device": device}
@@ -229,12 +231,7 @@ class _Workspace:
         # per-level (N,) noise-level vectors and (N, 1, ..) sigma² for the guidance combination
         self.sigma = [torch.full((n,), s, **opts) for s in levels]
         self.sigma_sq = [(v**2).reshape(bshape) for v in self.sigma]
-        self.t = (
-            None
-            if timesteps is None
-            else [torch.full((n,), t, dtype=torch.int64, device=device) for t in timesteps]
-        )
-        self.step_noise: torch.Tensor | None = None  # (steps, N, ...) for CUDA graphs (DDPM)
+        self.step_noise: torch.Tensor | None = None  # (steps, N, ...) for CUDA graphs (ancestral)
         self.step_fill_noise: torch.Tensor | None = None
 
     def verdict_buffer(self, like: torch.Tensor, rounds: int) -> torch.Tensor:
@@ -253,15 +250,16 @@ class FastSampler:
     """First valid sample within a deadline, conditioned on what the planner knows (module docstring).
 
     Args:
-        model: EDM denoiser ``D(x (N, *shape), sigma (N,), *context) -> (N, *shape)`` (plain, distilled,
-            or a :class:`~genneg.guidance.GuidedDenoiser` stack), or with ``ddpm_schedule`` an ε-model
-            ``eps(x_t, t (N,) int64, *context)`` (or a :class:`~genneg.guidance.GuidedEps`).
+        model: a denoiser ``D(x (N, *shape), sigma (N,), **cond) -> (N, *shape)`` (plain, distilled, or a
+            :class:`~genneg.guidance.GuidedDenoiser` stack); with ``ddpm_schedule`` also a DDPM
+            ε-network (``parameterisation = "eps"``), wrapped in its ``EpsDenoiser``.
         oracle: ``oracle(x (N, *shape)) -> bool (N,) or (N, P)`` (True = valid), or a conditioned oracle
             with ``needs_condition = True`` called as ``oracle(x, condition)`` (e.g.
             :class:`genneg.planning.traffic.SceneTokenOracle`).
         sample_shape: shape of one sample, e.g. ``(2,)`` or ``(A, 7)``.
         config: :class:`SamplerConfig`.
-        ddpm_schedule: the ε-model's schedule; None for an EDM denoiser.
+        ddpm_schedule: the DDPM schedule whose levels the model samples on (Euler-ancestral); None for an
+            EDM denoiser.
         device: where buffers live (default: the model's parameters' device, else CPU).
         seed: base seed; the ``i``-th call without ``seed=`` (counting from 0, calls with an explicit
             seed and :meth:`warmup` not counted) uses ``seed + i``.
@@ -288,6 +286,9 @@ class FastSampler:
         shape = tuple(int(s) for s in sample_shape)
         if not shape or any(s < 1 for s in shape):
             raise ValueError(f"sample_shape must be non-empty with positive sizes, got {tuple(sample_shape)}")
+        if ddpm_schedule is not None and not isinstance(ddpm_schedule, DDPMSchedule):
+            raise TypeError(f"ddpm_schedule must be a DDPMSchedule, got {type(ddpm_schedule).__name__}")
+        model = as_denoiser(model, ddpm_schedule)
         self.model = model
         self.oracle = oracle
         self.sample_shape = shape
@@ -308,54 +309,35 @@ class FastSampler:
         self._calls = itertools.count()
         self._generator = torch.Generator(device=self.device)
         self._workspace: _Workspace | None = None
-        # condition layout -> (graph, output buffer, replay ms, static context), or None: capture failed
-        self._graphs: dict[Any, tuple[Any, torch.Tensor, float, tuple[torch.Tensor, ...]] | None] = {}
+        # condition layout -> (graph, output buffer, replay ms, static cond), or None: capture failed
+        self._graphs: dict[Any, tuple[Any, torch.Tensor, float, dict[str, torch.Tensor]] | None] = {}
+        # Euler-ancestral steps (DDPM levels): (sigma_down / sigma, sigma_up) from the library's levels
+        self._ancestral: list[tuple[float, float]] = []
         if ddpm_schedule is None:
             sigmas = make_sigmas(
                 config.schedule, config.num_steps, config.sigma_min, config.sigma_max, config.rho
             )
             self.levels: list[float] = [float(s) for s in sigmas]
-            self.timesteps: list[int] | None = None
-            self._coefs: list[tuple[float, ...]] = []
+            self._start_scale = self.levels[0]
             self._multistep = None if config.solver == "heun" else multistep_coefficients(config.solver,
                                                                                            self.levels)
         else:
             if config.solver != "heun":
-                raise ValueError(f"solver {config.solver!r} is for EDM denoisers; an ε-model with "
-                                 "ddpm_schedule samples with the ancestral sampler (solver='heun')")
+                raise ValueError(f"solver {config.solver!r} is for EDM denoisers; a model on a DDPM's "
+                                 "levels samples with the Euler-ancestral (DDPM ancestral) step "
+                                 "(solver='heun')")
             self._multistep = None
-            if not isinstance(ddpm_schedule, DDPMSchedule):
-                raise TypeError(f"ddpm_schedule must be a DDPMSchedule, got {type(ddpm_schedule).__name__}")
             if config.num_steps > ddpm_schedule.num_steps:
                 raise ValueError(
                     f"num_steps {config.num_steps} exceeds the schedule's {ddpm_schedule.num_steps}"
                 )
-            self.timesteps = ddpm_timesteps(ddpm_schedule, config.num_steps).tolist()
-            abars = ddpm_schedule.alphas_cumprod.tolist()
-            self._abars = [abars[t] for t in self.timesteps] + [1.0]
-            self.levels = [math.sqrt((1 - a) / a) for a in self._abars[:-1]] + [0.0]
-            self._coefs = []
-            for i in range(len(self.timesteps)):
-                ab_t, ab_s = self._abars[i], self._abars[i + 1]
-                if i + 1 < len(self.timesteps):
-                    alpha = ab_t / ab_s
-                    beta = 1 - alpha
-                    self._coefs.append(
-                        (
-                            math.sqrt(1 - ab_t),
-                            math.sqrt(ab_t),
-                            math.sqrt(ab_s) * beta / (1 - ab_t),
-                            math.sqrt(alpha) * (1 - ab_s) / (1 - ab_t),
-                            math.sqrt(beta * (1 - ab_s) / (1 - ab_t)),
-                        )
-                    )
-                else:
-                    self._coefs.append((math.sqrt(1 - ab_t), math.sqrt(ab_t), 0.0, 0.0, 0.0))
+            self.levels = [float(s) for s in ddpm_schedule.sampling_sigmas(config.num_steps)]
+            self._start_scale = math.sqrt(1.0 + self.levels[0] ** 2)  # x_T / sqrt(ᾱ_T), x_T ~ N(0, I)
+            for s, s_next in itertools.pairwise(self.levels):
+                down, up = ancestral_levels(s, s_next)
+                self._ancestral.append((down / s, up))
         self._mode, self._step_fn, self._net_fn = self._classify(model)
         self._plan, self._analytic = self._fast_paths(model)
-        self._takes_context = self._mode in ("plain", "whole") and not isinstance(
-            model, (GuidedDenoiser, GuidedEps)
-        )
 
     # construction helpers ------------------------------------------------------------------------------
     @staticmethod
@@ -369,42 +351,32 @@ class FastSampler:
     def _classify(self, model: Any) -> tuple[str, Any, Any]:
         """``(mode, fused_step, net)``. ``mode``: ``plain`` (no autograd), ``split`` (denoiser + guidance
         gradient, timed apart), ``whole`` (a guided model called as one), ``fused`` (a denoiser's own fused
-        Heun step ``fused_step``). ``net``: what ``plain`` and ``whole`` call."""
-        if self.ddpm_schedule is not None:
-            if isinstance(model, GuidedEps):
-                eps = model
-                if self.device.type == "cuda":
-                    from genneg.kernels._backend import has_triton
-
-                    if has_triton() and all(_is_time_dependent(c) for c in model.classifiers):
-                        from genneg.guidance.fused import FusedGuidedEps
-
-                        eps = FusedGuidedEps(model)
-                return "whole", None, eps
-            return "plain", None, model
+        step ``fused_step``: Heun, or Euler-ancestral on DDPM levels; unconditioned calls only, a call with
+        ``cond`` calls the model whole). ``net``: what ``plain`` and ``whole`` call."""
         heun = self.config.solver == "heun"
+        step_name = "ancestral_step" if self.ddpm_schedule is not None else "heun_step"
         if isinstance(model, GuidedDenoiser):
-            fused = model.heun_step if heun else None
+            fused = getattr(model, step_name) if heun else None
             if fused is not None:
-                return "fused", fused, None
+                return "fused", fused, model
             active = [(c, s) for c, s in zip(model.classifiers, model.scales) if s != 0.0]
             if not active:
                 return "plain", None, model.denoiser
             if all(_is_time_dependent(c) for c, _ in active):
                 return "split", None, None
             return "whole", None, model
-        fused = getattr(model, "heun_step", None) if heun else None
+        fused = getattr(model, step_name, None) if heun else None
         if fused is not None:
-            return "fused", fused, None
+            return "fused", fused, model
         return "plain", None, model
 
     def _fast_paths(self, model: Any) -> tuple[ResidualMLPDenoiserPlan | None, Any]:
         """The level-specialised MLP denoiser and the analytic guidance, where they apply."""
-        if not self.config.fast_paths or self.kind != "edm" or self._mode not in ("plain", "split"):
+        if not self.config.fast_paths or self._mode not in ("plain", "split"):
             return None, None
         base = model.denoiser if isinstance(model, GuidedDenoiser) else model
         plan = None
-        if supports_mlp_plan(base) and len(self.sample_shape) == 1:
+        if self.kind == "edm" and supports_mlp_plan(base) and len(self.sample_shape) == 1:
             plan = ResidualMLPDenoiserPlan(base, self.levels, self.num_parallel, self.device)
         analytic = None
         if self._mode == "split":
@@ -423,7 +395,8 @@ class FastSampler:
 
     @property
     def kind(self) -> Literal["edm", "ddpm"]:
-        """``"edm"`` (Heun on the PF-ODE) or ``"ddpm"`` (ancestral)."""
+        """``"edm"`` (Heun or a few-step solver on the PF-ODE) or ``"ddpm"`` (Euler-ancestral on a DDPM's
+        levels)."""
         return "edm" if self.ddpm_schedule is None else "ddpm"
 
     @property
@@ -496,8 +469,11 @@ class FastSampler:
             config_overrides: further :class:`SamplerConfig` fields.
 
         Raises:
-            ValueError: a model the run does not have or has not evaluated; a guided traffic model (its
-                classifier stack cannot take a per-call scene context yet: use ``"distilled"``).
+            ValueError: a model the run does not have or has not evaluated.
+
+        Traffic runs (DDPM scene transformers, guided stacks included) sample on the schedule's levels
+        and take the planner's :func:`genneg.planning.traffic.scene_condition`: its ``cond`` (present
+        slots, map crop) reaches the network and every classifier by keyword.
         """
         from genneg.pipeline.experiment import load_model
         from genneg.pipeline.traffic import TrafficTask
@@ -521,13 +497,7 @@ class FastSampler:
             from genneg.oracles.traffic import TrafficOracle
             from genneg.planning.traffic import SceneTokenOracle
 
-            if isinstance(net, GuidedEps):
-                raise ValueError(
-                    f"model {name!r} of this traffic run is a guided stack: its classifiers read the scene "
-                    "context (present slots, map crop) that a planner gives per call, which FastSampler "
-                    "passes only to plain models; use model='distilled' (the stack distilled into one "
-                    "network) or 'baseline'")
-            net = _KeywordContext(net, ("valid", "map_raster")).to(target).eval()
+            net = _rebuild_guided(net, guidance_backend).to(target).eval()
             drivable = task.road_maps[0].drivable_map if drivable_map is None else drivable_map
             steps = run_config.gen_neg.sample_steps if num_steps is None else num_steps
             config = SamplerConfig(num_steps=steps, **common, **config_overrides)
@@ -535,9 +505,7 @@ class FastSampler:
                           sample_shape=tuple(task.train.tokens.shape[1:]), config=config,
                           ddpm_schedule=task.schedule, device=target, seed=seed)
         else:
-            if isinstance(net, GuidedDenoiser):
-                net = GuidedDenoiser(net.denoiser, list(net.classifiers), net.scales,
-                                     backend=guidance_backend)
+            net = _rebuild_guided(net, guidance_backend)
             if hasattr(net, "to"):
                 net = net.to(target)
             net.eval()
@@ -589,7 +557,7 @@ class FastSampler:
             sample was found in time or in ``max_rounds`` rounds.
 
         Raises:
-            ValueError: a condition that does not fit (shape, NaN, context batch, a map that is not the
+            ValueError: a condition that does not fit (shape, NaN, ``cond`` batch, a map that is not the
                 oracle's), or a bad deadline. Never for an unlucky draw.
         """
         t_enter = time.perf_counter()
@@ -598,11 +566,6 @@ class FastSampler:
             raise ValueError(f"deadline_ms must be > 0, got {deadline_ms}")
         if condition is not None:
             check_condition(condition, self.sample_shape, self.num_parallel)
-            if condition.context and not self._takes_context:
-                raise ValueError(
-                    "this model takes no per-call context (guided or fused models): bind the "
-                    "context into the model instead"
-                )
             check_frame = getattr(self.oracle, "check_condition", None)
             if check_frame is not None:
                 check_frame(condition)
@@ -627,7 +590,6 @@ class FastSampler:
                 self.device,
                 self.config.max_rounds,
                 self.levels,
-                self.timesteps,
             )
         if self.preallocate:
             self._workspace = ws
@@ -640,20 +602,18 @@ class FastSampler:
         self._generator.manual_seed(seed)
         clock = _Clock(deadline_s)
         conditioned = condition is not None and condition.num_fixed > 0
-        context: tuple[torch.Tensor, ...] = ()
         if condition is not None:
             with torch.no_grad():
                 ws.known.copy_(condition.values.unsqueeze(0))
                 ws.mask.copy_(condition.mask.unsqueeze(0))
-            context = tuple(c.to(self.device) for c in condition.context)
-            context = tuple(c.expand(self.num_parallel, *c.shape[1:]) for c in context)
+        cond = batch_cond(condition, self.num_parallel, self.device)
         n = self.num_parallel
         rounds = 0
         first_valid = -1
         reason = "max_rounds"
         verdicts: torch.Tensor | None = None
         for r in range(self.config.max_rounds):
-            x = self._round(ws, context, conditioned, clock, condition)
+            x = self._round(ws, cond, conditioned, clock)
             if x is None or clock.expired():
                 reason = "deadline"
                 break
@@ -733,59 +693,59 @@ class FastSampler:
     def _round(
         self,
         ws: _Workspace,
-        context: tuple[torch.Tensor, ...],
+        cond: dict[str, torch.Tensor],
         conditioned: bool,
         clock: _Clock,
-        condition: InpaintCondition | None,
     ) -> torch.Tensor | None:
         """One round of ``N`` samples into a workspace buffer, or None when the deadline passed."""
-        if self.uses_cuda_graphs:
-            return self._graph_round(ws, context, conditioned, clock)
-        if self._mode == "whole" or (self._mode == "split" and self._analytic is None):
-            # guidance needs autograd, even inside a caller's inference_mode
+        if self.uses_cuda_graphs and not (cond and self._mode == "fused"):
+            return self._graph_round(ws, cond, conditioned, clock)
+        needs_autograd = (self._mode == "whole" or (self._mode == "fused" and cond)
+                          or (self._mode == "split" and (self._analytic is None or cond)))
+        if needs_autograd:  # guidance needs autograd, even inside a caller's inference_mode
             with torch.inference_mode(False), torch.no_grad():
-                return self._trajectory(ws, context, conditioned, clock)
+                return self._trajectory(ws, cond, conditioned, clock)
         with torch.inference_mode():
-            return self._trajectory(ws, context, conditioned, clock)
+            return self._trajectory(ws, cond, conditioned, clock)
 
     def _trajectory(
-        self, ws: _Workspace, context: tuple[torch.Tensor, ...], conditioned: bool, clock: _Clock
+        self, ws: _Workspace, cond: dict[str, torch.Tensor], conditioned: bool, clock: _Clock
     ) -> torch.Tensor | None:
         """Draw the round's initial noise from the generator and integrate (CPU / eager path)."""
-        if self.kind == "edm":
-            ws.noise.normal_(generator=self._generator)
-            if self._multistep is not None:
-                return self._multistep_trajectory(ws, context, clock)
-            return self._edm_trajectory(ws, context, conditioned, clock)
-        ws.x.normal_(generator=self._generator)
-        return self._ddpm_trajectory(ws, context, conditioned, clock, pre_drawn=False)
+        ws.noise.normal_(generator=self._generator)
+        if self.kind == "ddpm":
+            return self._ancestral_trajectory(ws, cond, conditioned, clock, pre_drawn=False)
+        if self._multistep is not None:
+            return self._multistep_trajectory(ws, cond, clock)
+        return self._edm_trajectory(ws, cond, conditioned, clock)
 
     # EDM ------------------------------------------------------------------------------------------------
     def _denoise(
-        self, ws: _Workspace, x: torch.Tensor, level: int, context: tuple[torch.Tensor, ...], clock: _Clock
+        self, ws: _Workspace, x: torch.Tensor, level: int, cond: dict[str, torch.Tensor], clock: _Clock
     ) -> torch.Tensor:
         """``D(x; sigma_level)`` (guided when the model is), timed into the clock's stages."""
         sigma = ws.sigma[level]
         t0 = time.perf_counter()
         if self._mode == "plain":
-            if self._plan is not None:
+            if self._plan is not None and not cond:
                 out = self._plan.denoise(x, level, ws.den)
             else:
-                out = self._net_fn(x, sigma, *context)
+                out = self._net_fn(x, sigma, **cond)
             clock.model_ms += 1e3 * (time.perf_counter() - t0)
             return out
         if self._mode == "split":
             guided: GuidedDenoiser = self.model  # type: ignore[assignment]
             with torch.inference_mode():
-                if self._plan is not None:
+                if self._plan is not None and not cond:
                     den = self._plan.denoise(x, level, ws.den)
                 else:
-                    den = guided.denoiser(x, sigma)
+                    den = guided.denoiser(x, sigma, **cond)
             t1 = time.perf_counter()
-            if self._analytic is not None:
+            if self._analytic is not None and not cond:
                 grad = self._analytic.gradient(x, sigma)
             else:
-                grad = guidance_gradient(guided.classifiers, x, sigma, guided.scales)
+                grad = guidance_gradient(guided.classifiers, x, sigma, guided.scales, cond=cond,
+                                         part_mask_key=guided.part_mask_key)
             t2 = time.perf_counter()
             with torch.inference_mode():
                 grad.mul_(ws.sigma_sq[level])
@@ -794,13 +754,13 @@ class FastSampler:
             clock.model_ms += 1e3 * ((t1 - t0) + (t3 - t2))
             clock.guidance_ms += 1e3 * (t2 - t1)
             return den
-        out = self._net_fn(x, sigma, *context)  # "whole": a guided model that cannot be split
+        out = self._net_fn(x, sigma, **cond)  # "whole" (or "fused" with cond): the guided model as one
         clock.guidance_ms += 1e3 * (time.perf_counter() - t0)
         clock.split = False
         return out
 
     def _edm_trajectory(
-        self, ws: _Workspace, context: tuple[torch.Tensor, ...], conditioned: bool, clock: _Clock
+        self, ws: _Workspace, cond: dict[str, torch.Tensor], conditioned: bool, clock: _Clock
     ) -> torch.Tensor | None:
         """Heun along ``self.levels`` from ``sigma_max · ws.noise``; op for op ``heun_sample`` (and
         ``inpaint_heun_sample`` when conditioned). Returns the buffer holding the samples, or None."""
@@ -813,13 +773,13 @@ class FastSampler:
             if clock.expired():
                 return None
             s, s_next = levels[i], levels[i + 1]
-            if self._mode == "fused":
+            if self._mode == "fused" and not cond:
                 t0 = time.perf_counter()
                 x_next.copy_(self._step_fn(x, s, s_next))
                 clock.guidance_ms += 1e3 * (time.perf_counter() - t0)
                 clock.split = False
             else:
-                den = self._denoise(ws, x, i, context, clock)
+                den = self._denoise(ws, x, i, cond, clock)
                 t0 = time.perf_counter()
                 torch.sub(x, den, out=ws.d)
                 ws.d.div_(s)
@@ -829,7 +789,7 @@ class FastSampler:
                     if conditioned:
                         edm_replace_(x_next, ws.known, ws.mask, ws.noise, s_next, ws.scratch)
                     clock.model_ms += 1e3 * (time.perf_counter() - t0)
-                    den = self._denoise(ws, x_next, i + 1, context, clock)
+                    den = self._denoise(ws, x_next, i + 1, cond, clock)
                     t0 = time.perf_counter()
                     torch.sub(x_next, den, out=ws.d_next)
                     ws.d_next.div_(s_next)
@@ -843,7 +803,7 @@ class FastSampler:
         return x
 
     def _multistep_trajectory(
-        self, ws: _Workspace, context: tuple[torch.Tensor, ...], clock: _Clock
+        self, ws: _Workspace, cond: dict[str, torch.Tensor], clock: _Clock
     ) -> torch.Tensor | None:
         """A one-call-per-level solver (``config.solver``) along ``self.levels`` from ``sigma_max ·
         ws.noise``: each update is ``a x + Σ_j c_j D_{i-j}`` with the library's coefficients
@@ -856,7 +816,7 @@ class FastSampler:
         for i, step in enumerate(self._multistep):
             if clock.expired():
                 return None
-            den = self._denoise(ws, x, i, context, clock)
+            den = self._denoise(ws, x, i, cond, clock)
             t0 = time.perf_counter()
             ws.history[i % 3].copy_(den)
             if step.corrector is not None:
@@ -882,75 +842,67 @@ class FastSampler:
             if c != 0.0:
                 out.add_(ws.history[(i - j) % 3], alpha=c)
 
-    # DDPM -----------------------------------------------------------------------------------------------
-    def _eps(
-        self, x: torch.Tensor, step: int, ws: _Workspace, context: tuple[torch.Tensor, ...], clock: _Clock
-    ) -> torch.Tensor:
-        assert ws.t is not None
-        t0 = time.perf_counter()
-        out = self._net_fn(x, ws.t[step], *context)
-        if self._mode == "plain":
-            clock.model_ms += 1e3 * (time.perf_counter() - t0)
-        else:
-            clock.guidance_ms += 1e3 * (time.perf_counter() - t0)
-            clock.split = False
-        return out
-
-    def _ddpm_trajectory(
+    # Euler-ancestral (DDPM levels) ---------------------------------------------------------------------
+    def _ancestral_trajectory(
         self,
         ws: _Workspace,
-        context: tuple[torch.Tensor, ...],
+        cond: dict[str, torch.Tensor],
         conditioned: bool,
         clock: _Clock,
         *,
         pre_drawn: bool,
     ) -> torch.Tensor | None:
-        """Ancestral sampling from ``ws.x`` (``N(0, I)``); op for op ``ddpm_ancestral_sample`` (and
-        ``inpaint_ddpm_sample`` when conditioned). ``pre_drawn``: per-step noise from ``ws.step_noise``
-        (CUDA graphs) instead of the generator."""
+        """Euler-ancestral steps along ``self.levels`` from ``sqrt(1 + σ_0²) · ws.noise``; op for op
+        ``euler_ancestral_sample`` (and ``inpaint_ancestral_sample`` when conditioned), with the step
+        coefficients of ``ancestral_levels``. ``pre_drawn``: per-step noise from ``ws.step_noise`` (CUDA
+        graphs) instead of the generator. Returns the buffer holding the samples, or None."""
+        levels = self.levels
         x, out = ws.x, ws.x_next
+        torch.mul(ws.noise, self._start_scale, out=x)
         if conditioned:
-            ddpm_replace_(x, ws.known, ws.mask, x, self._abars[0], ws.scratch)
-        steps = len(self._coefs)
-        for i in range(steps):
+            edm_replace_(x, ws.known, ws.mask, ws.noise, levels[0], ws.scratch)
+        for i, (ratio, sigma_up) in enumerate(self._ancestral):
             if clock.expired():
                 return None
-            root_1mab, root_ab, c0, ct, std = self._coefs[i]
-            eps = self._eps(x, i, ws, context, clock)
-            t0 = time.perf_counter()
-            torch.mul(eps, root_1mab, out=out)
-            torch.sub(x, out, out=out)
-            out.div_(root_ab)  # x0_hat
-            if i + 1 < steps:
-                out.mul_(c0)
-                torch.mul(x, ct, out=ws.scratch)
-                out.add_(ws.scratch)
-                noise = ws.step_noise[i] if pre_drawn else ws.noise.normal_(generator=self._generator)
-                torch.mul(noise, std, out=ws.scratch)
-                out.add_(ws.scratch)
-                if conditioned:
-                    fill = (
-                        ws.step_fill_noise[i]
-                        if pre_drawn
-                        else ws.fill_noise.normal_(generator=self._generator)
-                    )
-                    ddpm_replace_(out, ws.known, ws.mask, fill, self._abars[i + 1], ws.scratch)
-            elif conditioned:
-                ddpm_replace_(out, ws.known, ws.mask, out, 1.0, ws.scratch)
-            clock.model_ms += 1e3 * (time.perf_counter() - t0)
+            s_next = levels[i + 1]
+            noise = None
+            if sigma_up > 0.0:
+                noise = ws.step_noise[i] if pre_drawn else ws.d.normal_(generator=self._generator)
+            if self._mode == "fused" and not cond:
+                t0 = time.perf_counter()
+                out.copy_(self._step_fn(x, levels[i], s_next, noise))
+                clock.guidance_ms += 1e3 * (time.perf_counter() - t0)
+                clock.split = False
+            else:
+                den = self._denoise(ws, x, i, cond, clock)
+                t0 = time.perf_counter()
+                torch.sub(x, den, out=ws.scratch)  # x' = D + (σ_down/σ)(x - D) + σ_up · noise
+                ws.scratch.mul_(ratio)
+                torch.add(den, ws.scratch, out=out)
+                if noise is not None:
+                    torch.mul(noise, sigma_up, out=ws.scratch)
+                    out.add_(ws.scratch)
+                clock.model_ms += 1e3 * (time.perf_counter() - t0)
+            if conditioned:
+                if s_next > 0.0:
+                    fill = (ws.step_fill_noise[i] if pre_drawn
+                            else ws.fill_noise.normal_(generator=self._generator))
+                    edm_replace_(out, ws.known, ws.mask, fill, s_next, ws.scratch)
+                else:
+                    edm_replace_(out, ws.known, ws.mask, out, 0.0, ws.scratch)
             x, out = out, x
         return x
 
     # CUDA graphs ----------------------------------------------------------------------------------------
     def _graph_round(
-        self, ws: _Workspace, context: tuple[torch.Tensor, ...], conditioned: bool, clock: _Clock
+        self, ws: _Workspace, cond: dict[str, torch.Tensor], conditioned: bool, clock: _Clock
     ) -> torch.Tensor | None:
         """One round as a CUDA-graph replay (captured on first use per condition layout). The noise is
         drawn into static buffers first; the deadline check predicts the replay from its measured time."""
-        key = (conditioned, tuple((tuple(c.shape), c.dtype) for c in context))
+        key = (conditioned, tuple((k, tuple(c.shape), c.dtype) for k, c in sorted(cond.items())))
         if key not in self._graphs:
             try:
-                self._graphs[key] = self._capture(ws, context, conditioned)
+                self._graphs[key] = self._capture(ws, cond, conditioned)
             except RuntimeError as err:  # an op that cannot be captured (a host sync in a kernel launcher)
                 warnings.warn(
                     f"FastSampler: CUDA graph capture failed ({err}); running eagerly",
@@ -961,15 +913,15 @@ class FastSampler:
         entry = self._graphs[key]
         if entry is None:
             with torch.inference_mode():
-                return self._trajectory(ws, context, conditioned, clock)
-        graph, out, replay_ms, static_ctx = entry
+                return self._trajectory(ws, cond, conditioned, clock)
+        graph, out, replay_ms, static_cond = entry
         if time.perf_counter() + replay_ms / 1e3 >= clock.deadline_s:
             return None
         t0 = time.perf_counter()
         with torch.no_grad():
             self._draw_graph_noise(ws, conditioned)
-            for dst, src in zip(static_ctx, context):
-                dst.copy_(src)
+            for key_name, dst in static_cond.items():
+                dst.copy_(cond[key_name])
         graph.replay()
         torch.cuda.synchronize(self.device)
         clock.model_ms += 1e3 * (time.perf_counter() - t0)
@@ -978,11 +930,10 @@ class FastSampler:
 
     def _draw_graph_noise(self, ws: _Workspace, conditioned: bool) -> None:
         g = self._generator
+        ws.noise.normal_(generator=g)
         if self.kind == "edm":
-            ws.noise.normal_(generator=g)
             return
-        ws.x.normal_(generator=g)
-        steps = len(self._coefs)
+        steps = len(self._ancestral)
         if ws.step_noise is None:
             ws.step_noise = torch.empty(
                 (max(steps - 1, 1), *ws.x.shape), dtype=ws.x.dtype, device=ws.x.device
@@ -992,19 +943,18 @@ class FastSampler:
         if conditioned:
             ws.step_fill_noise.normal_(generator=g)
 
-    def _capture(self, ws: _Workspace, context: tuple[torch.Tensor, ...], conditioned: bool) -> Any:
+    def _capture(self, ws: _Workspace, cond: dict[str, torch.Tensor], conditioned: bool) -> Any:
         """Warm up on a side stream, capture one whole round, measure one replay (milliseconds)."""
-        static_ctx = tuple(c.clone().contiguous() for c in context)
-        ctx_views = tuple(c for c in static_ctx)
+        static_cond = {k: c.clone().contiguous() for k, c in cond.items()}
 
         def trajectory() -> torch.Tensor:
             with torch.inference_mode():
                 if self._multistep is not None:
-                    out = self._multistep_trajectory(ws, ctx_views, _NoClock())
+                    out = self._multistep_trajectory(ws, static_cond, _NoClock())
                 elif self.kind == "edm":
-                    out = self._edm_trajectory(ws, ctx_views, conditioned, _NoClock())
+                    out = self._edm_trajectory(ws, static_cond, conditioned, _NoClock())
                 else:
-                    out = self._ddpm_trajectory(ws, ctx_views, conditioned, _NoClock(), pre_drawn=True)
+                    out = self._ancestral_trajectory(ws, static_cond, conditioned, _NoClock(), pre_drawn=True)
             assert out is not None
             return out
 
@@ -1023,21 +973,16 @@ class FastSampler:
         graph.replay()
         torch.cuda.synchronize(self.device)
         replay_ms = 1e3 * (time.perf_counter() - t0)
-        return graph, out, replay_ms, static_ctx
+        return graph, out, replay_ms, static_cond
 
 
-class _KeywordContext(torch.nn.Module):
-    """``net(x, t, **{keys[i]: context[i]})`` presented as ``model(x, t, *context)``: the planner's
-    per-call context tuple handed to a network that takes the package's keyword conditioning."""
-
-    def __init__(self, net: torch.nn.Module, keys: Sequence[str]) -> None:
-        super().__init__()
-        self.net, self.keys = net, tuple(keys)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
-        if len(context) != len(self.keys):
-            raise ValueError(f"expected context {self.keys}, got {len(context)} tensors")
-        return self.net(x, t, **dict(zip(self.keys, context)))
+def _rebuild_guided(net: Any, backend: str) -> Any:
+    """A guided stack rebuilt with the planner's guidance backend (same denoiser, classifiers, scales and
+    part mask); any other model as is."""
+    if not isinstance(net, GuidedDenoiser):
+        return net
+    return GuidedDenoiser(net.denoiser, list(net.classifiers), net.scales, backend=backend,
+                          part_mask_key=net.part_mask_key)
 
 
 def _read_records(root: Path) -> list[dict[str, Any]]:

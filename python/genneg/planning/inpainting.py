@@ -4,13 +4,16 @@ At every noise level the known part of the state is replaced by the known values
 forward process, so the network always sees a state whose known part is exactly what the noising of the
 known values would give, and the unknown part is pulled into agreement with it:
 
-- EDM / variance-exploding (Heun on the PF-ODE): ``x_known(σ) = x0_known + σ ε``, with ``ε`` the known
-  part of the call's initial noise (``x(σ_max) = σ_max ε``). The same ``ε`` at every level: on the
-  deterministic PF-ODE the known part then moves along the straight line ``x0 + σ ε`` from the initial
-  noise to the data, instead of jumping between independent draws. The replacement is made after the
-  Euler predictor (so the corrector's network call sees it) and after the full step.
-- DDPM / variance-preserving (ancestral sampler): ``x_known(t) = sqrt(ᾱ_t) x0_known + sqrt(1 - ᾱ_t) ε_t``
-  with a fresh ``ε_t`` at every step (the marginal ``q(x_t | x0)``, as in RePaint without resampling).
+Every model is a denoiser in variance-exploding σ coordinates (a DDPM ε-network through its
+``EpsDenoiser``), so the known part at level σ is always ``x0_known + σ ε``:
+
+- deterministic samplers (Heun on the PF-ODE, :func:`inpaint_heun_sample`): ``ε`` is the known part of the
+  call's unit initial noise at every level, so the known part moves along the straight line ``x0 + σ ε``
+  from the initial noise to the data instead of jumping between independent draws. The replacement is
+  made after the Euler predictor (so the corrector's network call sees it) and after the full step.
+- the stochastic Euler-ancestral sampler (:func:`inpaint_ancestral_sample`, DDPM's ancestral sampler on a
+  DDPM's levels): a fresh ``ε`` at every step (the marginal ``q(x_σ | x0)``, as in RePaint without
+  resampling).
 
 Replacement is an approximation: the unknown part learns about the known part only through the
 network's estimate at each level. On a correlated Gaussian (correlation 0.9, exact denoiser, 40 Heun
@@ -19,36 +22,36 @@ steps) fixing ``x0 = 1`` moves the mean of ``x1`` to 0.445 instead of the exact 
 ``tests/planning/test_inpainting.py``. It is what a planner can do with an unconditional model; the oracle
 still judges every sample, so invalid completions are rejected, not returned.
 
-The last level is ``σ = 0`` (``ᾱ = 1``), where the known part is copied exactly: conditioned samples keep
-the fixed part bit for bit.
+The last level is ``σ = 0``, where the known part is copied exactly: conditioned samples keep the fixed
+part bit for bit.
 
-:class:`InpaintCondition` carries what is fixed (values and mask over one sample), extra per-sample
-network inputs (``context``, e.g. a traffic scene's vehicle mask and map crop) and the frame the oracle
-needs to judge the sample (``frame``). :func:`inpaint_heun_sample` and :func:`inpaint_ddpm_sample` are the
-plain reference samplers; :class:`genneg.planning.FastSampler` runs the same arithmetic on preallocated
-buffers and is tested against them.
+:class:`InpaintCondition` carries what is fixed (values and mask over one sample), the conditioning dict
+``cond`` that every model call receives by keyword (DESIGN.md "One conditioning convention": e.g. a
+traffic scene's ``valid`` slots and ``map_raster`` crop; ``model(x, sigma, **cond)``) and the frame the
+oracle needs to judge the sample (``frame``). :func:`inpaint_heun_sample` and
+:func:`inpaint_ancestral_sample` are the plain reference samplers; :class:`genneg.planning.FastSampler`
+runs the same arithmetic on preallocated buffers and is tested against them.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from genneg.diffusion.ddpm import DDPMSchedule, EpsModel, ddpm_timesteps
 from genneg.diffusion.denoiser import Denoiser, expand_sigma
+from genneg.diffusion.samplers import ancestral_levels
 
 __all__ = [
     "InpaintCondition",
+    "batch_cond",
     "check_condition",
-    "ddpm_replace_",
     "edm_replace_",
     "fix_coordinates",
-    "inpaint_ddpm_sample",
+    "inpaint_ancestral_sample",
     "inpaint_heun_sample",
 ]
 
@@ -61,16 +64,17 @@ class InpaintCondition:
         values: ``(*sample_shape)`` float, the known values; entries where ``mask`` is False are ignored
             (they may be anything finite or not).
         mask: ``(*sample_shape)`` bool, True where the value is fixed.
-        context: extra network inputs after ``(x, sigma_or_t)``, each with a leading batch dimension of 1
-            (broadcast to the ``N`` parallel samples) or ``N``; e.g. a traffic scene's ``valid (1, A)`` bool
-            and ``map_raster (1, 1, H, W)`` float. Empty for models that take only ``(x, sigma)``.
+        cond: the conditioning passed by keyword to every model call, ``model(x, sigma, **cond)``: tensors
+            with a leading batch dimension of 1 (broadcast to the ``N`` parallel samples) or ``N``; e.g. a
+            traffic scene's ``valid (1, A)`` bool and ``map_raster (1, 1, H, W)`` float. Empty for
+            unconditioned models.
         frame: anything a conditioned oracle needs to judge samples of this condition (for traffic: the
             scene window's centre and the map, :class:`genneg.planning.traffic.SceneFrame`); None otherwise.
     """
 
     values: torch.Tensor
     mask: torch.Tensor
-    context: tuple[torch.Tensor, ...] = ()
+    cond: Mapping[str, torch.Tensor] = field(default_factory=dict)
     frame: Any = field(default=None, compare=False)
 
     @property
@@ -84,7 +88,7 @@ def fix_coordinates(
     index: Any,
     value: float | torch.Tensor,
     *,
-    context: tuple[torch.Tensor, ...] = (),
+    cond: Mapping[str, torch.Tensor] | None = None,
     frame: Any = None,
 ) -> InpaintCondition:
     """A condition fixing ``x[index] = value`` in one sample of shape ``sample_shape``.
@@ -105,12 +109,13 @@ def fix_coordinates(
         raise ValueError(
             f"cannot fix index {index!r} of a sample of shape {tuple(sample_shape)}: {err}"
         ) from err
-    return InpaintCondition(values=values, mask=mask, context=context, frame=frame)
+    return InpaintCondition(values=values, mask=mask, cond=dict(cond or {}), frame=frame)
 
 
 def check_condition(condition: InpaintCondition, sample_shape: Sequence[int], num_parallel: int) -> None:
     """Raise ``ValueError`` unless ``condition`` fits samples of ``sample_shape`` drawn ``num_parallel`` at
-    a time: shapes, bool mask, floating values, no NaN/inf among the fixed values, context batch 1 or N."""
+    a time: shapes, bool mask, floating values, no NaN/inf among the fixed values, ``cond`` a dict of
+    tensors with batch 1 or N."""
     shape = tuple(sample_shape)
     if not isinstance(condition, InpaintCondition):
         raise TypeError(f"condition must be an InpaintCondition, got {type(condition).__name__}")
@@ -126,16 +131,33 @@ def check_condition(condition: InpaintCondition, sample_shape: Sequence[int], nu
     if bool(bad.any()):
         where = tuple(int(i) for i in torch.nonzero(bad)[0])
         raise ValueError(f"condition.values is NaN or infinite at fixed entry {where}")
-    for k, c in enumerate(condition.context):
+    if not isinstance(condition.cond, Mapping):
+        raise TypeError(f"condition.cond must be a dict of tensors, got {type(condition.cond).__name__}")
+    for k, c in condition.cond.items():
+        if not isinstance(k, str):
+            raise TypeError(f"condition.cond keys must be strings (keyword arguments), got {k!r}")
         if not isinstance(c, torch.Tensor):
-            raise ValueError(f"condition.context[{k}] must be a tensor, got {type(c).__name__}")
+            raise ValueError(f"condition.cond[{k!r}] must be a tensor, got {type(c).__name__}")
         if c.ndim == 0 or c.shape[0] not in (1, num_parallel):
             raise ValueError(
-                f"condition.context[{k}] must have a leading batch dimension of 1 or {num_parallel}, "
+                f"condition.cond[{k!r}] must have a leading batch dimension of 1 or {num_parallel}, "
                 f"got shape {tuple(c.shape)}"
             )
         if c.is_floating_point() and not bool(torch.isfinite(c).all()):
-            raise ValueError(f"condition.context[{k}] holds NaN or infinite values")
+            raise ValueError(f"condition.cond[{k!r}] holds NaN or infinite values")
+
+
+def batch_cond(condition: InpaintCondition | None, n: int, device: torch.device | str
+               ) -> dict[str, torch.Tensor]:
+    """``condition.cond`` on ``device`` with every entry expanded to ``n`` rows (a view, no copy); ``{}``
+    without a condition."""
+    if condition is None:
+        return {}
+    out = {}
+    for k, c in condition.cond.items():
+        c = c.to(device)
+        out[k] = c.expand(n, *c.shape[1:])
+    return out
 
 
 def edm_replace_(
@@ -166,26 +188,6 @@ def edm_replace_(
     return torch.where(mask, scratch, x, out=x)
 
 
-def ddpm_replace_(
-    x: torch.Tensor,
-    known: torch.Tensor,
-    mask: torch.Tensor,
-    noise: torch.Tensor,
-    alpha_bar: float,
-    scratch: torch.Tensor,
-) -> torch.Tensor:
-    """In place: ``x[mask] = sqrt(ᾱ) known + sqrt(1 - ᾱ) noise`` (DDPM forward noise of the known part).
-
-    Shapes as in :func:`edm_replace_`; ``alpha_bar`` in ``(0, 1]`` (1 copies ``known`` exactly); ``noise``
-    is a fresh draw.
-    """
-    if alpha_bar >= 1.0:
-        return torch.where(mask, known, x, out=x)
-    torch.mul(noise, math.sqrt(1.0 - alpha_bar), out=scratch)
-    scratch.add_(known, alpha=math.sqrt(alpha_bar))
-    return torch.where(mask, scratch, x, out=x)
-
-
 def _batched(condition: InpaintCondition, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     known = condition.values.to(device=x.device, dtype=x.dtype).unsqueeze(0)
     mask = condition.mask.to(device=x.device).unsqueeze(0)
@@ -199,10 +201,10 @@ def inpaint_heun_sample(
     """Reference: Heun sampling of the PF-ODE with the known part replaced at every level (module doc).
 
     Args:
-        denoiser: ``D(x (N, *shape), sigma (N,), *condition.context) -> (N, *shape)``.
+        denoiser: ``D(x (N, *shape), sigma (N,), **condition.cond) -> (N, *shape)``.
         noise: ``(N, *shape)`` float ``ε ~ N(0, I)``; the start is ``sigmas[0] · ε``.
         sigmas: ``(n+1,)`` decreasing schedule ending in 0.
-        condition: what is fixed.
+        condition: what is fixed, and the conditioning.
 
     Returns:
         ``(N, *shape)`` samples whose fixed part equals ``condition.values`` exactly.
@@ -210,73 +212,66 @@ def inpaint_heun_sample(
     levels = [float(s) for s in sigmas]
     check_condition(condition, noise.shape[1:], noise.shape[0])
     known, mask = _batched(condition, noise)
-    ctx = condition.context
+    cond = batch_cond(condition, noise.shape[0], noise.device)
     scratch = torch.empty_like(noise)
     x = noise * levels[0]
     edm_replace_(x, known, mask, noise, levels[0], scratch)
     for s, s_next in itertools.pairwise(levels):
-        d = (x - denoiser(x, expand_sigma(s, x), *ctx)) / s
+        d = (x - denoiser(x, expand_sigma(s, x), **cond)) / s
         x_next = x + (s_next - s) * d
         if s_next > 0:
             edm_replace_(x_next, known, mask, noise, s_next, scratch)
-            d_next = (x_next - denoiser(x_next, expand_sigma(s_next, x), *ctx)) / s_next
+            d_next = (x_next - denoiser(x_next, expand_sigma(s_next, x), **cond)) / s_next
             x_next = x + (s_next - s) * 0.5 * (d + d_next)
         x = edm_replace_(x_next, known, mask, noise, s_next, scratch)
     return x
 
 
 @torch.no_grad()
-def inpaint_ddpm_sample(
-    eps_model: EpsModel,
-    x_T: torch.Tensor,
-    schedule: DDPMSchedule,
+def inpaint_ancestral_sample(
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
     condition: InpaintCondition,
     *,
-    num_steps: int | None = None,
+    start_scale: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Reference: DDPM ancestral sampling (as :func:`genneg.diffusion.ddpm_ancestral_sample`) with the
-    known part replaced by its forward noise after every step (module doc).
+    """Reference: Euler-ancestral sampling (η = 1, :func:`genneg.diffusion.euler_ancestral_sample`) with the
+    known part replaced by ``known + σ' ε`` with a fresh ``ε`` after every step (module doc). On a DDPM's
+    levels (``DDPMSchedule.sampling_sigmas``, ``start_scale = sqrt(1 + σ_T²)``) this is DDPM's ancestral
+    sampler with RePaint's replacement.
 
     Random draws, in order: for every step but the last, the ancestral noise then the replacement noise
-    (both ``x_T``'s shape), from ``generator``.
+    (both ``noise``'s shape), from ``generator``.
 
     Args:
-        eps_model: ``eps_model(x_t (N, *shape), t (N,) int64, *condition.context) -> (N, *shape)``.
-        x_T: ``(N, *shape)`` float initial noise ``N(0, I)`` (its known part is replaced first, with
-            ``x_T``'s own values as the noise).
-        schedule: the model's schedule.
-        condition: what is fixed.
-        num_steps: visited timesteps (default all).
+        denoiser: ``D(x (N, *shape), sigma (N,), **condition.cond) -> (N, *shape)``.
+        noise: ``(N, *shape)`` float unit initial noise; the start is ``start_scale · noise`` with its
+            known part ``known + sigmas[0] · noise``.
+        sigmas: ``(n+1,)`` decreasing schedule ending in 0.
+        condition: what is fixed, and the conditioning.
+        start_scale: scale of the initial state (default ``sigmas[0]``).
         generator: random source.
 
     Returns:
         ``(N, *shape)`` samples whose fixed part equals ``condition.values`` exactly.
     """
-    check_condition(condition, x_T.shape[1:], x_T.shape[0])
-    known, mask = _batched(condition, x_T)
-    ctx = condition.context
-    steps = ddpm_timesteps(schedule, num_steps).tolist()
-    abars = schedule.alphas_cumprod.tolist()
-    scratch = torch.empty_like(x_T)
-    x = x_T.clone()
-    ddpm_replace_(x, known, mask, x_T, abars[steps[0]], scratch)
-    for i, t in enumerate(steps):
-        ab_t = abars[t]
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
-        eps = eps_model(x, t_batch, *ctx)
-        x0_hat = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
-        if i + 1 < len(steps):
-            ab_s = abars[steps[i + 1]]
-            alpha = ab_t / ab_s
-            beta = 1 - alpha
-            c0 = math.sqrt(ab_s) * beta / (1 - ab_t)
-            ct = math.sqrt(alpha) * (1 - ab_s) / (1 - ab_t)
-            std = math.sqrt(beta * (1 - ab_s) / (1 - ab_t))
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = c0 * x0_hat + ct * x + std * noise
+    levels = [float(s) for s in sigmas]
+    check_condition(condition, noise.shape[1:], noise.shape[0])
+    known, mask = _batched(condition, noise)
+    cond = batch_cond(condition, noise.shape[0], noise.device)
+    scratch = torch.empty_like(noise)
+    x = noise * (levels[0] if start_scale is None else float(start_scale))
+    edm_replace_(x, known, mask, noise, levels[0], scratch)
+    for s, s_next in itertools.pairwise(levels):
+        den = denoiser(x, expand_sigma(s, x), **cond)
+        sigma_down, sigma_up = ancestral_levels(s, s_next)
+        x = den + (sigma_down / s) * (x - den)
+        if sigma_up > 0.0:
+            x = x + sigma_up * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            ddpm_replace_(x, known, mask, fresh, ab_s, scratch)
+            edm_replace_(x, known, mask, fresh, s_next, scratch)
         else:
-            x = ddpm_replace_(x0_hat, known, mask, x0_hat, 1.0, scratch)
+            x = edm_replace_(x, known, mask, x, s_next, scratch)
     return x

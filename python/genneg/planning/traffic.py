@@ -3,8 +3,8 @@
 A scene sample is ``(A, 7)`` normalised tokens (:mod:`genneg.data.traffic.tokens`) in the frame of a
 scene window (centre ``centre_m``, half-size ``norm.position_scale_m``). A planner knows:
 
-- the **map**: the drivable raster, given to the network as a crop of the window (a context input) and
-  to the oracle in full;
+- the **map**: the drivable raster, given to the network and the classifiers as a crop of the window
+  (the ``map_raster`` entry of the conditioning) and to the oracle in full;
 - the **ego and the seen vehicles**: their tokens are fixed by inpainting;
 - how many **vehicle slots** to fill: slots marked present but not known are sampled; absent slots are
   fixed to the padding token (all zeros) so that they stay exactly zero.
@@ -13,8 +13,8 @@ scene window (centre ``centre_m``, half-size ``norm.position_scale_m``). A plann
 :class:`SceneTokenOracle` decodes sampled tokens to world-frame boxes (as
 :func:`genneg.data.traffic.tokens.tokens_to_scenes`) and runs the
 :class:`~genneg.oracles.TrafficOracle` on them, refusing a condition whose map is not the oracle's.
-:class:`SceneContextModel` binds a fixed context (present slots, map crop) into a scene network so that
-it becomes ``model(x, t)``, e.g. to build a guided ε-model for one scene.
+The condition's ``cond`` (``valid``, ``map_raster``) is the pipeline's own conditioning dict: every model
+of a traffic run, plain, guided or distilled, takes it by keyword, ``model(x, sigma, **cond)``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
 from genneg.data.traffic.tokens import TOKEN_DIM, TokenNormalisation, crop_maps
 from genneg.oracles.drivable_map import DrivableMap
 from genneg.oracles.traffic import TrafficOracle
 from genneg.planning.inpainting import InpaintCondition
 
-__all__ = ["SceneContextModel", "SceneFrame", "SceneTokenOracle", "decode_tokens", "scene_condition"]
+__all__ = ["SceneFrame", "SceneTokenOracle", "decode_tokens", "scene_condition"]
 
 
 @dataclass(frozen=True)
@@ -153,8 +152,8 @@ def scene_condition(
             was trained: ``TrafficDataConfig.crop_margin_m``).
 
     Returns:
-        An :class:`~genneg.planning.inpainting.InpaintCondition` with ``context = (valid (1, A) bool,
-        map (1, 1, map_cells, map_cells) float32)`` and a :class:`SceneFrame`.
+        An :class:`~genneg.planning.inpainting.InpaintCondition` with ``cond = {"valid": (1, A) bool,
+        "map_raster": (1, 1, map_cells, map_cells) float32}`` and a :class:`SceneFrame`.
     """
     norm = TokenNormalisation() if norm is None else norm
     known_tokens = torch.as_tensor(known_tokens, dtype=torch.float32)
@@ -183,25 +182,5 @@ def scene_condition(
         drivable_map=drivable_map,
         norm=norm,
     )
-    return InpaintCondition(values=values, mask=mask, context=(valid.clone()[None], map_raster), frame=frame)
-
-
-class SceneContextModel(nn.Module):
-    """``net(x, t, valid, map_raster)`` with a fixed scene context, presented as ``model(x, t)``.
-
-    The context (``valid (1, A)`` bool, ``map_raster (1, 1, H, W)``) is broadcast to the batch. Use it to
-    guide a scene network (``GuidedEps`` calls ``eps(x_t, t)`` and ``classifier(x_t, t)``) for one scene.
-    """
-
-    def __init__(self, net: nn.Module, valid: torch.Tensor, map_raster: torch.Tensor) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("valid", valid.reshape(1, -1).clone(), persistent=False)
-        self.register_buffer(
-            "map_raster", map_raster.reshape(1, 1, *map_raster.shape[-2:]).float().clone(), persistent=False
-        )
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x (B, A, 7)``, ``t (B,)`` -> the network's output for ``B`` copies of the scene."""
-        b = x.shape[0]
-        return self.net(x, t, self.valid.expand(b, -1), self.map_raster.expand(b, -1, -1, -1))
+    cond = {"valid": valid.clone()[None], "map_raster": map_raster}
+    return InpaintCondition(values=values, mask=mask, cond=cond, frame=frame)

@@ -18,8 +18,7 @@ if TYPE_CHECKING:  # the twin never imports Triton at run time
     from genneg.kernels.fused_mlp_guidance import PackedMLPStack
 
 __all__ = [
-    "ddpm_guided_eps",
-    "ddpm_guided_step",
+    "edm_guided_ancestral_step",
     "edm_guided_denoise",
     "edm_guided_step",
     "mlp_guided_denoise",
@@ -191,41 +190,27 @@ def edm_guided_step(
     return result
 
 
-def ddpm_guided_eps(
-    eps: torch.Tensor,
-    grads: torch.Tensor,
-    logits: torch.Tensor | None,
-    scales: torch.Tensor,
-    alpha_bar: torch.Tensor,
-) -> torch.Tensor:
-    """Twin of ``genneg.kernels.fused_guidance_update.ddpm_guided_eps``: ``ε − sqrt(1−ᾱ_t) Σ γ_k w_k G_k``."""
-    return eps - _rows(torch.sqrt(1 - alpha_bar), eps) * _guidance_sum(grads, logits, scales)
-
-
-def ddpm_guided_step(
+def edm_guided_ancestral_step(
     x: torch.Tensor,
-    eps: torch.Tensor,
+    denoised: torch.Tensor,
     grads: torch.Tensor,
     logits: torch.Tensor | None,
     scales: torch.Tensor,
-    alpha_bar_t: float,
-    alpha_bar_s: float,
+    sigma_cur: float,
+    sigma_next: float,
     noise: torch.Tensor | None,
+    eta: float = 1.0,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Twin of ``genneg.kernels.fused_guidance_update.ddpm_guided_step``: the guided ancestral step with
-    the posterior of ``genneg.diffusion.ddpm.ddpm_ancestral_sample``."""
-    eps_k = eps - math.sqrt(1 - alpha_bar_t) * _guidance_sum(grads, logits, scales)
-    x0_hat = (x - math.sqrt(1 - alpha_bar_t) * eps_k) / math.sqrt(alpha_bar_t)
-    if alpha_bar_s >= 1.0:
-        result = x0_hat
-    else:
-        alpha = alpha_bar_t / alpha_bar_s
-        beta = 1 - alpha
-        c0 = math.sqrt(alpha_bar_s) * beta / (1 - alpha_bar_t)
-        ct = math.sqrt(alpha) * (1 - alpha_bar_s) / (1 - alpha_bar_t)
-        std = math.sqrt(beta * (1 - alpha_bar_s) / (1 - alpha_bar_t))
-        result = c0 * x0_hat + ct * x + std * noise
+    """Twin of ``genneg.kernels.fused_guidance_update.edm_guided_ancestral_step``: the guided
+    Euler-ancestral step ``D_K + (σ_down/σ)(x − D_K) + σ_up · noise``."""
+    from genneg.diffusion.samplers import ancestral_levels
+
+    sigma_down, sigma_up = ancestral_levels(sigma_cur, sigma_next, eta)
+    den = denoised + sigma_cur**2 * _guidance_sum(grads, logits, scales)
+    result = den + (sigma_down / sigma_cur) * (x - den)
+    if sigma_up > 0:
+        result = result + sigma_up * noise
     if out is not None:
         out.copy_(result)
         return out
