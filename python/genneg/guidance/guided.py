@@ -358,28 +358,26 @@ class GuidedDenoiser(nn.Module):
         d = x0_hat.detach() if x0_hat is not None and not outer_grad else self.denoiser(x, sigma, **cond)
         return d + broadcast_to_sample(sigma.to(grad.dtype) ** 2, x) * grad
 
-    @property
-    def heun_step(self) -> Callable[[torch.Tensor, float, float], torch.Tensor] | None:
-        """The fused Heun step when the backend resolves to Triton for the model's device, else None."""
+    def _triton_fused(self) -> Any:
+        """The fused object when the backend resolves to Triton for the model's device, else None."""
         if self.backend == "torch":
             return None
         device = self._model_device()
         if resolve_backend(self.backend, device) != "triton":
             return None
-        fused = self._fused(device)
+        return self._fused(device)
+
+    @property
+    def heun_step(self) -> Callable[[torch.Tensor, float, float], torch.Tensor] | None:
+        """The fused Heun step when the backend resolves to Triton for the model's device, else None."""
+        fused = self._triton_fused()
         return None if fused is None else fused.heun_step
 
     @property
     def ancestral_step(self) -> Callable[..., torch.Tensor] | None:
         """The fused Euler-ancestral step ``(x, sigma_cur, sigma_next, noise)`` when the backend resolves to
         Triton for the model's device and the fused object has one, else None."""
-        if self.backend == "torch":
-            return None
-        device = self._model_device()
-        if resolve_backend(self.backend, device) != "triton":
-            return None
-        fused = self._fused(device)
-        return getattr(fused, "ancestral_step", None)
+        return getattr(self._triton_fused(), "ancestral_step", None)
 
     def clear_fused_cache(self) -> None:
         """Forget fused objects built earlier (after weights changed in place)."""
