@@ -35,7 +35,7 @@ sys.path.insert(0, "$work/benchmarks")
 import guidance  # the NVTX cost probe crashed on a CPU torch without the nvtx extra
 print("[wheel] guidance.nvtx_cost:", guidance.nvtx_cost(n=1000))
 PY
-"$work/venv/bin/python" "$work/examples/planner_loop.py" --train-seconds 3 --ticks 2 > "$work/planner.log"
+"$work/venv/bin/python" "$work/examples/planner_loop.py" --cache-dir "$work/planner-cache" --ticks 2 --num-parallel 4 > "$work/planner.log"
 if [ "${GENNEG_WHEEL_SCRIPTS:-}" = "full" ]; then
   "$work/venv/bin/python" "$work/benchmarks/guidance.py" --quick
   "$work/venv/bin/python" "$work/benchmarks/latency.py" --quick
