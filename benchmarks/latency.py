@@ -118,19 +118,24 @@ def time_calls(
 # --- checkerboard -------------------------------------------------------------------------------------------
 
 
-def checkerboard_run(run_dir: str | None) -> tuple[Path, float]:
-    """A finished checkerboard run: ``run_dir``, or the tiny profile trained now. Returns (dir, seconds)."""
+def finished_run(run_dir: str | None, config: Any, prefix: str) -> tuple[Path, float]:
+    """A finished run: ``run_dir``, or ``config`` (a tiny profile) trained now. Returns (dir, seconds)."""
     if run_dir is not None:
         return Path(run_dir), 0.0
-    target = Path(tempfile.mkdtemp(prefix="genneg-latency-run-"))
+    target = Path(tempfile.mkdtemp(prefix=prefix))
     t0 = time.perf_counter()
-    run_experiment(get_profile("tiny"), target, overwrite=True, progress=False)
+    run_experiment(config, target, overwrite=True, progress=False)
     return target, time.perf_counter() - t0
+
+
+def checkerboard_run(run_dir: str | None) -> tuple[Path, float]:
+    """A finished checkerboard run: ``run_dir``, or the tiny profile trained now. Returns (dir, seconds)."""
+    return finished_run(run_dir, get_profile("tiny"), "genneg-latency-run-")
 
 
 def checkerboard_models(run_dir: Path) -> dict[str, Any]:
     """Baseline, guided stack and distilled model of a run, with their measured infraction rates."""
-    run = RunDir(run_dir, resume=True)
+    run = RunDir(run_dir, read_only=True)
     config = run.read_config(ExperimentConfig)
     guided_name = f"iter{config.gen_neg.iterations}"
     out: dict[str, Any] = {"config": config}
@@ -433,12 +438,7 @@ def graph_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def traffic_run(run_dir: str | None) -> tuple[Path, float]:
     """A finished traffic run: ``run_dir``, or the tiny profile trained now. Returns (dir, seconds)."""
-    if run_dir is not None:
-        return Path(run_dir), 0.0
-    target = Path(tempfile.mkdtemp(prefix="genneg-latency-traffic-"))
-    t0 = time.perf_counter()
-    run_experiment(get_traffic_profile("tiny"), target, overwrite=True, progress=False)
-    return target, time.perf_counter() - t0
+    return finished_run(run_dir, get_traffic_profile("tiny"), "genneg-latency-traffic-")
 
 
 def traffic_setup(run_dir: Path, device: torch.device) -> dict[str, Any]:
@@ -453,7 +453,7 @@ def traffic_setup(run_dir: Path, device: torch.device) -> dict[str, Any]:
     centre = tuple(float(c) for c in scene.cond["centre_m"][0])
     condition = scene_condition(scene.tokens[0].cpu(), known, valid, road, centre, norm=task.norm,
                                 map_cells=config.data.crop_cells, crop_margin_m=config.data.crop_margin_m)
-    run = RunDir(run_dir, resume=True)
+    run = RunDir(run_dir, read_only=True)
     names = {"baseline": "baseline", "guided": f"iter{config.gen_neg.iterations}", "distilled": "distilled"}
     rates = {label: float(run.records(f"eval/{name}")[-1]["infraction"]) for label, name in names.items()}
     return {"run_dir": run_dir, "cond": condition, "road": road, "rates": rates, "names": names,
