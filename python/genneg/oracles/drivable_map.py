@@ -113,12 +113,7 @@ def rasterise_closed_polygons(
     h, w = int(shape[0]), int(shape[1])
     inside = np.zeros((h, w), dtype=bool)
     for name, shapes in (("polygon", polygons), ("hole", holes)):
-        for k, poly in enumerate(shapes):
-            poly = np.asarray(poly, dtype=np.float64)
-            if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
-                raise ValueError(f"{name} {k} must have shape (V>=3, 2), got {poly.shape}")
-            if not np.all(np.isfinite(poly)):
-                raise ValueError(f"{name} {k} holds non-finite coordinates")
+        for poly in _vertex_arrays(shapes, name):
             (i0, i1), (j0, j1) = polygon_window(poly, origin_m, resolution_m, (h, w))
             if i0 >= i1 or j0 >= j1:
                 continue
