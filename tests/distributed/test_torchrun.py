@@ -21,6 +21,7 @@ What is compared, and how closely:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -96,6 +97,17 @@ def test_tiny_run_under_torchrun_agrees_with_one_process(runs: dict[str, Path]) 
     # one run directory, written once: each finished stage's records appear once, nothing else written
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert "world size 2 (backend gloo)" in (two / "report.md").read_text()
+
+
+def test_genneg_eval_under_torchrun_gives_the_recorded_numbers(runs: dict[str, Path]) -> None:
+    """``genneg eval`` launched by torchrun on a run made under torchrun: a sharded evaluation (the same
+    batches, seeds and threads as the run's), rank 0 alone prints the run's recorded numbers."""
+    done = run(torchrun("-m", "genneg", "eval", "--run-dir", str(runs["two"]), "--model", "iter1"))
+    metrics = json.loads(done.stdout)
+    recorded = next(r for r in records(runs["two"]) if r["stage"] == "eval/iter1")
+    shared = [k for k in recorded if k in metrics]
+    assert {"infraction", "infractions", "elbo", "mmd", "n_parallel"} <= set(shared)
+    assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared}, 1e-12, "eval")
 
 
 def _children(pid: int) -> list[int]:
