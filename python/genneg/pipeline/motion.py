@@ -450,13 +450,18 @@ class MotionTask(Task):
         held_cond = None if cond is None else {"family": self.heldout_family[:cfg.r_elbo_clips]}
         r = motion_r_elbo(model, held, self.schedule, num_timesteps=cfg.r_elbo_timesteps,
                           seed=stage_seed(seed, "eval/r_elbo"), cond=held_cond)
-        quality: dict[str, float] | None = None
+        quality: dict[str, float] | str | None = None
         if w.is_main:  # statistics of the gathered features on rank 0, sent to the others
             feats, ref = got["features"][finite], encoder.embed(self.heldout_x).cpu()
-            kid, kid_std = kernel_inception_distance(feats, ref, cfg.kid_subsets, cfg.kid_subset_size,
-                                                     stage_generator(seed, "eval/kid"))
-            quality = {"fid": frechet_distance(feats, ref), "kid": kid, "kid_std": kid_std}
+            try:
+                kid, kid_std = kernel_inception_distance(feats, ref, cfg.kid_subsets, cfg.kid_subset_size,
+                                                         stage_generator(seed, "eval/kid"))
+                quality = {"fid": frechet_distance(feats, ref), "kid": kid, "kid_std": kid_std}
+            except ValueError as err:  # e.g. fewer than 2 finite clips: every rank raises, none waits
+                quality = str(err)
         quality = distributed.broadcast_object(quality)
+        if isinstance(quality, str):
+            raise ValueError(f"FID/KID of the evaluation clips: {quality}")
         metrics = {
             "infraction": clip.rate, "infraction_low": clip.low, "infraction_high": clip.high,
             "infraction_frame": frame.rate, "infractions": clip.count, "infractions_frame": frame.count,
