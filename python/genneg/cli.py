@@ -192,6 +192,10 @@ def _sample(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise ValueError(f"--out must end in .npy or .npz, got {args.out}")
+    from genneg.pipeline.distributed import world
+
+    if not world().is_main:  # under torchrun, rank 0 draws the one stream of --seed and writes it alone
+        return 0
     task, _, model = _load(args)
     generator = torch.Generator(device=task.generator_device).manual_seed(args.seed)
     cond = task.eval_contexts(args.num)
@@ -213,8 +217,15 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     if args.num is not None and args.num < 2:
         raise ValueError(f"--num must be >= 2, got {args.num}")
+    from genneg.pipeline.distributed import init_from_env
+
     task, config, model = _load(args)
-    metrics, _ = task.evaluate(model, num_samples=args.num, progress=True)
+    world = init_from_env(config.device)  # under torchrun: a sharded evaluation, rank 0 prints
+    if not (world.is_main or task.shards_evaluation):
+        return 0
+    metrics, _ = task.evaluate(model, num_samples=args.num, progress=world.is_main)
+    if not world.is_main:
+        return 0
     sampling = getattr(config, "sampling", None)
     if sampling is not None:
         metrics = {"sampler": sampling.sampler, "steps": sampling.num_steps, "schedule": sampling.schedule,
@@ -224,8 +235,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from genneg.pipeline.distributed import world
     from genneg.pipeline.experiment import open_run, write_run_report
 
+    if not world().is_main:  # under torchrun, rank 0 writes the report alone
+        return 0
     task, _, run = open_run(args.run_dir, oracle=_oracle(args))
     path = write_run_report(run, task=task)
     print(path.read_text())

@@ -33,11 +33,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchrun_tools import HERE, TIMEOUT_S, assert_same_metrics, env, markers, records, run, torchrun
 
 from genneg.io.checkpoint import load_tensors
-
-HERE = Path(__file__).parent
-TIMEOUT_S = 420
 
 # the tiny profile cut further: the wiring is under test here, the method in tests/pipeline. Odd global
 # batches (257, 301) give the two ranks unequal shares; few evaluation samples make the data stages draw
@@ -50,63 +48,26 @@ MICRO = ["baseline.iterations=120", "baseline.eval_every=60", "gen_neg.iteration
          "eval.mmd_points=200", "sampling.num_steps=6", "sampling.batch_size=300"]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["GENNEG_DIST_TIMEOUT_S"] = "120"  # a lost rank fails the job in minutes, not half an hour
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    return env
-
-
-def _torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *args]
-
-
 def _train(run_dir: Path, *extra: str) -> list[str]:
     sets = [a for o in MICRO for a in ("--set", o)]
     return ["-m", "genneg", "train", "checkerboard", "--profile", "tiny", "--run-dir", str(run_dir),
             "--quiet", *sets, *extra]
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=TIMEOUT_S)
-    assert done.returncode == 0, f"{argv}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
-    return done
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-
-
-def _markers(run_dir: Path) -> dict[str, dict]:
-    return {json.loads(p.read_text())["stage"]: json.loads(p.read_text())
-            for p in (run_dir / "stages").rglob("*.done")}
-
-
-_TIMES = ("seconds", "sample_seconds", "sample_ms_per_1k", "finished_unix_s")
-
-
 def _assert_same_run(one: Path, two: Path, rtol: float) -> None:
     """Same records in the same order: integers and flags equal, floats within ``rtol`` (module doc)."""
-    a, b = _records(one), _records(two)
+    a, b = records(one), records(two)
     assert [r["stage"] for r in a] == [r["stage"] for r in b]
     for ra, rb in zip(a, b, strict=True):
-        assert ra.keys() == rb.keys(), (ra, rb)
-        for key, va in ra.items():
-            vb = rb[key]
-            if key in _TIMES:
-                continue
-            if isinstance(va, float) and isinstance(vb, float):
-                assert vb == pytest.approx(va, rel=rtol, abs=1e-9), (ra["stage"], key, va, vb)
-            else:
-                assert va == vb, (ra["stage"], key, va, vb)
+        assert_same_metrics(ra, rb, rtol, ra["stage"], atol=1e-9)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The MICRO checkerboard run in one process and under torchrun with two."""
     root = tmp_path_factory.mktemp("ddp")
-    _run([sys.executable, *_train(root / "one")])
-    _run(_torchrun(*_train(root / "two")))
+    run([sys.executable, *_train(root / "one")])
+    run(torchrun(*_train(root / "two")))
     return {"one": root / "one", "two": root / "two", "root": root}
 
 
@@ -114,7 +75,7 @@ def test_balanced_draws_are_the_same_for_one_and_two_processes(tmp_path: Path) -
     import draw_worker
 
     one = draw_worker.draws()
-    _run(_torchrun(str(HERE / "draw_worker.py"), str(tmp_path / "two.safetensors")))
+    run(torchrun(str(HERE / "draw_worker.py"), str(tmp_path / "two.safetensors")))
     two = load_tensors(tmp_path / "two.safetensors")
     assert int(two["world_size"]) == 2 and bool(two["ranks_agree"])
     for key, value in one.items():
@@ -129,13 +90,24 @@ def test_balanced_draws_are_the_same_for_one_and_two_processes(tmp_path: Path) -
 def test_tiny_run_under_torchrun_agrees_with_one_process(runs: dict[str, Path]) -> None:
     one, two = runs["one"], runs["two"]
     _assert_same_run(one, two, rtol=1e-4)
-    markers = _markers(two)
-    assert {(m["world_size"], m["backend"]) for m in markers.values()} == {(2, "gloo")}
-    assert {(m["world_size"], m["backend"]) for m in _markers(one).values()} == {(1, "none")}
-    assert set(markers) == set(_markers(one))
+    done = markers(two)
+    assert {(m["world_size"], m["backend"]) for m in done.values()} == {(2, "gloo")}
+    assert {(m["world_size"], m["backend"]) for m in markers(one).values()} == {(1, "none")}
+    assert set(done) == set(markers(one))
     # one run directory, written once: each finished stage's records appear once, nothing else written
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert "world size 2 (backend gloo)" in (two / "report.md").read_text()
+
+
+def test_genneg_eval_under_torchrun_gives_the_recorded_numbers(runs: dict[str, Path]) -> None:
+    """``genneg eval`` launched by torchrun on a run made under torchrun: a sharded evaluation (the same
+    batches, seeds and threads as the run's), rank 0 alone prints the run's recorded numbers."""
+    done = run(torchrun("-m", "genneg", "eval", "--run-dir", str(runs["two"]), "--model", "iter1"))
+    metrics = json.loads(done.stdout)
+    recorded = next(r for r in records(runs["two"]) if r["stage"] == "eval/iter1")
+    shared = [k for k in recorded if k in metrics]
+    assert {"infraction", "infractions", "elbo", "mmd", "n_parallel"} <= set(shared)
+    assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared}, 1e-12, "eval")
 
 
 def _children(pid: int) -> list[int]:
@@ -164,8 +136,8 @@ def _rank_of(pid: int) -> int | None:
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
 def test_killed_rank_stops_the_job_and_resume_finishes(runs: dict[str, Path]) -> None:
     run_dir = runs["root"] / "killed"
-    job = subprocess.Popen(_torchrun(*_train(run_dir)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=_env(), start_new_session=True)
+    job = subprocess.Popen(torchrun(*_train(run_dir)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env(), start_new_session=True)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while not (run_dir / "stages" / "eval" / "baseline.done").is_file():
@@ -181,10 +153,10 @@ def test_killed_rank_stops_the_job_and_resume_finishes(runs: dict[str, Path]) ->
     assert job.returncode != 0
     assert "rank" in stderr and ("Signal 9" in stderr or "SIGKILL" in stderr), stderr[-3000:]
     assert not (run_dir / "report.md").exists()
-    finished = _markers(run_dir)
+    finished = markers(run_dir)
     assert "baseline" in finished and "eval/baseline" in finished and "distill" not in finished
 
-    _run(_torchrun("-m", "genneg", "train", "--run-dir", str(run_dir), "--resume", "--quiet"))
+    run(torchrun("-m", "genneg", "train", "--run-dir", str(run_dir), "--resume", "--quiet"))
     _assert_same_run(runs["two"], run_dir, rtol=1e-6)  # the same world size: the same sums
     assert (run_dir / "report.md").is_file()
 
@@ -204,13 +176,13 @@ def test_user_task_under_torchrun(tmp_path: Path) -> None:
     np.save(tmp_path / "train.npy", points)
     run_dir = tmp_path / "run"
     sets = [a for o in [*MICRO, 'ablations=[]'] for a in ("--set", o)]
-    done = _run(_torchrun("-m", "genneg", "train", "--data", str(tmp_path / "train.npy"), "--oracle",
+    done = run(torchrun("-m", "genneg", "train", "--data", str(tmp_path / "train.npy"), "--oracle",
                           f"{rules}:is_valid", "--profile", "tiny", "--run-dir", str(run_dir), "--quiet",
                           *sets))
     assert done.stdout.count("| baseline |") == 1  # rank 0 alone prints the table
-    markers = _markers(run_dir)
-    assert {"data", "baseline", "iter1/data", "iter1/classifier", "distill", "eval/distilled"} <= set(markers)
-    assert {m["world_size"] for m in markers.values()} == {2}
-    data = markers["iter1/data"]
+    done = markers(run_dir)
+    assert {"data", "baseline", "iter1/data", "iter1/classifier", "distill", "eval/distilled"} <= set(done)
+    assert {m["world_size"] for m in done.values()} == {2}
+    data = done["iter1/data"]
     assert data["num_pos"] == data["num_neg"] == 500 and data["num_drawn"] >= 1000
     assert (run_dir / "report.md").is_file()

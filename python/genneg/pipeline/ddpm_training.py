@@ -82,8 +82,9 @@ def train_ddpm(
 
     Data-parallel: ``config.batch_size`` is the global batch; each rank evaluates its share of rows
     (the whole batch's timesteps and noise drawn on every rank from the same ``generator``) through
-    ``DistributedDataParallel``; the evaluation runs on every rank with the same weights, so all keep the
-    same best weights.
+    ``DistributedDataParallel``; every rank calls ``evaluate`` with the same weights (the tasks' r-ELBO
+    shares its chunks among the ranks and returns the same value on every rank), so all keep the same best
+    weights.
     """
     w = world()
     rows = shard_rows(config.batch_size, w)

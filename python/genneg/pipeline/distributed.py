@@ -265,7 +265,8 @@ def map_batches(n: int, batch_size: int, fn: Callable[[int, int], T]) -> list[T]
     The rows are cut into batches of ``batch_size`` (the last one shorter); rank ``r`` computes batches
     ``r, r + W, r + 2W, ...`` and the results are gathered, so every rank returns the whole list. ``fn``
     must depend on ``(start, m)`` alone (e.g. seed its randomness from ``start``) for the list to be the
-    same for every world size.
+    same for every world size. A process that joined no process group (one process, or a rank of a
+    launch that did not call :func:`init_from_env`) computes every batch itself.
 
     Raises:
         ValueError: ``n < 0`` or ``batch_size < 1``.
@@ -274,9 +275,9 @@ def map_batches(n: int, batch_size: int, fn: Callable[[int, int], T]) -> list[T]
         raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     w = world()
     starts = list(range(0, n, batch_size))
+    if not w.distributed:  # one process, or ranks of a launch that joined no process group: every batch
+        return [fn(s, min(batch_size, n - s)) for s in starts]
     mine = {s: fn(s, min(batch_size, n - s)) for s in starts[w.rank::w.world_size]}
-    if not w.distributed:
-        return [mine[s] for s in starts]
     merged: dict[int, T] = {}
     for part in all_gather_objects(mine):
         merged.update(part)

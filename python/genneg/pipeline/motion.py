@@ -70,7 +70,9 @@ from genneg.metrics.motion import (
 )
 from genneg.models.motion_transformer import MotionEpsNet, MotionLogitNet
 from genneg.oracles.motion import GroundPenetrationOracle
+from genneg.pipeline import distributed
 from genneg.pipeline.ddpm_training import train_ddpm
+from genneg.pipeline.distributed import map_batches
 from genneg.pipeline.motion_profiles import (
     MOTION_PROFILES,
     MotionExperimentConfig,
@@ -117,17 +119,27 @@ def motion_r_elbo(eps_model: Callable[..., torch.Tensor], x: torch.Tensor, sched
                   num_timesteps: int, seed: int, cond: Cond | None = None, batch_clips: int = 64
                   ) -> torch.Tensor:
     """r-ELBO (METHOD.md 7) of each clip ``(N,)`` float64, summed over its ``F · D`` coordinates; the same
-    draws for every model given the same ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, x.shape[0], batch_clips):
-        chunk = x[start:start + batch_clips]
-        c = None if cond is None else {k: v[start:start + batch_clips].repeat_interleave(num_timesteps, 0)
+    draws for every model given the same ``seed``.
+
+    Data-parallel: the clips are cut into chunks of ``batch_clips``, each chunk's draws seeded by ``seed``
+    and the chunk's first row, and the chunks are shared among the ranks
+    (:func:`genneg.pipeline.distributed.map_batches`): every rank returns the same values, which do not
+    depend on the world size. Every rank must call it (a collective; one process: a plain call).
+
+    Raises:
+        ValueError: ``batch_clips < 1``.
+    """
+
+    def chunk_r_elbo(start: int, m: int) -> torch.Tensor:
+        c = None if cond is None else {k: v[start:start + m].repeat_interleave(num_timesteps, 0)
                                        for k, v in cond.items()}
-        out.append(r_elbo(_bind(as_denoiser(eps_model, schedule), c), chunk, schedule,
-                          num_timesteps=num_timesteps,
-                          generator=generator, batch_size=chunk.shape[0] * num_timesteps))
-    return torch.cat(out)
+        generator = torch.Generator().manual_seed(stage_seed(seed, f"rows{start}"))
+        return r_elbo(_bind(as_denoiser(eps_model, schedule), c), x[start:start + m], schedule,
+                      num_timesteps=num_timesteps, generator=generator, batch_size=m * num_timesteps)
+
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.float64, device=x.device)
+    return torch.cat([v.to(x.device) for v in map_batches(x.shape[0], batch_clips, chunk_r_elbo)])
 
 
 def train_motion_baseline(eps_model: nn.Module, train_x: torch.Tensor, heldout_x: torch.Tensor,
@@ -183,6 +195,7 @@ class MotionTask(Task):
     title: ClassVar[str] = "human motion (ground penetration)"
     config_class: ClassVar[type] = MotionExperimentConfig
     writes_data: ClassVar[bool] = True
+    shards_evaluation: ClassVar[bool] = True
     likelihood_key: ClassVar[str] = "r_elbo"
     likelihood_label: ClassVar[str] = "held-out r-ELBO (per frame)"
 
@@ -367,10 +380,22 @@ class MotionTask(Task):
         else:
             encoder, accuracy = train_motion_encoder(self.train_x, self.train_family, config,
                                                      stage_generator(self.config.seed, "eval/encoder"))
-            save_checkpoint(path, encoder, {"training_accuracy": accuracy,
-                                            "config": dataclasses.asdict(config)})
+            if distributed.world().is_main:  # rank 0 writes (see shared_encoder)
+                save_checkpoint(path, encoder, {"training_accuracy": accuracy,
+                                                "config": dataclasses.asdict(config)})
         self._encoder = encoder.eval()
         return self._encoder
+
+    def shared_encoder(self) -> MotionEncoder:
+        """:meth:`encoder`, the same weights on every data-parallel rank: rank 0 trains and saves it when
+        the run has none yet, and the others load its file after a barrier. A collective (every rank
+        calls it; one process: :meth:`encoder`)."""
+        if self._encoder is not None or not distributed.world().distributed:
+            return self.encoder()
+        if distributed.world().is_main:
+            self.encoder()
+        distributed.barrier()
+        return self.encoder()
 
     def positions(self, x: torch.Tensor) -> torch.Tensor:
         """Features ``(n, F, D)`` -> positions ``(n, F, J, 3)`` metres."""
@@ -379,43 +404,78 @@ class MotionTask(Task):
     def evaluate(self, model: Callable[..., torch.Tensor], *, num_samples: int | None = None,
                  progress: bool = False, on_sampled: Callable[[], None] | None = None) -> EvalOutput:
         """Infraction per clip and per frame, r-ELBO per frame, FID, KID, skating, floating, lowest-joint
-        height, ``N(r, p)`` and sampling time, on the ``eval/noise`` stream and fixed r-ELBO draws (paired
-        comparisons). Tensors: ``x`` (features), ``frame_valid``."""
-        cfg, seed = self.config.eval, self.config.seed
+        height, ``N(r, p)`` and sampling time, with fixed noise and fixed r-ELBO draws (paired
+        comparisons). Tensors: ``x`` (features), ``frame_valid``.
+
+        Data-parallel (a collective: every rank calls it and gets the same metrics): the clips are cut into
+        batches of ``gen_neg.sample_batch_size``, each batch's noise seeded by the run seed and its first
+        row (``eval/noise/rows{first}``); the rank that owns a batch samples it and computes its per-frame
+        verdicts, encoder features and per-clip skating, floating and lowest-joint heights; these are
+        gathered in row order, the counts are exact integers, and FID and KID are computed on rank 0 from
+        the gathered features and sent to the others. The r-ELBO's chunks are shared likewise
+        (:func:`motion_r_elbo`, float64 sums in row order). The metrics do not depend on the world size."""
+        cfg, seed, batch_size = self.config.eval, self.config.seed, self.config.gen_neg.sample_batch_size
         n = cfg.num_clips if num_samples is None else num_samples
         cond = self.eval_contexts(n)
-        noise = stage_generator(seed, "eval/noise")
-        x, seconds = self.sample_timed(model, n, noise, cond=cond, progress=progress)
+        encoder = self.shared_encoder()
+        w = distributed.world()
+        bar = tqdm(total=len(range(w.rank * batch_size, n, batch_size * w.world_size)),
+                   disable=not progress, desc="evaluation clips", leave=False)
+
+        def batch(first: int, m: int) -> dict[str, Any]:
+            rows = None if cond is None else {k: v[first:first + m] for k, v in cond.items()}
+            x, seconds = self.sample_timed(model, m, stage_generator(seed, f"eval/noise/rows{first}"),
+                                           cond=rows)
+            finite = torch.isfinite(x).flatten(1).all(1)
+            x_safe = torch.where(finite[:, None, None], x, torch.zeros_like(x))
+            pos = self.positions(x_safe)
+            bar.update()
+            return {"x": x.cpu(), "finite": finite.cpu(), "seconds": seconds,
+                    "frame_valid": (self.motion_oracle.frame_verdicts(x_safe) & finite[:, None]).cpu(),
+                    "features": encoder.embed(x_safe).cpu(),
+                    "skating": foot_skating_ratio(pos, self.skeleton.feet, self.quality).cpu(),
+                    "floating": floating_ratio(pos, self.quality).cpu(),
+                    "lowest_m": lowest_joint_height(pos).cpu()}
+
+        parts = distributed.map_batches(n, batch_size, batch)
+        bar.close()
         if on_sampled is not None:
             on_sampled()
-        finite = torch.isfinite(x).flatten(1).all(1)
-        x_safe = torch.where(finite[:, None, None], x, torch.zeros_like(x))
-        frame_valid = self.motion_oracle.frame_verdicts(x_safe) & finite[:, None]
+        got = {key: torch.cat([p[key] for p in parts]) for key in parts[0] if key != "seconds"}
+        seconds = [s for p in parts for s in p["seconds"]]
+        finite, frame_valid = got["finite"], got["frame_valid"]
         clip = infraction_rate(frame_valid.all(1))
         frame = infraction_rate(frame_valid.flatten())
         held = self.heldout_x[:cfg.r_elbo_clips]
         held_cond = None if cond is None else {"family": self.heldout_family[:cfg.r_elbo_clips]}
         r = motion_r_elbo(model, held, self.schedule, num_timesteps=cfg.r_elbo_timesteps,
                           seed=stage_seed(seed, "eval/r_elbo"), cond=held_cond)
-        pos = self.positions(x_safe[finite])
-        encoder = self.encoder()
-        feats, ref = encoder.embed(x_safe[finite]), encoder.embed(self.heldout_x)
-        kid, kid_std = kernel_inception_distance(feats, ref, cfg.kid_subsets, cfg.kid_subset_size,
-                                                 stage_generator(seed, "eval/kid"))
+        quality: dict[str, float] | str | None = None
+        if w.is_main:  # statistics of the gathered features on rank 0, sent to the others
+            feats, ref = got["features"][finite], encoder.embed(self.heldout_x).cpu()
+            try:
+                kid, kid_std = kernel_inception_distance(feats, ref, cfg.kid_subsets, cfg.kid_subset_size,
+                                                         stage_generator(seed, "eval/kid"))
+                quality = {"fid": frechet_distance(feats, ref), "kid": kid, "kid_std": kid_std}
+            except ValueError as err:  # e.g. fewer than 2 finite clips: every rank raises, none waits
+                quality = str(err)
+        quality = distributed.broadcast_object(quality)
+        if isinstance(quality, str):
+            raise ValueError(f"FID/KID of the evaluation clips: {quality}")
         metrics = {
             "infraction": clip.rate, "infraction_low": clip.low, "infraction_high": clip.high,
-            "infraction_frame": frame.rate,
+            "infraction_frame": frame.rate, "infractions": clip.count, "infractions_frame": frame.count,
             "r_elbo": float(r.mean()) / self.clip_shape[0],
-            "fid": frechet_distance(feats, ref), "kid": kid, "kid_std": kid_std,
-            "skating": float(foot_skating_ratio(pos, self.skeleton.feet, self.quality).mean()),
-            "floating": float(floating_ratio(pos, self.quality).mean()),
-            "lowest_height_m": float(lowest_joint_height(pos).mean()),
+            **quality,
+            "skating": float(got["skating"][finite].mean()),
+            "floating": float(got["floating"][finite].mean()),
+            "lowest_height_m": float(got["lowest_m"][finite].mean()),
             "non_finite": int((~finite).sum()),
             "n_parallel": num_parallel_samples(clip.rate, cfg.p) if clip.rate < 1 else None,
-            "num_clips": int(n), "batch_size": self.config.gen_neg.sample_batch_size,
+            "num_clips": int(n), "batch_size": batch_size,
             "sample_seconds_per_batch": float(np.median(seconds)) if seconds else None,
         }
-        return metrics, {"x": x.cpu(), "frame_valid": frame_valid.cpu()}
+        return metrics, {"x": got["x"], "frame_valid": frame_valid}
 
     def data_reference(self) -> dict[str, float]:
         """The metrics of held-out clips against a same-sized slice of the training clips (what a perfect

@@ -14,9 +14,11 @@ from tqdm.auto import tqdm
 from genneg.data.traffic.scene_set import Cond, SceneSet
 from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
 from genneg.diffusion.samplers import euler_ancestral_sample
+from genneg.io.rundir import stage_seed
 from genneg.metrics import r_elbo
 from genneg.models.scene_networks import SceneEpsModel
 from genneg.pipeline.ddpm_training import train_ddpm
+from genneg.pipeline.distributed import map_batches
 
 __all__ = ["SceneTrainingConfig", "mean_per_vehicle", "sample_scenes", "scene_r_elbo", "train_scene_baseline"]
 
@@ -123,19 +125,29 @@ def scene_r_elbo(
     batch, so each chunk of scenes is bound to its conditioning repeated ``K`` times per row
     (``repeat_interleave``). Padding slots contribute exactly 0 (:class:`SceneEpsModel`).
 
+    Data-parallel: the scenes are cut into chunks of ``batch_scenes``, each chunk's draws seeded by ``seed``
+    and the chunk's first row, and the chunks are shared among the ranks
+    (:func:`genneg.pipeline.distributed.map_batches`): every rank returns the same values, which do not
+    depend on the world size. Every rank must call it (a collective; one process: a plain call).
+
     Returns:
         ``(S,)`` float64, summed over the real vehicles' token dimensions.
+
+    Raises:
+        ValueError: ``batch_scenes < 1``.
     """
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, len(scenes), batch_scenes):
-        stop = min(start + batch_scenes, len(scenes))
-        chunk = scenes.rows(torch.arange(start, stop, device=scenes.tokens.device))
+    device = scenes.tokens.device
+
+    def chunk_r_elbo(start: int, m: int) -> torch.Tensor:
+        chunk = scenes.rows(torch.arange(start, start + m, device=device))
         cond = {k: v.repeat_interleave(num_timesteps, dim=0) for k, v in chunk.cond.items()}
-        out.append(r_elbo(_bind(as_denoiser(eps_model, schedule), cond), chunk.tokens, schedule,
-                          num_timesteps=num_timesteps,
-                          generator=generator, batch_size=len(chunk) * num_timesteps))
-    return torch.cat(out)
+        generator = torch.Generator().manual_seed(stage_seed(seed, f"rows{start}"))
+        return r_elbo(_bind(as_denoiser(eps_model, schedule), cond), chunk.tokens, schedule,
+                      num_timesteps=num_timesteps, generator=generator, batch_size=m * num_timesteps)
+
+    if len(scenes) == 0:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    return torch.cat([v.to(device) for v in map_batches(len(scenes), batch_scenes, chunk_r_elbo)])
 
 
 def mean_per_vehicle(values: torch.Tensor, valid: torch.Tensor) -> float:

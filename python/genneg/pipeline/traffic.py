@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from genneg.data.traffic import (
     RoadNetworkConfig,
@@ -128,6 +129,7 @@ class TrafficTask(Task):
     title: ClassVar[str] = "traffic scenes"
     config_class: ClassVar[type] = TrafficExperimentConfig
     writes_data: ClassVar[bool] = True
+    shards_evaluation: ClassVar[bool] = True
     likelihood_key: ClassVar[str] = "r_elbo"
     likelihood_label: ClassVar[str] = "held-out r-ELBO (nats per vehicle)"
 
@@ -315,18 +317,38 @@ class TrafficTask(Task):
     def evaluate(self, model: Callable[..., torch.Tensor], *, num_samples: int | None = None,
                  progress: bool = False, on_sampled: Callable[[], None] | None = None) -> EvalOutput:
         """Collision, offroad and infraction rates per scene and per vehicle, r-ELBO per vehicle, ``N(r, p)``
-        from the per-scene rate and sampling time, on the evaluation contexts with the ``eval/noise``
-        stream and fixed r-ELBO draws (paired comparisons). Tensors: ``tokens``, ``collision``,
-        ``offroad``."""
-        cfg, seed = self.config.eval, self.config.seed
-        cond = self.eval_contexts(cfg.num_scenes if num_samples is None else num_samples)
-        noise = stage_generator(seed, "eval/noise")
-        tokens, seconds = self.sample_timed(model, cond, noise, progress=progress)
+        from the per-scene rate and sampling time, on the evaluation contexts with fixed noise and fixed
+        r-ELBO draws (paired comparisons). Tensors: ``tokens``, ``collision``, ``offroad``.
+
+        Data-parallel (a collective: every rank calls it and gets the same metrics): the evaluation scenes
+        are cut into batches of ``gen_neg.sample_batch_size``, each batch's noise seeded by the run seed
+        and its first row (``eval/noise/rows{first}``), sampled and judged by the oracle on the rank that
+        owns it; the scenes and verdicts are gathered in row order and counted on every rank (exact
+        integers), and the r-ELBO's chunks are shared likewise (:func:`scene_r_elbo`, float64 sums in row
+        order). The metrics do not depend on the world size."""
+        cfg, seed, batch_size = self.config.eval, self.config.seed, self.config.gen_neg.sample_batch_size
+        n = cfg.num_scenes if num_samples is None else num_samples
+        cond = self.eval_contexts(n)
+        w = distributed.world()
+        bar = tqdm(total=len(range(w.rank * batch_size, n, batch_size * w.world_size)),
+                   disable=not progress, desc="evaluation scenes", leave=False)
+
+        def batch(first: int, m: int) -> dict[str, Any]:
+            rows = {k: v[first:first + m] for k, v in cond.items()}
+            tokens, seconds = self.sample_timed(model, rows, stage_generator(seed, f"eval/noise/rows{first}"))
+            verdicts = self.scene_oracle.details(tokens, **rows)
+            bar.update()
+            return {"tokens": tokens.cpu(), "collision": verdicts.collision.cpu(),
+                    "offroad": verdicts.offroad.cpu(), "seconds": seconds}
+
+        parts = distributed.map_batches(n, batch_size, batch)
+        bar.close()
         if on_sampled is not None:
             on_sampled()
-        verdicts = self.scene_oracle.details(tokens, **cond)
+        tokens, collision, offroad = (torch.cat([p[key] for p in parts]).to(self.device)
+                                      for key in ("tokens", "collision", "offroad"))
+        seconds = [s for p in parts for s in p["seconds"]]
         valid = cond["valid"]
-        collision, offroad = verdicts.collision, verdicts.offroad
         ok = ~(collision | offroad)
         scene = infraction_rate(ok | ~valid)
         vehicle = infraction_rate(ok[valid])
@@ -337,13 +359,14 @@ class TrafficTask(Task):
             "infraction": scene.rate, "infraction_low": scene.low, "infraction_high": scene.high,
             "infraction_vehicle": vehicle.rate, "infraction_vehicle_low": vehicle.low,
             "infraction_vehicle_high": vehicle.high,
+            "infractions": scene.count, "infractions_vehicle": vehicle.count,
             "collision": float((collision & valid).any(1).float().mean()),
             "offroad": float((offroad & valid).any(1).float().mean()),
             "collision_vehicle": float(collision[valid].float().mean()),
             "offroad_vehicle": float(offroad[valid].float().mean()),
             "r_elbo": mean_per_vehicle(r, held.cond["valid"]),
             "n_parallel": num_parallel_samples(scene.rate, cfg.p) if scene.rate < 1 else None,
-            "num_scenes": int(tokens.shape[0]), "batch_size": self.config.gen_neg.sample_batch_size,
+            "num_scenes": int(tokens.shape[0]), "num_vehicles": vehicle.total, "batch_size": batch_size,
             "sample_seconds_per_batch": float(np.median(seconds)) if seconds else None,
         }
         return metrics, {"tokens": tokens, "collision": collision, "offroad": offroad}
