@@ -144,6 +144,12 @@ def test_decode_tokens_matches_tokens_to_scenes(traffic) -> None:
     centre = tuple(scenes.centre_m[0])
     boxes, _ = tokens_to_scenes(tokens[:1].numpy(), scenes.centre_m[:1], norm)
     assert np.array_equal(decode_tokens(tokens[:1], centre, norm).numpy(), boxes)
+    # one centre per scene, as in cond["centre_m"] (N, 2)
+    boxes, _ = tokens_to_scenes(tokens[:3].numpy(), scenes.centre_m[:3], norm)
+    per_scene = decode_tokens(tokens[:3], torch.from_numpy(np.asarray(scenes.centre_m[:3])), norm)
+    assert np.array_equal(per_scene.numpy(), boxes)
+    with pytest.raises(ValueError, match="centre_m"):
+        decode_tokens(tokens[:3], torch.zeros(2, 2), norm)
 
 
 def test_traffic_keeps_ego_and_seen_vehicles(traffic) -> None:
@@ -170,7 +176,7 @@ def test_traffic_keeps_ego_and_seen_vehicles(traffic) -> None:
     assert torch.all(x[:, ~valid] == 0)  # absent slots stay padding
     assert x[:, valid & ~known].std() > 0  # the rest is sampled
     # verdicts are the traffic oracle's on the decoded boxes
-    boxes = decode_tokens(x, cond.frame.centre_m, cond.frame.norm)
+    boxes = decode_tokens(x, cond.cond["centre_m"], cond.frame.norm)
     expected = TrafficOracle(road.drivable_map)(boxes, valid[None].expand(x.shape[0], A))
     assert torch.equal(result.verdicts, expected)
     # the same with fresh buffers

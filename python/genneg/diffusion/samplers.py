@@ -34,6 +34,13 @@ With ``lambda = -log sigma`` and ``h = lambda' - lambda`` the data-prediction up
 multistep methods is ``x' = e^{-h} x + (1 - e^{-h}) D_eff`` where ``D_eff`` extrapolates the denoiser's
 past outputs (METHOD.md 1: the PF-ODE in VE coordinates, where ``alpha = 1``).
 
+Each step's arithmetic is written once, in place, around a level denoiser ``denoise(x, sigma)``
+(:data:`LevelDenoise`): :func:`euler_advance`, :func:`heun_advance` (Euler predictor, optional in-place
+``replace`` of the predicted point for inpainting, trapezoidal corrector) and
+:func:`euler_ancestral_advance`, each with an optional ``out`` and :class:`StepBuffers` so that a caller
+that steps many times (``genneg.planning.FastSampler``, CUDA graphs) allocates nothing per step. The
+samplers, the inpainting samplers and the planner all call them, so their results agree bit for bit.
+
 A denoiser may provide its own fused Heun step (``denoiser.heun_step(x, sigma_cur, sigma_next)``, e.g. the
 Triton guidance kernels) or Euler-ancestral step (``denoiser.ancestral_step(x, sigma_cur, sigma_next,
 noise)``); :func:`heun_step` and :func:`euler_ancestral_step` then call it (unconditioned calls only), so
@@ -57,17 +64,22 @@ from genneg.profiling import nvtx_range
 __all__ = [
     "SAMPLERS",
     "Cond",
+    "LevelDenoise",
     "MultistepStep",
     "Sampler",
+    "StepBuffers",
     "StepCallback",
     "ancestral_levels",
     "denoiser_calls",
     "dpmpp_2m_sample",
+    "euler_advance",
+    "euler_ancestral_advance",
     "euler_ancestral_sample",
     "euler_ancestral_step",
     "euler_sample",
     "euler_step",
     "get_sampler",
+    "heun_advance",
     "heun_sample",
     "heun_step",
     "multistep_coefficients",
@@ -100,28 +112,135 @@ def _call(denoiser: Denoiser, x: torch.Tensor, sigma: float, cond: Cond | None) 
     return denoiser(x, expand_sigma(sigma, x), **(cond or {}))
 
 
+LevelDenoise = Callable[[torch.Tensor, float], torch.Tensor]
+"""``denoise(x, sigma) -> D(x; sigma)`` with the level a Python float: a denoiser bound to its conditioning
+(``D(x, sigma, **cond)``) or a caller's own evaluation (e.g. ``genneg.planning.FastSampler``'s, with its
+per-level buffers). The step functions below take one; their ``*_step`` forms build it from a denoiser."""
+
+
+@dataclass(frozen=True)
+class StepBuffers:
+    """Scratch tensors of the in-place step arithmetic (each of the state's shape, dtype and device), so
+    that a caller that steps many times (``FastSampler``, CUDA graphs) allocates nothing per step.
+
+    ``slope`` and ``slope_next`` hold the PF-ODE slopes ``(x - D) / sigma`` of Heun's two evaluations,
+    ``scratch`` the products; the Euler-ancestral step uses ``scratch`` only. Without buffers (and without
+    ``out``) the steps allocate fresh tensors and stay differentiable; with them, no autograd (``out=``
+    forms), but the same kernels, so the same values bit for bit."""
+
+    slope: torch.Tensor
+    slope_next: torch.Tensor
+    scratch: torch.Tensor
+
+    @classmethod
+    def like(cls, x: torch.Tensor) -> StepBuffers:
+        """Fresh buffers shaped like ``x``."""
+        return cls(torch.empty_like(x), torch.empty_like(x), torch.empty_like(x))
+
+
+def _bound(denoiser: Denoiser, cond: Cond | None) -> LevelDenoise:
+    """``denoiser`` as a :data:`LevelDenoise` with ``cond`` bound."""
+    return lambda x, sigma: _call(denoiser, x, sigma, cond)
+
+
+def _into(op: Callable[..., torch.Tensor], a: torch.Tensor, b: torch.Tensor | float,
+          out: torch.Tensor | None) -> torch.Tensor:
+    """``op(a, b)``, written into ``out`` when given (the in-place form of a step), else a fresh tensor."""
+    return op(a, b) if out is None else op(a, b, out=out)
+
+
+def _check_out(x: torch.Tensor, out: torch.Tensor | None) -> None:
+    if out is x:
+        raise ValueError("out must not be x: the step reads x after it starts writing out")
+
+
+def _euler(denoise: LevelDenoise, x: torch.Tensor, sigma_cur: float, sigma_next: float,
+           out: torch.Tensor | None, buffers: StepBuffers | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Euler step and its slope ``(x - D) / sigma_cur``."""
+    _check_out(x, out)
+    slope = _into(torch.sub, x, denoise(x, sigma_cur), None if buffers is None else buffers.slope)
+    slope.div_(sigma_cur)
+    step = _into(torch.mul, slope, sigma_next - sigma_cur, None if buffers is None else buffers.scratch)
+    return _into(torch.add, x, step, out), slope
+
+
+def euler_advance(denoise: LevelDenoise, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
+                  out: torch.Tensor | None = None, buffers: StepBuffers | None = None) -> torch.Tensor:
+    """One Euler step of the PF-ODE, ``x' = x + (sigma_next - sigma_cur) (x - D(x; sigma_cur)) / sigma_cur``.
+
+    Args:
+        denoise: ``denoise(x, sigma) -> D(x; sigma)`` (:data:`LevelDenoise`).
+        x: ``(B, *shape)`` float state at ``sigma_cur``.
+        sigma_cur, sigma_next: levels (data units), ``sigma_cur > sigma_next >= 0``.
+        out: ``(B, *shape)`` buffer for the result (never ``x``), or None for a fresh tensor.
+        buffers: scratch (:class:`StepBuffers`), or None for fresh tensors.
+
+    Returns:
+        The state at ``sigma_next`` (``out`` when given).
+
+    Raises:
+        ValueError: ``out`` is ``x``.
+    """
+    return _euler(denoise, x, sigma_cur, sigma_next, out, buffers)[0]
+
+
+def heun_advance(denoise: LevelDenoise, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
+                 out: torch.Tensor | None = None, buffers: StepBuffers | None = None,
+                 replace: Callable[[torch.Tensor, float], object] | None = None) -> torch.Tensor:
+    """One step of Heun's 2nd-order method (Karras et al. 2022, Alg. 1): the Euler predictor
+    (:func:`euler_advance`), then, when ``sigma_next > 0``, the trapezoidal corrector
+    ``x' = x + (sigma_next - sigma_cur) (d + d') / 2`` with ``d'`` the slope at the predicted point.
+
+    The arithmetic of every Heun step of the package (:func:`heun_sample`, inpainting, the planner).
+
+    Args:
+        replace: called as ``replace(x_pred, sigma_next)`` on the predicted point before the corrector's
+            denoiser call, to rewrite part of it in place (inpainting's replacement of the known part).
+        Others as :func:`euler_advance`.
+
+    Returns:
+        The state at ``sigma_next`` (``out`` when given).
+    """
+    x_pred, slope = _euler(denoise, x, sigma_cur, sigma_next, out, buffers)
+    if sigma_next == 0:
+        return x_pred
+    if replace is not None:
+        replace(x_pred, sigma_next)
+    slope_buffer = None if buffers is None else buffers.slope_next
+    slope_next = _into(torch.sub, x_pred, denoise(x_pred, sigma_next), slope_buffer)
+    slope_next.div_(sigma_next)
+    mean_slope = _into(torch.add, slope, slope_next, slope_buffer)
+    mean_slope.mul_((sigma_next - sigma_cur) * 0.5)
+    return _into(torch.add, x, mean_slope, out)
+
+
 def euler_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
                cond: Cond | None = None) -> torch.Tensor:
-    """One Euler step of the PF-ODE from ``sigma_cur`` to ``sigma_next`` (may be 0)."""
-    d = (x - _call(denoiser, x, sigma_cur, cond)) / sigma_cur
-    return x + (sigma_next - sigma_cur) * d
+    """One Euler step of the PF-ODE from ``sigma_cur`` to ``sigma_next`` (may be 0): :func:`euler_advance`
+    of ``denoiser(x, sigma, **cond)``."""
+    return euler_advance(_bound(denoiser, cond), x, sigma_cur, sigma_next)
 
 
 def heun_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
-              cond: Cond | None = None) -> torch.Tensor:
-    """One step of Heun's 2nd-order method; a plain Euler step when ``sigma_next == 0``.
+              cond: Cond | None = None, out: torch.Tensor | None = None, buffers: StepBuffers | None = None,
+              replace: Callable[[torch.Tensor, float], object] | None = None) -> torch.Tensor:
+    """One step of Heun's 2nd-order method; a plain Euler step when ``sigma_next == 0``: :func:`heun_advance`
+    of ``denoiser(x, sigma, **cond)``.
 
-    Delegates to ``denoiser.heun_step`` when the denoiser has one (fused backends) and ``cond`` is empty.
+    Delegates to ``denoiser.heun_step(x, sigma_cur, sigma_next)`` when the denoiser has one (fused
+    backends), ``cond`` is empty and there is no ``replace`` (a fused step cannot rewrite its predicted
+    point); the result is then copied into ``out`` when one is given.
+
+    Args:
+        denoiser: ``D(x, sigma, **cond)``.
+        out, buffers, replace: as :func:`heun_advance`.
     """
     fused = getattr(denoiser, "heun_step", None)
-    if fused is not None and not cond:
-        return fused(x, sigma_cur, sigma_next)
-    d = (x - _call(denoiser, x, sigma_cur, cond)) / sigma_cur
-    x_next = x + (sigma_next - sigma_cur) * d
-    if sigma_next > 0:
-        d_next = (x_next - _call(denoiser, x_next, sigma_next, cond)) / sigma_next
-        x_next = x + (sigma_next - sigma_cur) * 0.5 * (d + d_next)
-    return x_next
+    if fused is not None and not cond and replace is None:
+        x_next = fused(x, sigma_cur, sigma_next)
+        return x_next if out is None else out.copy_(x_next)
+    return heun_advance(_bound(denoiser, cond), x, sigma_cur, sigma_next, out=out, buffers=buffers,
+                        replace=replace)
 
 
 @torch.no_grad()
@@ -147,9 +266,10 @@ def heun_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, co
         ValueError: ``sigmas`` not strictly decreasing or not ending in 0.
     """
     levels = _levels(sigmas)
+    buffers = StepBuffers.like(x)
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
         with nvtx_range("sampler.heun_step"):
-            x = heun_step(denoiser, x, levels[i], levels[i + 1], cond=cond)
+            x = heun_step(denoiser, x, levels[i], levels[i + 1], cond=cond, buffers=buffers)
         if callback is not None:
             callback(i, x, levels[i], levels[i + 1])
     return x
@@ -180,26 +300,52 @@ def ancestral_levels(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple
     return math.sqrt(sigma_next * sigma_next - sigma_up * sigma_up), sigma_up
 
 
-def euler_ancestral_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float,
-                         noise: torch.Tensor | None, *, cond: Cond | None = None, eta: float = 1.0
-                         ) -> torch.Tensor:
+def euler_ancestral_advance(denoise: LevelDenoise, x: torch.Tensor, sigma_cur: float, sigma_next: float,
+                            noise: torch.Tensor | None, *, eta: float = 1.0, out: torch.Tensor | None = None,
+                            buffers: StepBuffers | None = None) -> torch.Tensor:
     """One Euler-ancestral step: ``x' = D + (sigma_down/sigma)(x - D) + sigma_up · noise`` with
-    ``D = D(x; sigma_cur)`` and the levels of :func:`ancestral_levels`. ``noise`` ``(B, ...)`` standard
-    normal (unused, may be None, when ``sigma_up == 0``, e.g. the step to 0, which returns ``D``).
+    ``D = D(x; sigma_cur)`` and the levels of :func:`ancestral_levels`; the arithmetic of every
+    Euler-ancestral step of the package (:func:`euler_ancestral_sample`, inpainting, the planner).
+
+    Args:
+        denoise: ``denoise(x, sigma) -> D(x; sigma)`` (:data:`LevelDenoise`).
+        x: ``(B, *shape)`` float state at ``sigma_cur``.
+        noise: ``(B, *shape)`` standard normal; unused (may be None) when ``sigma_up == 0``, e.g. the step
+            to 0, which returns ``D``.
+        eta: 1 for the ancestral (SDE) step, 0 for the deterministic one.
+        out, buffers: as :func:`euler_advance`.
+
+    Raises:
+        ValueError: ``noise`` None where the step needs it; ``out`` is ``x``.
+    """
+    _check_out(x, out)
+    sigma_down, sigma_up = ancestral_levels(sigma_cur, sigma_next, eta)
+    if sigma_up > 0.0 and noise is None:
+        raise ValueError(f"a step to sigma_next={sigma_next} with eta={eta} needs noise")
+    scratch = None if buffers is None else buffers.scratch
+    den = denoise(x, sigma_cur)
+    toward = _into(torch.sub, x, den, scratch)
+    toward.mul_(sigma_down / sigma_cur)
+    x_next = _into(torch.add, den, toward, out)
+    if sigma_up > 0.0:
+        x_next.add_(_into(torch.mul, noise, sigma_up, scratch))
+    return x_next
+
+
+def euler_ancestral_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float,
+                         noise: torch.Tensor | None, *, cond: Cond | None = None, eta: float = 1.0,
+                         out: torch.Tensor | None = None, buffers: StepBuffers | None = None
+                         ) -> torch.Tensor:
+    """One Euler-ancestral step: :func:`euler_ancestral_advance` of ``denoiser(x, sigma, **cond)``.
 
     Delegates to ``denoiser.ancestral_step(x, sigma_cur, sigma_next, noise)`` when the denoiser has one
-    (fused backends), ``cond`` is empty and ``eta == 1``."""
+    (fused backends), ``cond`` is empty and ``eta == 1`` (the result then copied into ``out`` when given)."""
     fused = getattr(denoiser, "ancestral_step", None)
     if fused is not None and not cond and eta == 1.0:
-        return fused(x, sigma_cur, sigma_next, noise)
-    den = _call(denoiser, x, sigma_cur, cond)
-    sigma_down, sigma_up = ancestral_levels(sigma_cur, sigma_next, eta)
-    x_next = den + (sigma_down / sigma_cur) * (x - den)
-    if sigma_up > 0.0:
-        if noise is None:
-            raise ValueError(f"a step to sigma_next={sigma_next} with eta={eta} needs noise")
-        x_next = x_next + sigma_up * noise
-    return x_next
+        x_next = fused(x, sigma_cur, sigma_next, noise)
+        return x_next if out is None else out.copy_(x_next)
+    return euler_ancestral_advance(_bound(denoiser, cond), x, sigma_cur, sigma_next, noise, eta=eta, out=out,
+                                   buffers=buffers)
 
 
 @torch.no_grad()
@@ -225,13 +371,15 @@ def euler_ancestral_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     levels = _levels(sigmas)
+    buffers = StepBuffers.like(x)
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
         sigma, sigma_next = levels[i], levels[i + 1]
         noise = None
         if ancestral_levels(sigma, sigma_next, eta)[1] > 0.0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         with nvtx_range("sampler.euler_ancestral_step"):
-            x = euler_ancestral_step(denoiser, x, sigma, sigma_next, noise, cond=cond, eta=eta)
+            x = euler_ancestral_step(denoiser, x, sigma, sigma_next, noise, cond=cond, eta=eta,
+                                     buffers=buffers)
         if callback is not None:
             callback(i, x, sigma, sigma_next)
     return x

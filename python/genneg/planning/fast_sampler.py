@@ -61,7 +61,15 @@ from typing import Any, Literal
 import torch
 
 from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
-from genneg.diffusion.samplers import ancestral_levels, multistep_coefficients
+from genneg.diffusion.samplers import (
+    StepBuffers,
+    ancestral_levels,
+    euler_ancestral_advance,
+    euler_ancestral_step,
+    heun_advance,
+    heun_step,
+    multistep_coefficients,
+)
 from genneg.diffusion.schedules import make_sigmas
 from genneg.guidance.guided import GuidedDenoiser, guidance_gradient
 from genneg.metrics.parallel import num_parallel_samples
@@ -216,10 +224,11 @@ class _Workspace:
         self.x_next = torch.empty(full, **opts)
         self.noise = torch.empty(full, **opts)
         self.fill_noise = torch.empty(full, **opts)
-        self.d = torch.empty(full, **opts)
+        self.step_draw = torch.empty(full, **opts)  # the per-step ancestral noise (eager path)
         self.den = torch.empty(full, **opts)
-        self.d_next = torch.empty(full, **opts)
-        self.scratch = torch.empty(full, **opts)
+        self.scratch = torch.empty(full, **opts)  # inpainting's replacement
+        # the library steps' scratch (genneg.diffusion.samplers.StepBuffers)
+        self.step = StepBuffers.like(self.x)
         # multistep solvers: the last three denoiser outputs (a ring) and the state before the last step
         self.history = [torch.empty(full, **opts) for _ in range(3)]
         self.x_before = torch.empty(full, **opts)
@@ -253,9 +262,12 @@ class FastSampler:
         model: a denoiser ``D(x (N, *shape), sigma (N,), **cond) -> (N, *shape)`` (plain, distilled, or a
             :class:`~genneg.guidance.GuidedDenoiser` stack); with ``ddpm_schedule`` also a DDPM
             ε-network (``parameterisation = "eps"``), wrapped in its ``EpsDenoiser``.
-        oracle: ``oracle(x (N, *shape)) -> bool (N,) or (N, P)`` (True = valid), or a conditioned oracle
-            with ``needs_condition = True`` called as ``oracle(x, condition)`` (e.g.
-            :class:`genneg.planning.traffic.SceneTokenOracle`).
+        oracle: ``oracle(x (N, *shape), **cond) -> bool (N,) or (N, P)`` (True = valid), called with the
+            same ``cond`` the model gets (the condition's, each entry expanded to ``N`` rows; none without
+            one), through :func:`genneg.oracles.evaluate_oracle` (which checks its answer): an oracle
+            written for the pipeline's balanced draw works unchanged. An oracle with a
+            ``check_condition(condition)`` method (e.g. :class:`genneg.planning.traffic.SceneTokenOracle`)
+            has it called on every call's condition (or None) before sampling.
         sample_shape: shape of one sample, e.g. ``(2,)`` or ``(A, 7)``.
         config: :class:`SamplerConfig`.
         ddpm_schedule: the DDPM schedule whose levels the model samples on (Euler-ancestral); None for an
@@ -304,15 +316,14 @@ class FastSampler:
                 f"max_rounds * N * prod(sample_shape) = {n_elem} elements is too large to keep every round's "
                 f"samples; lower max_rounds ({config.max_rounds}) or N ({self.num_parallel})"
             )
-        self._conditioned_oracle = bool(getattr(oracle, "needs_condition", False))
         self._lock = threading.Lock()
         self._calls = itertools.count()
         self._generator = torch.Generator(device=self.device)
         self._workspace: _Workspace | None = None
         # condition layout -> (graph, output buffer, replay ms, static cond), or None: capture failed
         self._graphs: dict[Any, tuple[Any, torch.Tensor, float, dict[str, torch.Tensor]] | None] = {}
-        # Euler-ancestral steps (DDPM levels): (sigma_down / sigma, sigma_up) from the library's levels
-        self._ancestral: list[tuple[float, float]] = []
+        # Euler-ancestral steps (DDPM levels): whether step i draws noise (sigma_up > 0)
+        self._draws_noise: list[bool] = []
         if ddpm_schedule is None:
             sigmas = make_sigmas(
                 config.schedule, config.num_steps, config.sigma_min, config.sigma_max, config.rho
@@ -333,10 +344,10 @@ class FastSampler:
                 )
             self.levels = [float(s) for s in ddpm_schedule.sampling_sigmas(config.num_steps)]
             self._start_scale = math.sqrt(1.0 + self.levels[0] ** 2)  # x_T / sqrt(ᾱ_T), x_T ~ N(0, I)
-            for s, s_next in itertools.pairwise(self.levels):
-                down, up = ancestral_levels(s, s_next)
-                self._ancestral.append((down / s, up))
-        self._mode, self._step_fn, self._net_fn = self._classify(model)
+            self._draws_noise = [ancestral_levels(s, s_next)[1] > 0.0
+                                 for s, s_next in itertools.pairwise(self.levels)]
+        self._level_index = {s: i for i, s in enumerate(self.levels)}
+        self._mode, self._net_fn = self._classify(model)
         self._plan, self._analytic = self._fast_paths(model)
 
     # construction helpers ------------------------------------------------------------------------------
@@ -348,27 +359,26 @@ class FastSampler:
                 return p.device
         return torch.device("cpu")
 
-    def _classify(self, model: Any) -> tuple[str, Any, Any]:
-        """``(mode, fused_step, net)``. ``mode``: ``plain`` (no autograd), ``split`` (denoiser + guidance
-        gradient, timed apart), ``whole`` (a guided model called as one), ``fused`` (a denoiser's own fused
-        step ``fused_step``: Heun, or Euler-ancestral on DDPM levels; unconditioned calls only, a call with
-        ``cond`` calls the model whole). ``net``: what ``plain`` and ``whole`` call."""
+    def _classify(self, model: Any) -> tuple[str, Any]:
+        """``(mode, net)``. ``mode``: ``plain`` (no autograd), ``split`` (denoiser + guidance gradient,
+        timed apart), ``whole`` (a guided model called as one), ``fused`` (the model has its own fused
+        step: Heun, or Euler-ancestral on DDPM levels, which the library's ``heun_step`` /
+        ``euler_ancestral_step`` delegate to for calls without ``cond``; otherwise they call the model
+        whole). ``net``: what ``plain`` and ``whole`` call."""
         heun = self.config.solver == "heun"
         step_name = "ancestral_step" if self.ddpm_schedule is not None else "heun_step"
         if isinstance(model, GuidedDenoiser):
-            fused = getattr(model, step_name) if heun else None
-            if fused is not None:
-                return "fused", fused, model
+            if heun and getattr(model, step_name) is not None:
+                return "fused", model
             active = [(c, s) for c, s in zip(model.classifiers, model.scales) if s != 0.0]
             if not active:
-                return "plain", None, model.denoiser
+                return "plain", model.denoiser
             if all(_is_time_dependent(c) for c, _ in active):
-                return "split", None, None
-            return "whole", None, model
-        fused = getattr(model, step_name, None) if heun else None
-        if fused is not None:
-            return "fused", fused, model
-        return "plain", None, model
+                return "split", None
+            return "whole", model
+        if heun and getattr(model, step_name, None) is not None:
+            return "fused", model
+        return "plain", model
 
     def _fast_paths(self, model: Any) -> tuple[ResidualMLPDenoiserPlan | None, Any]:
         """The level-specialised MLP denoiser and the analytic guidance, where they apply."""
@@ -501,7 +511,7 @@ class FastSampler:
             drivable = task.road_maps[0].drivable_map if drivable_map is None else drivable_map
             steps = run_config.gen_neg.sample_steps if num_steps is None else num_steps
             config = SamplerConfig(num_steps=steps, **common, **config_overrides)
-            sampler = cls(net, SceneTokenOracle(TrafficOracle(drivable)),
+            sampler = cls(net, SceneTokenOracle(TrafficOracle(drivable), norm=task.norm),
                           sample_shape=tuple(task.train.tokens.shape[1:]), config=config,
                           ddpm_schedule=task.schedule, device=target, seed=seed)
         else:
@@ -566,11 +576,9 @@ class FastSampler:
             raise ValueError(f"deadline_ms must be > 0, got {deadline_ms}")
         if condition is not None:
             check_condition(condition, self.sample_shape, self.num_parallel)
-            check_frame = getattr(self.oracle, "check_condition", None)
-            if check_frame is not None:
-                check_frame(condition)
-        elif self._conditioned_oracle:
-            raise ValueError("this sampler's oracle judges samples against a condition; pass condition=")
+        check_oracle_condition = getattr(self.oracle, "check_condition", None)
+        if check_oracle_condition is not None:  # e.g. a scene oracle: the condition's map is its map
+            check_oracle_condition(condition)
         if condition is not None and condition.num_fixed > 0 and self._multistep is not None:
             raise ValueError(f"inpainting conditions need solver='heun', this sampler has "
                              f"{self.config.solver!r}")
@@ -618,16 +626,7 @@ class FastSampler:
                 reason = "deadline"
                 break
             t0 = time.perf_counter()
-            if self._conditioned_oracle:
-                raw = self.oracle(x, condition)
-                v = torch.as_tensor(raw).to(x.device)
-                if v.ndim not in (1, 2) or v.shape[0] != n or v.dtype != torch.bool:
-                    raise ValueError(
-                        f"conditioned oracle returned {v.dtype} {tuple(v.shape)}; expected bool ({n},) "
-                        f"or ({n}, P)"
-                    )
-            else:
-                v = evaluate_oracle(self.oracle, x)
+            v = evaluate_oracle(self.oracle, x, cond)  # oracle(x, **cond), its answer checked
             verdicts = ws.verdict_buffer(v, self.config.max_rounds)
             verdicts[r * n : (r + 1) * n].copy_(v)
             ws.samples[r * n : (r + 1) * n].copy_(x)
@@ -759,44 +758,47 @@ class FastSampler:
         clock.split = False
         return out
 
+    def _level_denoise(
+        self, ws: _Workspace, cond: dict[str, torch.Tensor], clock: _Clock
+    ) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        """:meth:`_denoise` as the library steps' ``denoise(x, sigma)`` (the level found by its value)."""
+        index = self._level_index
+        return lambda x, sigma: self._denoise(ws, x, index[sigma], cond, clock)
+
+    @staticmethod
+    def _add_step_arithmetic(clock: _Clock, t0: float, counted_ms: float) -> None:
+        """Add to ``model_ms`` what a step spent since ``t0`` outside its denoiser calls (which the clock
+        had at ``counted_ms`` before the step)."""
+        spent_ms = clock.model_ms + clock.guidance_ms - counted_ms
+        clock.model_ms += 1e3 * (time.perf_counter() - t0) - spent_ms
+
     def _edm_trajectory(
         self, ws: _Workspace, cond: dict[str, torch.Tensor], conditioned: bool, clock: _Clock
     ) -> torch.Tensor | None:
-        """Heun along ``self.levels`` from ``sigma_max · ws.noise``; op for op ``heun_sample`` (and
-        ``inpaint_heun_sample`` when conditioned). Returns the buffer holding the samples, or None."""
+        """Heun along ``self.levels`` from ``sigma_max · ws.noise``: the library's step
+        (``genneg.diffusion.heun_step`` / ``heun_advance``) on the workspace's buffers, as ``heun_sample``
+        (and ``inpaint_heun_sample`` when conditioned). Returns the buffer holding the samples, or None."""
         levels = self.levels
         x, x_next = ws.x, ws.x_next
         torch.mul(ws.noise, levels[0], out=x)
+        replace = None
         if conditioned:
             edm_replace_(x, ws.known, ws.mask, ws.noise, levels[0], ws.scratch)
+            replace = lambda y, sigma: edm_replace_(y, ws.known, ws.mask, ws.noise, sigma, ws.scratch)  # noqa: E731
+        denoise = self._level_denoise(ws, cond, clock)
         for i in range(len(levels) - 1):
             if clock.expired():
                 return None
             s, s_next = levels[i], levels[i + 1]
-            if self._mode == "fused" and not cond:
-                t0 = time.perf_counter()
-                x_next.copy_(self._step_fn(x, s, s_next))
+            t0 = time.perf_counter()
+            if self._mode == "fused":  # the model's own step (or, with cond or replace, the model whole)
+                heun_step(self.model, x, s, s_next, cond=cond, out=x_next, buffers=ws.step, replace=replace)
                 clock.guidance_ms += 1e3 * (time.perf_counter() - t0)
                 clock.split = False
             else:
-                den = self._denoise(ws, x, i, cond, clock)
-                t0 = time.perf_counter()
-                torch.sub(x, den, out=ws.d)
-                ws.d.div_(s)
-                torch.mul(ws.d, s_next - s, out=ws.scratch)
-                torch.add(x, ws.scratch, out=x_next)
-                if s_next > 0:
-                    if conditioned:
-                        edm_replace_(x_next, ws.known, ws.mask, ws.noise, s_next, ws.scratch)
-                    clock.model_ms += 1e3 * (time.perf_counter() - t0)
-                    den = self._denoise(ws, x_next, i + 1, cond, clock)
-                    t0 = time.perf_counter()
-                    torch.sub(x_next, den, out=ws.d_next)
-                    ws.d_next.div_(s_next)
-                    torch.add(ws.d, ws.d_next, out=ws.d_next)
-                    ws.d_next.mul_((s_next - s) * 0.5)
-                    torch.add(x, ws.d_next, out=x_next)
-                clock.model_ms += 1e3 * (time.perf_counter() - t0)
+                counted = clock.model_ms + clock.guidance_ms
+                heun_advance(denoise, x, s, s_next, out=x_next, buffers=ws.step, replace=replace)
+                self._add_step_arithmetic(clock, t0, counted)
             if conditioned:
                 edm_replace_(x_next, ws.known, ws.mask, ws.noise, s_next, ws.scratch)
             x, x_next = x_next, x
@@ -852,37 +854,33 @@ class FastSampler:
         *,
         pre_drawn: bool,
     ) -> torch.Tensor | None:
-        """Euler-ancestral steps along ``self.levels`` from ``sqrt(1 + σ_0²) · ws.noise``; op for op
-        ``euler_ancestral_sample`` (and ``inpaint_ancestral_sample`` when conditioned), with the step
-        coefficients of ``ancestral_levels``. ``pre_drawn``: per-step noise from ``ws.step_noise`` (CUDA
-        graphs) instead of the generator. Returns the buffer holding the samples, or None."""
+        """Euler-ancestral steps along ``self.levels`` from ``sqrt(1 + σ_0²) · ws.noise``: the library's
+        step (``genneg.diffusion.euler_ancestral_step`` / ``euler_ancestral_advance``) on the workspace's
+        buffers, as ``euler_ancestral_sample`` (and ``inpaint_ancestral_sample`` when conditioned).
+        ``pre_drawn``: per-step noise from ``ws.step_noise`` (CUDA graphs) instead of the generator.
+        Returns the buffer holding the samples, or None."""
         levels = self.levels
         x, out = ws.x, ws.x_next
         torch.mul(ws.noise, self._start_scale, out=x)
         if conditioned:
             edm_replace_(x, ws.known, ws.mask, ws.noise, levels[0], ws.scratch)
-        for i, (ratio, sigma_up) in enumerate(self._ancestral):
+        denoise = self._level_denoise(ws, cond, clock)
+        for i, draws_noise in enumerate(self._draws_noise):
             if clock.expired():
                 return None
-            s_next = levels[i + 1]
+            s, s_next = levels[i], levels[i + 1]
             noise = None
-            if sigma_up > 0.0:
-                noise = ws.step_noise[i] if pre_drawn else ws.d.normal_(generator=self._generator)
-            if self._mode == "fused" and not cond:
-                t0 = time.perf_counter()
-                out.copy_(self._step_fn(x, levels[i], s_next, noise))
+            if draws_noise:
+                noise = ws.step_noise[i] if pre_drawn else ws.step_draw.normal_(generator=self._generator)
+            t0 = time.perf_counter()
+            if self._mode == "fused":  # the model's own step (or, with cond, the model whole)
+                euler_ancestral_step(self.model, x, s, s_next, noise, cond=cond, out=out, buffers=ws.step)
                 clock.guidance_ms += 1e3 * (time.perf_counter() - t0)
                 clock.split = False
             else:
-                den = self._denoise(ws, x, i, cond, clock)
-                t0 = time.perf_counter()
-                torch.sub(x, den, out=ws.scratch)  # x' = D + (σ_down/σ)(x - D) + σ_up · noise
-                ws.scratch.mul_(ratio)
-                torch.add(den, ws.scratch, out=out)
-                if noise is not None:
-                    torch.mul(noise, sigma_up, out=ws.scratch)
-                    out.add_(ws.scratch)
-                clock.model_ms += 1e3 * (time.perf_counter() - t0)
+                counted = clock.model_ms + clock.guidance_ms
+                euler_ancestral_advance(denoise, x, s, s_next, noise, out=out, buffers=ws.step)
+                self._add_step_arithmetic(clock, t0, counted)
             if conditioned:
                 if s_next > 0.0:
                     fill = (ws.step_fill_noise[i] if pre_drawn
@@ -933,7 +931,7 @@ class FastSampler:
         ws.noise.normal_(generator=g)
         if self.kind == "edm":
             return
-        steps = len(self._ancestral)
+        steps = len(self._draws_noise)
         if ws.step_noise is None:
             ws.step_noise = torch.empty(
                 (max(steps - 1, 1), *ws.x.shape), dtype=ws.x.dtype, device=ws.x.device
