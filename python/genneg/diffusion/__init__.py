@@ -36,6 +36,7 @@ from genneg.diffusion.samplers import (
     heun_advance,
     heun_sample,
     heun_step,
+    multistep_advance,
     multistep_coefficients,
     unipc_sample,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "karras_sigmas",
     "log_linear_sigmas",
     "make_sigmas",
+    "multistep_advance",
     "multistep_coefficients",
     "sample_sigma_log_uniform",
     "unipc_sample",

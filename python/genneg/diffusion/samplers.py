@@ -82,6 +82,7 @@ __all__ = [
     "heun_advance",
     "heun_sample",
     "heun_step",
+    "multistep_advance",
     "multistep_coefficients",
     "unipc_sample",
 ]
@@ -402,17 +403,57 @@ def dpmpp_2m_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
         x_{i+1} = (sigma_{i+1}/sigma_i) x_i + (1 - sigma_{i+1}/sigma_i) D_eff
 
     The first step and the step to ``sigma = 0`` are first order (``D_eff = D(x_i; sigma_i)``), as in the
-    paper and k-diffusion's ``sample_dpmpp_2m``. One denoiser call per step. Arguments, returns and
+    paper and k-diffusion's ``sample_dpmpp_2m``. One denoiser call per step, applied as
+    :func:`multistep_advance` with the step's :func:`multistep_coefficients`. Arguments, returns and
     errors as :func:`heun_sample`.
     """
     levels = _levels(sigmas)
-    d_prev: torch.Tensor | None = None
-    for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
+    return _multistep_sample("dpmpp_2m", multistep_coefficients("dpmpp_2m", levels), denoiser, x, levels,
+                             cond, callback, progress)
+
+
+def multistep_advance(update: tuple[float, tuple[float, ...]], x: torch.Tensor,
+                      outputs: Sequence[torch.Tensor], *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a · x + Σ_j c_j outputs[j]``: one predictor or corrector of a one-call-per-level solver from its
+    coefficients ``update = (a, (c_0, c_1, ...))`` (a :class:`MultistepStep` field). The arithmetic of
+    every DPM-Solver++(2M) and UniPC step of the package (the samplers here and the planner).
+
+    Args:
+        update: ``(a, (c_0, c_1, ...))``.
+        x: ``(B, *shape)`` the state the update starts from.
+        outputs: denoiser outputs ``D_i, D_{i-1}, ...`` (newest first), at least ``len(c)`` of them.
+        out: buffer for the result (never ``x`` or an output), or None for a fresh tensor.
+
+    Raises:
+        ValueError: fewer outputs than coefficients.
+    """
+    a, coefficients = update
+    if len(outputs) < len(coefficients):
+        raise ValueError(f"the update needs {len(coefficients)} denoiser outputs, got {len(outputs)}")
+    if a != 0.0:
+        result = _into(torch.mul, x, a, out)
+    else:
+        result = torch.zeros_like(x) if out is None else out.zero_()
+    for c, d in zip(coefficients, outputs):
+        if c != 0.0:
+            result.add_(d, alpha=c)
+    return result
+
+
+def _multistep_sample(name: str, steps: Sequence[MultistepStep], denoiser: Denoiser, x: torch.Tensor,
+                      levels: list[float], cond: Cond | None, callback: StepCallback | None,
+                      progress: bool) -> torch.Tensor:
+    """Run the one-call-per-level solver ``steps`` (:func:`multistep_coefficients`) along ``levels``."""
+    outputs: list[torch.Tensor] = []  # newest first
+    x_before = x
+    for i, step in enumerate(tqdm(steps, disable=not progress, desc="sampling", leave=False)):
         sigma, sigma_next = levels[i], levels[i + 1]
-        with nvtx_range("sampler.dpmpp_2m_step"):
-            d = _call(denoiser, x, sigma, cond)
-            x = _dpmpp_2m_update(x, levels[i - 1] if i else None, sigma, sigma_next, d, d_prev)
-        d_prev = d
+        with nvtx_range(f"sampler.{name}_step"):
+            outputs = [_call(denoiser, x, sigma, cond), *outputs][:4]
+            if step.corrector is not None:
+                x = multistep_advance(step.corrector, x_before, outputs)
+            x_before = x
+            x = multistep_advance(step.predictor, x, outputs)
         if callback is not None:
             callback(i, x, sigma, sigma_next)
     return x
@@ -488,7 +529,8 @@ def unipc_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, c
     UniP-2 is DPM-Solver++(2M)), then, once the denoiser has been called at the predicted point (the call
     the next step needs anyway), corrects that point with UniC-``p`` (order ``p + 1``). The step to
     ``sigma = 0`` is first order, so the last correction is the one at ``sigma_min``. One denoiser call per
-    step. ``use_corrector=False`` leaves UniP alone.
+    step. ``use_corrector=False`` leaves UniP alone. Each update is :func:`multistep_advance` with the
+    step's :func:`multistep_coefficients`.
 
     Args:
         order: predictor order, 1-3 (2: UniPC-2M, the default).
@@ -498,32 +540,16 @@ def unipc_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, c
     Raises:
         ValueError: a bad ``sigmas`` (as :func:`heun_sample`) or ``order`` outside 1-3.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
     levels = _levels(sigmas)
-    history: list[tuple[float, torch.Tensor]] = []
-    x_before: torch.Tensor | None = None
-    for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        with nvtx_range("sampler.unipc_step"):
-            d = _call(denoiser, x, sigma, cond)
-            if use_corrector and x_before is not None:
-                x = _unipc_update(x_before, levels[i - 1], sigma, history, d)
-            history = [*history, (sigma, d)][-order:]
-            x_before = x
-            if sigma_next == 0.0:
-                x = d
-            else:
-                x = _unipc_update(x, sigma, sigma_next, history, None)
-        if callback is not None:
-            callback(i, x, sigma, sigma_next)
-    return x
+    steps = multistep_coefficients("unipc", levels, order=order, use_corrector=use_corrector)
+    return _multistep_sample("unipc", steps, denoiser, x, levels, cond, callback, progress)
 
 
 @dataclass(frozen=True)
 class MultistepStep:
-    """Step ``i`` of a one-call-per-level solver as linear combinations, for fused re-implementations
-    (``genneg.planning.FastSampler``). With ``D_j = D(x_j; sigma_j)`` the denoiser output at level ``j``:
+    """Step ``i`` of a one-call-per-level solver as linear combinations, applied by
+    :func:`multistep_advance` (the samplers here and ``genneg.planning.FastSampler``). With
+    ``D_j = D(x_j; sigma_j)`` the denoiser output at level ``j``:
 
     - ``corrector`` (or None): ``x_i <- a · x_{i-1} + Σ_j c_j D_{i-j}`` (``(a, (c_0, c_1, ...))``), applied
       once ``D_i`` is known (``x_{i-1}`` is the state the last step started from);
@@ -542,20 +568,33 @@ def _read_linear(update: torch.Tensor) -> tuple[float, tuple[float, ...]]:
     return values[0], tuple(coefficients)
 
 
-def multistep_coefficients(name: str, levels: Sequence[float]) -> list[MultistepStep]:
-    """The coefficients of sampler ``name`` (``"euler"``, ``"dpmpp_2m"``, ``"unipc"`` with its defaults)
-    along ``levels`` (a schedule as Python floats, ending in 0), one :class:`MultistepStep` per step.
+def multistep_coefficients(name: str, levels: Sequence[float], *, order: int = 2,
+                           use_corrector: bool = True) -> list[MultistepStep]:
+    """The coefficients of sampler ``name`` (``"euler"``, ``"dpmpp_2m"``, ``"unipc"``) along ``levels`` (a
+    schedule as Python floats, ending in 0), one :class:`MultistepStep` per step.
 
-    They are read off the samplers' own update functions applied to unit vectors (the updates are linear
-    in the state and the denoiser outputs), so the two cannot drift apart.
+    They are read off the solvers' update functions applied to unit vectors (the updates are linear in the
+    state and the denoiser outputs), so each solver is derived once; :func:`dpmpp_2m_sample` and
+    :func:`unipc_sample` apply them with :func:`multistep_advance`, as the planner does.
+
+    Args:
+        order, use_corrector: UniPC's predictor order (1-3) and corrector (as :func:`unipc_sample`).
 
     Raises:
-        ValueError: a bad schedule, or a sampler that is not one call per level (``"heun"``).
+        ValueError: a bad schedule, a sampler that is not one call per level (``"heun"``), or ``order``
+            outside 1-3.
     """
     if name not in ("euler", "dpmpp_2m", "unipc"):
         raise ValueError(f"sampler {name!r} has no multistep coefficients; choose euler, dpmpp_2m or unipc")
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
     levels = _levels(torch.tensor(levels, dtype=torch.float64))
-    e = torch.eye(4, dtype=torch.float64)[:, None, :]  # x, D_i, D_{i-1}, D_{i-2} as unit vectors (1, 4)
+    e = torch.eye(5, dtype=torch.float64)[:, None, :]  # x, D_i, D_{i-1}, D_{i-2}, D_{i-3}: unit vectors
+
+    def history(i: int, last: int) -> list[tuple[float, torch.Tensor]]:
+        """``(sigma_j, D_j)`` for the ``order`` levels up to ``last`` (oldest first), seen from step ``i``."""
+        return [(levels[j], e[1 + i - j]) for j in range(max(0, last - order + 1), last + 1)]
+
     steps = []
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
@@ -566,11 +605,10 @@ def multistep_coefficients(name: str, levels: Sequence[float]) -> list[Multistep
             predictor = _dpmpp_2m_update(e[0], levels[i - 1] if i else None, sigma, sigma_next, e[1],
                                          e[2] if i else None)
         else:
-            history = [(levels[i - 1], e[2]), (sigma, e[1])] if i else [(sigma, e[1])]
-            predictor = e[1] if sigma_next == 0.0 else _unipc_update(e[0], sigma, sigma_next, history, None)
-            if i:
-                before = [(levels[i - 2], e[3]), (levels[i - 1], e[2])] if i > 1 else [(levels[i - 1], e[2])]
-                corrector = _read_linear(_unipc_update(e[0], levels[i - 1], sigma, before, e[1]))
+            predictor = e[1] if sigma_next == 0.0 else _unipc_update(e[0], sigma, sigma_next, history(i, i),
+                                                                     None)
+            if use_corrector and i:
+                corrector = _read_linear(_unipc_update(e[0], levels[i - 1], sigma, history(i, i - 1), e[1]))
         steps.append(MultistepStep(_read_linear(predictor), corrector))
     return steps
 

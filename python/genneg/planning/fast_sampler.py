@@ -64,10 +64,12 @@ from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
 from genneg.diffusion.samplers import (
     StepBuffers,
     ancestral_levels,
+    euler_advance,
     euler_ancestral_advance,
     euler_ancestral_step,
     heun_advance,
     heun_step,
+    multistep_advance,
     multistep_coefficients,
 )
 from genneg.diffusion.schedules import make_sigmas
@@ -81,6 +83,7 @@ from genneg.planning.result import SampleResult, StageTimes
 __all__ = ["FastSampler", "SamplerConfig", "parallel_samples_for", "success_probability"]
 
 _MAX_BUFFER_ELEMENTS = 1 << 28
+_RING = 4  # denoiser outputs a multistep update may read (MultistepStep: D_i .. D_{i-3})
 
 
 def parallel_samples_for(p: float, infraction_rate: float) -> int:
@@ -109,10 +112,11 @@ class SamplerConfig:
         max_parallel: refuse an ``N`` above this (memory guard), e.g. from a rate close to 1.
         num_steps: EDM: solver steps (noise levels before the final 0); DDPM: visited discrete levels.
         solver: EDM: ``"heun"`` (2 denoiser calls per level), or one call per level: ``"euler"``,
-            ``"dpmpp_2m"`` (DPM-Solver++(2M), Lu et al. 2022), ``"unipc"`` (UniPC-2M, Zhao et al. 2023);
-            the library's samplers of the same name to float32 rounding (their coefficients are taken from
-            them). DDPM models sample with the Euler-ancestral sampler on their levels (``"heun"``, the
-            default, stands for it; the others are refused). Inpainting conditions need ``"heun"``.
+            ``"dpmpp_2m"`` (DPM-Solver++(2M), Lu et al. 2022), ``"unipc"`` (UniPC-2M, Zhao et al. 2023):
+            the library's steps (``genneg.diffusion.samplers``), so the library's samplers of the same name
+            bit for bit with ``fast_paths=False``. DDPM models sample with the Euler-ancestral sampler on
+            their levels (``"heun"``, the default, stands for it; the others are refused). Inpainting
+            conditions need ``"heun"``.
         schedule: EDM sigma schedule, ``"log_linear"`` (the paper's) or ``"karras"``.
         sigma_min, sigma_max, rho: EDM schedule range (data units) and Karras ``rho``.
         deadline_ms: default deadline of a call, milliseconds from its entry; None = none.
@@ -229,8 +233,9 @@ class _Workspace:
         self.scratch = torch.empty(full, **opts)  # inpainting's replacement
         # the library steps' scratch (genneg.diffusion.samplers.StepBuffers)
         self.step = StepBuffers.like(self.x)
-        # multistep solvers: the last three denoiser outputs (a ring) and the state before the last step
-        self.history = [torch.empty(full, **opts) for _ in range(3)]
+        # multistep solvers: the last denoiser outputs (a ring; a step reads at most four) and the state
+        # before the last step
+        self.history = [torch.empty(full, **opts) for _ in range(_RING)]
         self.x_before = torch.empty(full, **opts)
         self.known = torch.zeros((1, *shape), **opts)
         self.mask = torch.zeros((1, *shape), dtype=torch.bool, device=device)
@@ -330,8 +335,8 @@ class FastSampler:
             )
             self.levels: list[float] = [float(s) for s in sigmas]
             self._start_scale = self.levels[0]
-            self._multistep = None if config.solver == "heun" else multistep_coefficients(config.solver,
-                                                                                           self.levels)
+            self._multistep = (None if config.solver in ("heun", "euler")
+                               else multistep_coefficients(config.solver, self.levels))
         else:
             if config.solver != "heun":
                 raise ValueError(f"solver {config.solver!r} is for EDM denoisers; a model on a DDPM's "
@@ -579,7 +584,7 @@ class FastSampler:
         check_oracle_condition = getattr(self.oracle, "check_condition", None)
         if check_oracle_condition is not None:  # e.g. a scene oracle: the condition's map is its map
             check_oracle_condition(condition)
-        if condition is not None and condition.num_fixed > 0 and self._multistep is not None:
+        if condition is not None and condition.num_fixed > 0 and self.config.solver != "heun":
             raise ValueError(f"inpainting conditions need solver='heun', this sampler has "
                              f"{self.config.solver!r}")
         deadline_s = math.inf if deadline_ms is None else t_enter + deadline_ms / 1e3
@@ -775,9 +780,10 @@ class FastSampler:
     def _edm_trajectory(
         self, ws: _Workspace, cond: dict[str, torch.Tensor], conditioned: bool, clock: _Clock
     ) -> torch.Tensor | None:
-        """Heun along ``self.levels`` from ``sigma_max · ws.noise``: the library's step
-        (``genneg.diffusion.heun_step`` / ``heun_advance``) on the workspace's buffers, as ``heun_sample``
-        (and ``inpaint_heun_sample`` when conditioned). Returns the buffer holding the samples, or None."""
+        """Heun (or, ``config.solver == "euler"``, Euler) along ``self.levels`` from ``sigma_max ·
+        ws.noise``: the library's step (``genneg.diffusion.heun_step`` / ``heun_advance`` /
+        ``euler_advance``) on the workspace's buffers, as ``heun_sample`` / ``euler_sample`` (and
+        ``inpaint_heun_sample`` when conditioned). Returns the buffer holding the samples, or None."""
         levels = self.levels
         x, x_next = ws.x, ws.x_next
         torch.mul(ws.noise, levels[0], out=x)
@@ -786,6 +792,7 @@ class FastSampler:
             edm_replace_(x, ws.known, ws.mask, ws.noise, levels[0], ws.scratch)
             replace = lambda y, sigma: edm_replace_(y, ws.known, ws.mask, ws.noise, sigma, ws.scratch)  # noqa: E731
         denoise = self._level_denoise(ws, cond, clock)
+        euler = self.config.solver == "euler"
         for i in range(len(levels) - 1):
             if clock.expired():
                 return None
@@ -797,7 +804,10 @@ class FastSampler:
                 clock.split = False
             else:
                 counted = clock.model_ms + clock.guidance_ms
-                heun_advance(denoise, x, s, s_next, out=x_next, buffers=ws.step, replace=replace)
+                if euler:
+                    euler_advance(denoise, x, s, s_next, out=x_next, buffers=ws.step)
+                else:
+                    heun_advance(denoise, x, s, s_next, out=x_next, buffers=ws.step, replace=replace)
                 self._add_step_arithmetic(clock, t0, counted)
             if conditioned:
                 edm_replace_(x_next, ws.known, ws.mask, ws.noise, s_next, ws.scratch)
@@ -807,10 +817,11 @@ class FastSampler:
     def _multistep_trajectory(
         self, ws: _Workspace, cond: dict[str, torch.Tensor], clock: _Clock
     ) -> torch.Tensor | None:
-        """A one-call-per-level solver (``config.solver``) along ``self.levels`` from ``sigma_max ·
-        ws.noise``: each update is ``a x + Σ_j c_j D_{i-j}`` with the library's coefficients
-        (``multistep_coefficients``); a corrector, where the solver has one, first rewrites the state
-        from the one before the last step. Returns the buffer holding the samples, or None."""
+        """A one-call-per-level solver (``config.solver``: DPM-Solver++(2M) or UniPC) along ``self.levels``
+        from ``sigma_max · ws.noise``: the library's updates (``genneg.diffusion.multistep_advance`` with
+        ``multistep_coefficients``) on the workspace's buffers, as ``dpmpp_2m_sample`` / ``unipc_sample``;
+        a corrector, where the solver has one, first rewrites the state from the one before the last step.
+        Returns the buffer holding the samples, or None."""
         assert self._multistep is not None
         levels = self.levels
         x, x_next = ws.x, ws.x_next
@@ -820,12 +831,13 @@ class FastSampler:
                 return None
             den = self._denoise(ws, x, i, cond, clock)
             t0 = time.perf_counter()
-            ws.history[i % 3].copy_(den)
+            ws.history[i % _RING].copy_(den)
+            outputs = [ws.history[(i - j) % _RING] for j in range(min(i + 1, _RING))]  # newest first
             if step.corrector is not None:
-                self._combine(ws, step.corrector, ws.x_before, i, x)
+                multistep_advance(step.corrector, ws.x_before, outputs, out=x)
             if self._multistep_needs_before:
                 ws.x_before.copy_(x)
-            self._combine(ws, step.predictor, x, i, x_next)
+            multistep_advance(step.predictor, x, outputs, out=x_next)
             clock.model_ms += 1e3 * (time.perf_counter() - t0)
             x, x_next = x_next, x
         return x
@@ -833,16 +845,6 @@ class FastSampler:
     @property
     def _multistep_needs_before(self) -> bool:
         return self.config.solver == "unipc"
-
-    @staticmethod
-    def _combine(ws: _Workspace, update: tuple[float, tuple[float, ...]], base: torch.Tensor, i: int,
-                 out: torch.Tensor) -> None:
-        """``out = a · base + Σ_j c_j D_{i-j}`` (``update = (a, (c_0, c_1, ..))``, ``D`` from the ring)."""
-        a, coefficients = update
-        torch.mul(base, a, out=out) if a != 0.0 else out.zero_()
-        for j, c in enumerate(coefficients):
-            if c != 0.0:
-                out.add_(ws.history[(i - j) % 3], alpha=c)
 
     # Euler-ancestral (DDPM levels) ---------------------------------------------------------------------
     def _ancestral_trajectory(
