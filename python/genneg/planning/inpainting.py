@@ -190,10 +190,28 @@ def edm_replace_(
     return torch.where(mask, scratch, x, out=x)
 
 
-def _batched(condition: InpaintCondition, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    known = condition.values.to(device=x.device, dtype=x.dtype).unsqueeze(0)
-    mask = condition.mask.to(device=x.device).unsqueeze(0)
-    return known, mask
+@dataclass(frozen=True)
+class _Start:
+    """What both reference samplers set up: levels, the known part batched, ``cond`` expanded, a scratch
+    buffer and the initial state (its known part already replaced)."""
+
+    levels: list[float]
+    known: torch.Tensor
+    mask: torch.Tensor
+    cond: dict[str, torch.Tensor]
+    scratch: torch.Tensor
+    x: torch.Tensor
+
+
+def _start(condition: InpaintCondition, noise: torch.Tensor, sigmas: torch.Tensor,
+           start_scale: float) -> _Start:
+    levels = [float(s) for s in sigmas]
+    check_condition(condition, noise.shape[1:], noise.shape[0])
+    known = condition.values.to(device=noise.device, dtype=noise.dtype).unsqueeze(0)
+    mask = condition.mask.to(device=noise.device).unsqueeze(0)
+    scratch = torch.empty_like(noise)
+    x = edm_replace_(noise * start_scale, known, mask, noise, levels[0], scratch)
+    return _Start(levels, known, mask, batch_cond(condition, noise.shape[0], noise.device), scratch, x)
 
 
 @torch.no_grad()
@@ -211,19 +229,14 @@ def inpaint_heun_sample(
     Returns:
         ``(N, *shape)`` samples whose fixed part equals ``condition.values`` exactly.
     """
-    levels = [float(s) for s in sigmas]
-    check_condition(condition, noise.shape[1:], noise.shape[0])
-    known, mask = _batched(condition, noise)
-    cond = batch_cond(condition, noise.shape[0], noise.device)
-    scratch = torch.empty_like(noise)
-    x = noise * levels[0]
-    edm_replace_(x, known, mask, noise, levels[0], scratch)
+    st = _start(condition, noise, sigmas, float(sigmas[0]))
 
     def replace(x_pred: torch.Tensor, sigma: float) -> torch.Tensor:
-        return edm_replace_(x_pred, known, mask, noise, sigma, scratch)
+        return edm_replace_(x_pred, st.known, st.mask, noise, sigma, st.scratch)
 
-    for s, s_next in itertools.pairwise(levels):
-        x = replace(heun_step(denoiser, x, s, s_next, cond=cond, replace=replace), s_next)
+    x = st.x
+    for s, s_next in itertools.pairwise(st.levels):
+        x = replace(heun_step(denoiser, x, s, s_next, cond=st.cond, replace=replace), s_next)
     return x
 
 
@@ -257,20 +270,15 @@ def inpaint_ancestral_sample(
     Returns:
         ``(N, *shape)`` samples whose fixed part equals ``condition.values`` exactly.
     """
-    levels = [float(s) for s in sigmas]
-    check_condition(condition, noise.shape[1:], noise.shape[0])
-    known, mask = _batched(condition, noise)
-    cond = batch_cond(condition, noise.shape[0], noise.device)
-    scratch = torch.empty_like(noise)
-    x = noise * (levels[0] if start_scale is None else float(start_scale))
-    edm_replace_(x, known, mask, noise, levels[0], scratch)
-    for s, s_next in itertools.pairwise(levels):
+    st = _start(condition, noise, sigmas, float(sigmas[0]) if start_scale is None else float(start_scale))
+    x = st.x
+    for s, s_next in itertools.pairwise(st.levels):
         if ancestral_levels(s, s_next)[1] > 0.0:
             step_noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = euler_ancestral_step(denoiser, x, s, s_next, step_noise, cond=cond)
+            x = euler_ancestral_step(denoiser, x, s, s_next, step_noise, cond=st.cond)
             fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            edm_replace_(x, known, mask, fresh, s_next, scratch)
+            edm_replace_(x, st.known, st.mask, fresh, s_next, st.scratch)
         else:
-            x = euler_ancestral_step(denoiser, x, s, s_next, None, cond=cond)
-            x = edm_replace_(x, known, mask, x, s_next, scratch)
+            x = euler_ancestral_step(denoiser, x, s, s_next, None, cond=st.cond)
+            x = edm_replace_(x, st.known, st.mask, x, s_next, st.scratch)
     return x
