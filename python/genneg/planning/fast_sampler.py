@@ -17,16 +17,27 @@ and required success probability ``p``, ``N = N(r, p) = ceil(log(1 - p) / log r)
   preconditioning precomputed per noise level, ~15 kernels per call instead of ~40 eager operations), and
   a residual-MLP classifier stack's guidance as the analytic batched gradient
   (:mod:`genneg.guidance.analytic`, no autograd, so the guided call stays in inference mode).
+- **The library's steps.** Every step is the one of :mod:`genneg.diffusion.samplers` (``heun_advance``,
+  ``euler_advance``, ``euler_ancestral_advance``, ``multistep_advance`` with ``multistep_coefficients``;
+  the fused ``heun_step`` / ``ancestral_step`` of a Triton guidance backend through ``heun_step`` /
+  ``euler_ancestral_step``), run on this sampler's buffers (their ``out=`` and ``StepBuffers``); what is
+  this sampler's own is the buffers, the level-indexed network calls, the deadline, the rounds, the
+  oracle and the CUDA graphs.
 - **Reproducible.** One ``torch.Generator`` per sampler, reseeded at every call (``seed=`` or a counter),
-  so a call is a function of its seed. With ``fast_paths=False`` the arithmetic is the library samplers'
-  op for op (``genneg.diffusion.heun_sample``, ``genneg.diffusion.euler_ancestral_sample``,
-  ``genneg.planning.inpainting``): results are equal bit for bit to theirs; with the fast paths they agree
-  to float32 rounding. Either way they are equal bit for bit to this sampler's ``preallocate=False`` mode.
+  so a call is a function of its seed. With ``fast_paths=False`` results are equal bit for bit to the
+  library samplers' (``genneg.diffusion.heun_sample``, ``euler_sample``, ``dpmpp_2m_sample``,
+  ``unipc_sample``, ``euler_ancestral_sample``, ``genneg.planning.inpainting``); with the fast paths they
+  agree to float32 rounding. Either way they are equal bit for bit to this sampler's ``preallocate=False``
+  mode.
 - **CUDA graphs** on a GPU (models without autograd guidance: plain, distilled, fused-guidance steps): one
   graph per condition layout captured on first use; the noise is drawn into static buffers before each
   replay. Never used off CUDA.
 - **The fused guidance backend** when a :class:`~genneg.guidance.GuidedDenoiser` resolves to Triton (its
-  ``heun_step``, or its ``ancestral_step`` on a DDPM's levels) for unconditioned calls.
+  ``heun_step``, or its ``ancestral_step`` on a DDPM's levels) for calls without ``cond``; an inpainting
+  condition takes the library's Heun step around the fused ``D_K`` (the fused step cannot replace the
+  known part of its predicted point).
+- **The oracle** is called as ``oracle(x, **cond)`` with the ``cond`` the model got, through
+  :func:`genneg.oracles.evaluate_oracle` (which checks its answer), as in the pipeline's balanced draw.
 - **Deadline and rounds.** The clock is read before every step and before the oracle; a call returns
   ``ok=False, reason="deadline"`` instead of starting work after the deadline (so it overruns by at most
   one step), or ``reason="max_rounds"`` when every round was rejected. Under a CUDA graph the whole round
