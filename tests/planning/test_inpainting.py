@@ -191,6 +191,28 @@ def test_traffic_keeps_ego_and_seen_vehicles(traffic) -> None:
     assert torch.equal(fresh(cond, seed=2).samples, x)
 
 
+def test_pipeline_scene_oracle_serves_the_planner_unchanged(traffic) -> None:
+    """The pipeline's own oracle (``TrafficTokenOracle``, ``oracle(tokens, *, valid, centre_m, map_index)``)
+    judges the planner's samples through the condition's ``cond``, with the planner's scene oracle's
+    verdicts."""
+    from genneg.data.traffic.scene_set import TrafficTokenOracle
+
+    road, scenes, tokens, net, schedule = traffic
+    valid = torch.from_numpy(scenes.valid[0])
+    known = torch.zeros(A, dtype=torch.bool)
+    known[:2] = True
+    condition = scene_condition(tokens[0], known, valid, road.drivable_map, tuple(scenes.centre_m[0]),
+                                map_cells=16, map_index=0)
+    config = SamplerConfig(num_parallel=6, num_steps=3, max_rounds=2)
+    oracles = (SceneTokenOracle(TrafficOracle(road.drivable_map)),
+               TrafficTokenOracle([road], TokenNormalisation()))
+    samplers = [FastSampler(net, oracle, sample_shape=(A, 7), config=config, ddpm_schedule=schedule)
+                for oracle in oracles]
+    results = [sampler(condition, seed=4) for sampler in samplers]
+    assert torch.equal(results[0].samples, results[1].samples)
+    assert torch.equal(results[0].verdicts, results[1].verdicts)
+
+
 def test_traffic_bad_input(traffic) -> None:
     road, scenes, tokens, net, schedule = traffic
     valid = torch.from_numpy(scenes.valid[0])
