@@ -49,6 +49,7 @@ the fast path changes nothing for callers.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -588,7 +589,15 @@ def multistep_coefficients(name: str, levels: Sequence[float], *, order: int = 2
         raise ValueError(f"sampler {name!r} has no multistep coefficients; choose euler, dpmpp_2m or unipc")
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
-    levels = _levels(torch.tensor(levels, dtype=torch.float64))
+    checked = tuple(_levels(torch.tensor(levels, dtype=torch.float64)))
+    return list(_multistep_coefficients(name, checked, order, use_corrector))
+
+
+@functools.lru_cache(maxsize=64)
+def _multistep_coefficients(name: str, levels: tuple[float, ...], order: int, use_corrector: bool
+                            ) -> tuple[MultistepStep, ...]:
+    """:func:`multistep_coefficients` on checked levels, cached: a sampler called again and again on one
+    schedule (the pipeline's batches, a planner's ticks) derives its coefficients once."""
     e = torch.eye(5, dtype=torch.float64)[:, None, :]  # x, D_i, D_{i-1}, D_{i-2}, D_{i-3}: unit vectors
 
     def history(i: int, last: int) -> list[tuple[float, torch.Tensor]]:
@@ -610,7 +619,7 @@ def multistep_coefficients(name: str, levels: Sequence[float], *, order: int = 2
             if use_corrector and i:
                 corrector = _read_linear(_unipc_update(e[0], levels[i - 1], sigma, history(i, i - 1), e[1]))
         steps.append(MultistepStep(_read_linear(predictor), corrector))
-    return steps
+    return tuple(steps)
 
 
 SAMPLERS: dict[str, Sampler] = {
