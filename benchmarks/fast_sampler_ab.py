@@ -42,10 +42,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS_DIR, machine_info, write_results
+from latency import traffic_setup
 
-from genneg.pipeline.experiment import load_model, open_run
+from genneg.pipeline.experiment import load_model
 from genneg.planning.fast_sampler import FastSampler, SamplerConfig
-from genneg.planning.traffic import scene_condition
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "python/genneg/planning/fast_sampler.py"
@@ -112,17 +112,8 @@ def checkerboard_cases(old: Any, run_dir: str, blocks: int, per_block: int) -> l
 
 
 def traffic_case(old: Any, run_dir: str, blocks: int) -> dict[str, Any]:
-    task, config, _ = open_run(run_dir)
-    scene = task.heldout.rows(torch.tensor([0], device=task.device))
-    valid = scene.cond["valid"][0].cpu()
-    known = torch.zeros_like(valid)
-    known[: min(3, int(valid.sum()))] = True
-    map_index = int(scene.cond["map_index"][0])
-    centre = tuple(float(c) for c in scene.cond["centre_m"][0])
-    condition = scene_condition(scene.tokens[0].cpu(), known, valid, task.road_maps[map_index].drivable_map,
-                                centre, norm=task.norm, map_cells=config.data.crop_cells,
-                                crop_margin_m=config.data.crop_margin_m, map_index=map_index)
-    _, _, net = load_model(run_dir, "distilled")
+    condition = traffic_setup(Path(run_dir), torch.device("cpu"))["cond"]  # latency.py's planner condition
+    task, _, net = load_model(run_dir, "distilled")
     net.eval()
 
     def every_vehicle_valid(x: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
