@@ -449,10 +449,12 @@ def traffic_setup(run_dir: Path, device: torch.device) -> dict[str, Any]:
     valid = scene.cond["valid"][0].cpu()
     known = torch.zeros_like(valid)
     known[: min(3, int(valid.sum()))] = True
-    road = task.road_maps[int(scene.cond["map_index"][0])].drivable_map
+    map_index = int(scene.cond["map_index"][0])
+    road = task.road_maps[map_index].drivable_map
     centre = tuple(float(c) for c in scene.cond["centre_m"][0])
     condition = scene_condition(scene.tokens[0].cpu(), known, valid, road, centre, norm=task.norm,
-                                map_cells=config.data.crop_cells, crop_margin_m=config.data.crop_margin_m)
+                                map_cells=config.data.crop_cells, crop_margin_m=config.data.crop_margin_m,
+                                map_index=map_index)
     run = RunDir(run_dir, read_only=True)
     names = {"baseline": "baseline", "guided": f"iter{config.gen_neg.iterations}", "distilled": "distilled"}
     rates = {label: float(run.records(f"eval/{name}")[-1]["infraction"]) for label, name in names.items()}

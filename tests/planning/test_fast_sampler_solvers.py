@@ -30,9 +30,12 @@ def test_solver_equals_library_sampler(solver, model, fast_paths, denoiser, guid
     sigmas = make_sigmas("log_linear", 7, 0.002, 80.0)
     x_T = torch.randn((16, 2), generator=torch.Generator().manual_seed(3)) * float(sigmas[0])
     expected = get_sampler(solver)(net, x_T, sigmas)
-    # regrouped float32 sums of the same coefficients (and, with fast paths, the level-specialised network
-    # and the analytic guidance gradient), carried through 7 steps
-    torch.testing.assert_close(result.samples, expected, atol=2e-4, rtol=2e-4)
+    if fast_paths:
+        # the level-specialised network and the analytic guidance gradient agree with the generic path to
+        # float32 rounding, carried through 7 steps
+        torch.testing.assert_close(result.samples, expected, atol=2e-4, rtol=2e-4)
+    else:  # the library's own steps on the sampler's buffers: bit for bit
+        assert torch.equal(result.samples, expected)
     # a second call with the same seed reuses the buffers and gives the same samples
     assert torch.equal(sampler(seed=3).samples, result.samples)
 

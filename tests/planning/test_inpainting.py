@@ -144,6 +144,12 @@ def test_decode_tokens_matches_tokens_to_scenes(traffic) -> None:
     centre = tuple(scenes.centre_m[0])
     boxes, _ = tokens_to_scenes(tokens[:1].numpy(), scenes.centre_m[:1], norm)
     assert np.array_equal(decode_tokens(tokens[:1], centre, norm).numpy(), boxes)
+    # one centre per scene, as in cond["centre_m"] (N, 2)
+    boxes, _ = tokens_to_scenes(tokens[:3].numpy(), scenes.centre_m[:3], norm)
+    per_scene = decode_tokens(tokens[:3], torch.from_numpy(np.asarray(scenes.centre_m[:3])), norm)
+    assert np.array_equal(per_scene.numpy(), boxes)
+    with pytest.raises(ValueError, match="centre_m"):
+        decode_tokens(tokens[:3], torch.zeros(2, 2), norm)
 
 
 def test_traffic_keeps_ego_and_seen_vehicles(traffic) -> None:
@@ -170,7 +176,7 @@ def test_traffic_keeps_ego_and_seen_vehicles(traffic) -> None:
     assert torch.all(x[:, ~valid] == 0)  # absent slots stay padding
     assert x[:, valid & ~known].std() > 0  # the rest is sampled
     # verdicts are the traffic oracle's on the decoded boxes
-    boxes = decode_tokens(x, cond.frame.centre_m, cond.frame.norm)
+    boxes = decode_tokens(x, cond.cond["centre_m"], cond.frame.norm)
     expected = TrafficOracle(road.drivable_map)(boxes, valid[None].expand(x.shape[0], A))
     assert torch.equal(result.verdicts, expected)
     # the same with fresh buffers
@@ -183,6 +189,28 @@ def test_traffic_keeps_ego_and_seen_vehicles(traffic) -> None:
         preallocate=False,
     )
     assert torch.equal(fresh(cond, seed=2).samples, x)
+
+
+def test_pipeline_scene_oracle_serves_the_planner_unchanged(traffic) -> None:
+    """The pipeline's own oracle (``TrafficTokenOracle``, ``oracle(tokens, *, valid, centre_m, map_index)``)
+    judges the planner's samples through the condition's ``cond``, with the planner's scene oracle's
+    verdicts."""
+    from genneg.data.traffic.scene_set import TrafficTokenOracle
+
+    road, scenes, tokens, net, schedule = traffic
+    valid = torch.from_numpy(scenes.valid[0])
+    known = torch.zeros(A, dtype=torch.bool)
+    known[:2] = True
+    condition = scene_condition(tokens[0], known, valid, road.drivable_map, tuple(scenes.centre_m[0]),
+                                map_cells=16, map_index=0)
+    config = SamplerConfig(num_parallel=6, num_steps=3, max_rounds=2)
+    oracles = (SceneTokenOracle(TrafficOracle(road.drivable_map)),
+               TrafficTokenOracle([road], TokenNormalisation()))
+    samplers = [FastSampler(net, oracle, sample_shape=(A, 7), config=config, ddpm_schedule=schedule)
+                for oracle in oracles]
+    results = [sampler(condition, seed=4) for sampler in samplers]
+    assert torch.equal(results[0].samples, results[1].samples)
+    assert torch.equal(results[0].verdicts, results[1].verdicts)
 
 
 def test_traffic_bad_input(traffic) -> None:

@@ -3,8 +3,9 @@ guided (a stacked GuidedDenoiser) and distilled (trained here with Eq. 12); with
 conditioning dict ``cond`` passed by keyword to every model and classifier.
 
 For each form: the library sampler (Heun on the PF-ODE for EDM, Euler-ancestral on the DDPM levels),
-inpainting (the fixed part kept exactly, FastSampler equal to the reference sampler), and FastSampler
-(identical with and without preallocation, a deadline, two threads)."""
+inpainting (the fixed part kept exactly, FastSampler equal to the reference sampler), FastSampler
+(identical with and without preallocation, a deadline, two threads), and one conditioned oracle
+``oracle(x, **cond)`` serving both the pipeline's balanced draw and FastSampler."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from genneg.diffusion import (
 )
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.models.mlp import ResidualMLP, ResidualMLPConfig
+from genneg.oracles import evaluate_oracle, sample_verdicts
+from genneg.pipeline.balanced import draw_balanced
 from genneg.pipeline.distill import DistillConfig, train_distilled
 from genneg.planning.fast_sampler import FastSampler, SamplerConfig
 from genneg.planning.inpainting import fix_coordinates, inpaint_ancestral_sample, inpaint_heun_sample
@@ -140,9 +143,15 @@ def _library_sample(model: nn.Module, family: str, noise: torch.Tensor, cond: di
     return heun_sample(denoiser, x, _sigmas(family), cond=cond)
 
 
+def shifted_half_plane(x: torch.Tensor, *, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """A conditioned oracle, ``oracle(x, **cond)``: valid iff ``x[:, 0] > shift`` (``shift`` ``(N,)``, the
+    models' conditioning entry; 0 without it). About half of a random model's samples pass."""
+    return x[:, 0] > (0.0 if shift is None else shift)
+
+
 def _fast(model: nn.Module, family: str, **kw) -> FastSampler:
     cfg = {"num_parallel": 12, "num_steps": STEPS, "fast_paths": False, **kw}
-    return FastSampler(model, CheckerboardOracle(), sample_shape=(2,), config=SamplerConfig(**cfg),
+    return FastSampler(model, shifted_half_plane, sample_shape=(2,), config=SamplerConfig(**cfg),
                        ddpm_schedule=SCHEDULE if family == "ddpm" else None)
 
 
@@ -201,7 +210,7 @@ def test_fast_sampler_buffers_deadline_threads(family: str, kind: str, condition
     model = build_model(family, kind, conditioned)
     condition = fix_coordinates((2,), 0, 0.3, cond=_cond(1, conditioned))
     pre, fresh = _fast(model, family, max_rounds=2), _fast(model, family, max_rounds=2)
-    fresh = FastSampler(model, CheckerboardOracle(), sample_shape=(2,), config=pre.config,
+    fresh = FastSampler(model, shifted_half_plane, sample_shape=(2,), config=pre.config,
                         ddpm_schedule=pre.ddpm_schedule, preallocate=False)
     for seed in (0, 1):
         a, b = pre(condition, seed=seed), fresh(condition, seed=seed)
@@ -224,3 +233,45 @@ def test_fast_sampler_buffers_deadline_threads(family: str, kind: str, condition
             t.join()
         for seed in (3, 4):
             assert torch.equal(got[seed], expected[seed]), (shared, seed)
+
+
+COND_FORMS = [form for form in FORMS if form[2]]
+
+
+@pytest.mark.parametrize(("family", "kind", "conditioned"), COND_FORMS,
+                         ids=[i for i, f in zip(IDS, FORMS) if f[2]])
+def test_one_conditioned_oracle_for_pipeline_and_planner(family: str, kind: str, conditioned: bool) -> None:
+    """The same ``oracle(x, **cond)`` function labels the pipeline's balanced draw and judges FastSampler's
+    samples, each called with the dict the model got; their verdicts agree row for row."""
+    model = build_model(family, kind, conditioned)
+    sampler = _fast(model, family)
+    shift = 1.0
+    condition = fix_coordinates((2,), 0, 0.0, cond=_cond(1, True, value=shift))
+    condition = type(condition)(condition.values, torch.zeros_like(condition.mask), cond=condition.cond)
+    planner: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def sample_fn(n: int, start: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        result = sampler(condition, seed=start)
+        planner.append((result.samples, result.verdicts))
+        return result.samples, _cond(n, True, value=shift)
+
+    data = draw_balanced(sample_fn, shifted_half_plane, 2, batch_size=12, max_draws=12 * 40)
+    samples, verdicts = (torch.cat(parts) for parts in zip(*planner))
+    assert data.num_drawn == samples.shape[0]
+    # the pipeline's count of negatives is the planner's, over the same samples
+    assert round(data.pi_neg * data.num_drawn) == int((~sample_verdicts(verdicts)).sum())
+    assert torch.equal(data.cond["shift"], torch.full((2,), shift))
+    assert torch.equal(data.labels, sample_verdicts(evaluate_oracle(shifted_half_plane, data.x, data.cond)))
+    # the planner passed the conditioning to the oracle: its verdicts are those at x - shift, not at x
+    assert torch.equal(verdicts, samples[:, 0] > shift)
+    assert not torch.equal(verdicts, samples[:, 0] > 0.0)
+
+
+def test_oracle_without_the_conditioning_keywords_is_named() -> None:
+    """A plain ``oracle(x)`` with a conditioned model fails with the keys it was given."""
+    model = build_model("edm", "plain", True)
+    sampler = FastSampler(model, CheckerboardOracle(), sample_shape=(2,),
+                          config=SamplerConfig(num_parallel=4, num_steps=2, fast_paths=False))
+    condition = fix_coordinates((2,), 0, 0.3, cond=_cond(1, True))
+    with pytest.raises(TypeError, match="shift"):
+        sampler(condition, seed=0)

@@ -34,6 +34,13 @@ With ``lambda = -log sigma`` and ``h = lambda' - lambda`` the data-prediction up
 multistep methods is ``x' = e^{-h} x + (1 - e^{-h}) D_eff`` where ``D_eff`` extrapolates the denoiser's
 past outputs (METHOD.md 1: the PF-ODE in VE coordinates, where ``alpha = 1``).
 
+Each step's arithmetic is written once, in place, around a level denoiser ``denoise(x, sigma)``
+(:data:`LevelDenoise`): :func:`euler_advance`, :func:`heun_advance` (Euler predictor, optional in-place
+``replace`` of the predicted point for inpainting, trapezoidal corrector) and
+:func:`euler_ancestral_advance`, each with an optional ``out`` and :class:`StepBuffers` so that a caller
+that steps many times (``genneg.planning.FastSampler``, CUDA graphs) allocates nothing per step. The
+samplers, the inpainting samplers and the planner all call them, so their results agree bit for bit.
+
 A denoiser may provide its own fused Heun step (``denoiser.heun_step(x, sigma_cur, sigma_next)``, e.g. the
 Triton guidance kernels) or Euler-ancestral step (``denoiser.ancestral_step(x, sigma_cur, sigma_next,
 noise)``); :func:`heun_step` and :func:`euler_ancestral_step` then call it (unconditioned calls only), so
@@ -42,6 +49,7 @@ the fast path changes nothing for callers.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,19 +65,25 @@ from genneg.profiling import nvtx_range
 __all__ = [
     "SAMPLERS",
     "Cond",
+    "LevelDenoise",
     "MultistepStep",
     "Sampler",
+    "StepBuffers",
     "StepCallback",
     "ancestral_levels",
     "denoiser_calls",
     "dpmpp_2m_sample",
+    "euler_advance",
+    "euler_ancestral_advance",
     "euler_ancestral_sample",
     "euler_ancestral_step",
     "euler_sample",
     "euler_step",
     "get_sampler",
+    "heun_advance",
     "heun_sample",
     "heun_step",
+    "multistep_advance",
     "multistep_coefficients",
     "unipc_sample",
 ]
@@ -100,28 +114,135 @@ def _call(denoiser: Denoiser, x: torch.Tensor, sigma: float, cond: Cond | None) 
     return denoiser(x, expand_sigma(sigma, x), **(cond or {}))
 
 
+LevelDenoise = Callable[[torch.Tensor, float], torch.Tensor]
+"""``denoise(x, sigma) -> D(x; sigma)`` with the level a Python float: a denoiser bound to its conditioning
+(``D(x, sigma, **cond)``) or a caller's own evaluation (e.g. ``genneg.planning.FastSampler``'s, with its
+per-level buffers). The step functions below take one; their ``*_step`` forms build it from a denoiser."""
+
+
+@dataclass(frozen=True)
+class StepBuffers:
+    """Scratch tensors of the in-place step arithmetic (each of the state's shape, dtype and device), so
+    that a caller that steps many times (``FastSampler``, CUDA graphs) allocates nothing per step.
+
+    ``slope`` and ``slope_next`` hold the PF-ODE slopes ``(x - D) / sigma`` of Heun's two evaluations,
+    ``scratch`` the products; the Euler-ancestral step uses ``scratch`` only. Without buffers (and without
+    ``out``) the steps allocate fresh tensors and stay differentiable; with them, no autograd (``out=``
+    forms), but the same kernels, so the same values bit for bit."""
+
+    slope: torch.Tensor
+    slope_next: torch.Tensor
+    scratch: torch.Tensor
+
+    @classmethod
+    def like(cls, x: torch.Tensor) -> StepBuffers:
+        """Fresh buffers shaped like ``x``."""
+        return cls(torch.empty_like(x), torch.empty_like(x), torch.empty_like(x))
+
+
+def _bound(denoiser: Denoiser, cond: Cond | None) -> LevelDenoise:
+    """``denoiser`` as a :data:`LevelDenoise` with ``cond`` bound."""
+    return lambda x, sigma: _call(denoiser, x, sigma, cond)
+
+
+def _into(op: Callable[..., torch.Tensor], a: torch.Tensor, b: torch.Tensor | float,
+          out: torch.Tensor | None) -> torch.Tensor:
+    """``op(a, b)``, written into ``out`` when given (the in-place form of a step), else a fresh tensor."""
+    return op(a, b) if out is None else op(a, b, out=out)
+
+
+def _check_out(x: torch.Tensor, out: torch.Tensor | None) -> None:
+    if out is x:
+        raise ValueError("out must not be x: the step reads x after it starts writing out")
+
+
+def _euler(denoise: LevelDenoise, x: torch.Tensor, sigma_cur: float, sigma_next: float,
+           out: torch.Tensor | None, buffers: StepBuffers | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Euler step and its slope ``(x - D) / sigma_cur``."""
+    _check_out(x, out)
+    slope = _into(torch.sub, x, denoise(x, sigma_cur), None if buffers is None else buffers.slope)
+    slope.div_(sigma_cur)
+    step = _into(torch.mul, slope, sigma_next - sigma_cur, None if buffers is None else buffers.scratch)
+    return _into(torch.add, x, step, out), slope
+
+
+def euler_advance(denoise: LevelDenoise, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
+                  out: torch.Tensor | None = None, buffers: StepBuffers | None = None) -> torch.Tensor:
+    """One Euler step of the PF-ODE, ``x' = x + (sigma_next - sigma_cur) (x - D(x; sigma_cur)) / sigma_cur``.
+
+    Args:
+        denoise: ``denoise(x, sigma) -> D(x; sigma)`` (:data:`LevelDenoise`).
+        x: ``(B, *shape)`` float state at ``sigma_cur``.
+        sigma_cur, sigma_next: levels (data units), ``sigma_cur > sigma_next >= 0``.
+        out: ``(B, *shape)`` buffer for the result (never ``x``), or None for a fresh tensor.
+        buffers: scratch (:class:`StepBuffers`), or None for fresh tensors.
+
+    Returns:
+        The state at ``sigma_next`` (``out`` when given).
+
+    Raises:
+        ValueError: ``out`` is ``x``.
+    """
+    return _euler(denoise, x, sigma_cur, sigma_next, out, buffers)[0]
+
+
+def heun_advance(denoise: LevelDenoise, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
+                 out: torch.Tensor | None = None, buffers: StepBuffers | None = None,
+                 replace: Callable[[torch.Tensor, float], object] | None = None) -> torch.Tensor:
+    """One step of Heun's 2nd-order method (Karras et al. 2022, Alg. 1): the Euler predictor
+    (:func:`euler_advance`), then, when ``sigma_next > 0``, the trapezoidal corrector
+    ``x' = x + (sigma_next - sigma_cur) (d + d') / 2`` with ``d'`` the slope at the predicted point.
+
+    The arithmetic of every Heun step of the package (:func:`heun_sample`, inpainting, the planner).
+
+    Args:
+        replace: called as ``replace(x_pred, sigma_next)`` on the predicted point before the corrector's
+            denoiser call, to rewrite part of it in place (inpainting's replacement of the known part).
+        Others as :func:`euler_advance`.
+
+    Returns:
+        The state at ``sigma_next`` (``out`` when given).
+    """
+    x_pred, slope = _euler(denoise, x, sigma_cur, sigma_next, out, buffers)
+    if sigma_next == 0:
+        return x_pred
+    if replace is not None:
+        replace(x_pred, sigma_next)
+    slope_buffer = None if buffers is None else buffers.slope_next
+    slope_next = _into(torch.sub, x_pred, denoise(x_pred, sigma_next), slope_buffer)
+    slope_next.div_(sigma_next)
+    mean_slope = _into(torch.add, slope, slope_next, slope_buffer)
+    mean_slope.mul_((sigma_next - sigma_cur) * 0.5)
+    return _into(torch.add, x, mean_slope, out)
+
+
 def euler_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
                cond: Cond | None = None) -> torch.Tensor:
-    """One Euler step of the PF-ODE from ``sigma_cur`` to ``sigma_next`` (may be 0)."""
-    d = (x - _call(denoiser, x, sigma_cur, cond)) / sigma_cur
-    return x + (sigma_next - sigma_cur) * d
+    """One Euler step of the PF-ODE from ``sigma_cur`` to ``sigma_next`` (may be 0): :func:`euler_advance`
+    of ``denoiser(x, sigma, **cond)``."""
+    return euler_advance(_bound(denoiser, cond), x, sigma_cur, sigma_next)
 
 
 def heun_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float, *,
-              cond: Cond | None = None) -> torch.Tensor:
-    """One step of Heun's 2nd-order method; a plain Euler step when ``sigma_next == 0``.
+              cond: Cond | None = None, out: torch.Tensor | None = None, buffers: StepBuffers | None = None,
+              replace: Callable[[torch.Tensor, float], object] | None = None) -> torch.Tensor:
+    """One step of Heun's 2nd-order method; a plain Euler step when ``sigma_next == 0``: :func:`heun_advance`
+    of ``denoiser(x, sigma, **cond)``.
 
-    Delegates to ``denoiser.heun_step`` when the denoiser has one (fused backends) and ``cond`` is empty.
+    Delegates to ``denoiser.heun_step(x, sigma_cur, sigma_next)`` when the denoiser has one (fused
+    backends), ``cond`` is empty and there is no ``replace`` (a fused step cannot rewrite its predicted
+    point); the result is then copied into ``out`` when one is given.
+
+    Args:
+        denoiser: ``D(x, sigma, **cond)``.
+        out, buffers, replace: as :func:`heun_advance`.
     """
     fused = getattr(denoiser, "heun_step", None)
-    if fused is not None and not cond:
-        return fused(x, sigma_cur, sigma_next)
-    d = (x - _call(denoiser, x, sigma_cur, cond)) / sigma_cur
-    x_next = x + (sigma_next - sigma_cur) * d
-    if sigma_next > 0:
-        d_next = (x_next - _call(denoiser, x_next, sigma_next, cond)) / sigma_next
-        x_next = x + (sigma_next - sigma_cur) * 0.5 * (d + d_next)
-    return x_next
+    if fused is not None and not cond and replace is None:
+        x_next = fused(x, sigma_cur, sigma_next)
+        return x_next if out is None else out.copy_(x_next)
+    return heun_advance(_bound(denoiser, cond), x, sigma_cur, sigma_next, out=out, buffers=buffers,
+                        replace=replace)
 
 
 @torch.no_grad()
@@ -147,9 +268,10 @@ def heun_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, co
         ValueError: ``sigmas`` not strictly decreasing or not ending in 0.
     """
     levels = _levels(sigmas)
+    buffers = StepBuffers.like(x)
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
         with nvtx_range("sampler.heun_step"):
-            x = heun_step(denoiser, x, levels[i], levels[i + 1], cond=cond)
+            x = heun_step(denoiser, x, levels[i], levels[i + 1], cond=cond, buffers=buffers)
         if callback is not None:
             callback(i, x, levels[i], levels[i + 1])
     return x
@@ -180,26 +302,52 @@ def ancestral_levels(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple
     return math.sqrt(sigma_next * sigma_next - sigma_up * sigma_up), sigma_up
 
 
-def euler_ancestral_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float,
-                         noise: torch.Tensor | None, *, cond: Cond | None = None, eta: float = 1.0
-                         ) -> torch.Tensor:
+def euler_ancestral_advance(denoise: LevelDenoise, x: torch.Tensor, sigma_cur: float, sigma_next: float,
+                            noise: torch.Tensor | None, *, eta: float = 1.0, out: torch.Tensor | None = None,
+                            buffers: StepBuffers | None = None) -> torch.Tensor:
     """One Euler-ancestral step: ``x' = D + (sigma_down/sigma)(x - D) + sigma_up · noise`` with
-    ``D = D(x; sigma_cur)`` and the levels of :func:`ancestral_levels`. ``noise`` ``(B, ...)`` standard
-    normal (unused, may be None, when ``sigma_up == 0``, e.g. the step to 0, which returns ``D``).
+    ``D = D(x; sigma_cur)`` and the levels of :func:`ancestral_levels`; the arithmetic of every
+    Euler-ancestral step of the package (:func:`euler_ancestral_sample`, inpainting, the planner).
+
+    Args:
+        denoise: ``denoise(x, sigma) -> D(x; sigma)`` (:data:`LevelDenoise`).
+        x: ``(B, *shape)`` float state at ``sigma_cur``.
+        noise: ``(B, *shape)`` standard normal; unused (may be None) when ``sigma_up == 0``, e.g. the step
+            to 0, which returns ``D``.
+        eta: 1 for the ancestral (SDE) step, 0 for the deterministic one.
+        out, buffers: as :func:`euler_advance`.
+
+    Raises:
+        ValueError: ``noise`` None where the step needs it; ``out`` is ``x``.
+    """
+    _check_out(x, out)
+    sigma_down, sigma_up = ancestral_levels(sigma_cur, sigma_next, eta)
+    if sigma_up > 0.0 and noise is None:
+        raise ValueError(f"a step to sigma_next={sigma_next} with eta={eta} needs noise")
+    scratch = None if buffers is None else buffers.scratch
+    den = denoise(x, sigma_cur)
+    toward = _into(torch.sub, x, den, scratch)
+    toward.mul_(sigma_down / sigma_cur)
+    x_next = _into(torch.add, den, toward, out)
+    if sigma_up > 0.0:
+        x_next.add_(_into(torch.mul, noise, sigma_up, scratch))
+    return x_next
+
+
+def euler_ancestral_step(denoiser: Denoiser, x: torch.Tensor, sigma_cur: float, sigma_next: float,
+                         noise: torch.Tensor | None, *, cond: Cond | None = None, eta: float = 1.0,
+                         out: torch.Tensor | None = None, buffers: StepBuffers | None = None
+                         ) -> torch.Tensor:
+    """One Euler-ancestral step: :func:`euler_ancestral_advance` of ``denoiser(x, sigma, **cond)``.
 
     Delegates to ``denoiser.ancestral_step(x, sigma_cur, sigma_next, noise)`` when the denoiser has one
-    (fused backends), ``cond`` is empty and ``eta == 1``."""
+    (fused backends), ``cond`` is empty and ``eta == 1`` (the result then copied into ``out`` when given)."""
     fused = getattr(denoiser, "ancestral_step", None)
     if fused is not None and not cond and eta == 1.0:
-        return fused(x, sigma_cur, sigma_next, noise)
-    den = _call(denoiser, x, sigma_cur, cond)
-    sigma_down, sigma_up = ancestral_levels(sigma_cur, sigma_next, eta)
-    x_next = den + (sigma_down / sigma_cur) * (x - den)
-    if sigma_up > 0.0:
-        if noise is None:
-            raise ValueError(f"a step to sigma_next={sigma_next} with eta={eta} needs noise")
-        x_next = x_next + sigma_up * noise
-    return x_next
+        x_next = fused(x, sigma_cur, sigma_next, noise)
+        return x_next if out is None else out.copy_(x_next)
+    return euler_ancestral_advance(_bound(denoiser, cond), x, sigma_cur, sigma_next, noise, eta=eta, out=out,
+                                   buffers=buffers)
 
 
 @torch.no_grad()
@@ -225,13 +373,15 @@ def euler_ancestral_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     levels = _levels(sigmas)
+    buffers = StepBuffers.like(x)
     for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
         sigma, sigma_next = levels[i], levels[i + 1]
         noise = None
         if ancestral_levels(sigma, sigma_next, eta)[1] > 0.0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         with nvtx_range("sampler.euler_ancestral_step"):
-            x = euler_ancestral_step(denoiser, x, sigma, sigma_next, noise, cond=cond, eta=eta)
+            x = euler_ancestral_step(denoiser, x, sigma, sigma_next, noise, cond=cond, eta=eta,
+                                     buffers=buffers)
         if callback is not None:
             callback(i, x, sigma, sigma_next)
     return x
@@ -254,17 +404,57 @@ def dpmpp_2m_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
         x_{i+1} = (sigma_{i+1}/sigma_i) x_i + (1 - sigma_{i+1}/sigma_i) D_eff
 
     The first step and the step to ``sigma = 0`` are first order (``D_eff = D(x_i; sigma_i)``), as in the
-    paper and k-diffusion's ``sample_dpmpp_2m``. One denoiser call per step. Arguments, returns and
+    paper and k-diffusion's ``sample_dpmpp_2m``. One denoiser call per step, applied as
+    :func:`multistep_advance` with the step's :func:`multistep_coefficients`. Arguments, returns and
     errors as :func:`heun_sample`.
     """
     levels = _levels(sigmas)
-    d_prev: torch.Tensor | None = None
-    for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
+    return _multistep_sample("dpmpp_2m", multistep_coefficients("dpmpp_2m", levels), denoiser, x, levels,
+                             cond, callback, progress)
+
+
+def multistep_advance(update: tuple[float, tuple[float, ...]], x: torch.Tensor,
+                      outputs: Sequence[torch.Tensor], *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a · x + Σ_j c_j outputs[j]``: one predictor or corrector of a one-call-per-level solver from its
+    coefficients ``update = (a, (c_0, c_1, ...))`` (a :class:`MultistepStep` field). The arithmetic of
+    every DPM-Solver++(2M) and UniPC step of the package (the samplers here and the planner).
+
+    Args:
+        update: ``(a, (c_0, c_1, ...))``.
+        x: ``(B, *shape)`` the state the update starts from.
+        outputs: denoiser outputs ``D_i, D_{i-1}, ...`` (newest first), at least ``len(c)`` of them.
+        out: buffer for the result (never ``x`` or an output), or None for a fresh tensor.
+
+    Raises:
+        ValueError: fewer outputs than coefficients.
+    """
+    a, coefficients = update
+    if len(outputs) < len(coefficients):
+        raise ValueError(f"the update needs {len(coefficients)} denoiser outputs, got {len(outputs)}")
+    if a != 0.0:
+        result = _into(torch.mul, x, a, out)
+    else:
+        result = torch.zeros_like(x) if out is None else out.zero_()
+    for c, d in zip(coefficients, outputs):
+        if c != 0.0:
+            result.add_(d, alpha=c)
+    return result
+
+
+def _multistep_sample(name: str, steps: Sequence[MultistepStep], denoiser: Denoiser, x: torch.Tensor,
+                      levels: list[float], cond: Cond | None, callback: StepCallback | None,
+                      progress: bool) -> torch.Tensor:
+    """Run the one-call-per-level solver ``steps`` (:func:`multistep_coefficients`) along ``levels``."""
+    outputs: list[torch.Tensor] = []  # newest first
+    x_before = x
+    for i, step in enumerate(tqdm(steps, disable=not progress, desc="sampling", leave=False)):
         sigma, sigma_next = levels[i], levels[i + 1]
-        with nvtx_range("sampler.dpmpp_2m_step"):
-            d = _call(denoiser, x, sigma, cond)
-            x = _dpmpp_2m_update(x, levels[i - 1] if i else None, sigma, sigma_next, d, d_prev)
-        d_prev = d
+        with nvtx_range(f"sampler.{name}_step"):
+            outputs = [_call(denoiser, x, sigma, cond), *outputs][:4]
+            if step.corrector is not None:
+                x = multistep_advance(step.corrector, x_before, outputs)
+            x_before = x
+            x = multistep_advance(step.predictor, x, outputs)
         if callback is not None:
             callback(i, x, sigma, sigma_next)
     return x
@@ -340,7 +530,8 @@ def unipc_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, c
     UniP-2 is DPM-Solver++(2M)), then, once the denoiser has been called at the predicted point (the call
     the next step needs anyway), corrects that point with UniC-``p`` (order ``p + 1``). The step to
     ``sigma = 0`` is first order, so the last correction is the one at ``sigma_min``. One denoiser call per
-    step. ``use_corrector=False`` leaves UniP alone.
+    step. ``use_corrector=False`` leaves UniP alone. Each update is :func:`multistep_advance` with the
+    step's :func:`multistep_coefficients`.
 
     Args:
         order: predictor order, 1-3 (2: UniPC-2M, the default).
@@ -350,32 +541,16 @@ def unipc_sample(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, c
     Raises:
         ValueError: a bad ``sigmas`` (as :func:`heun_sample`) or ``order`` outside 1-3.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
     levels = _levels(sigmas)
-    history: list[tuple[float, torch.Tensor]] = []
-    x_before: torch.Tensor | None = None
-    for i in tqdm(range(len(levels) - 1), disable=not progress, desc="sampling", leave=False):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        with nvtx_range("sampler.unipc_step"):
-            d = _call(denoiser, x, sigma, cond)
-            if use_corrector and x_before is not None:
-                x = _unipc_update(x_before, levels[i - 1], sigma, history, d)
-            history = [*history, (sigma, d)][-order:]
-            x_before = x
-            if sigma_next == 0.0:
-                x = d
-            else:
-                x = _unipc_update(x, sigma, sigma_next, history, None)
-        if callback is not None:
-            callback(i, x, sigma, sigma_next)
-    return x
+    steps = multistep_coefficients("unipc", levels, order=order, use_corrector=use_corrector)
+    return _multistep_sample("unipc", steps, denoiser, x, levels, cond, callback, progress)
 
 
 @dataclass(frozen=True)
 class MultistepStep:
-    """Step ``i`` of a one-call-per-level solver as linear combinations, for fused re-implementations
-    (``genneg.planning.FastSampler``). With ``D_j = D(x_j; sigma_j)`` the denoiser output at level ``j``:
+    """Step ``i`` of a one-call-per-level solver as linear combinations, applied by
+    :func:`multistep_advance` (the samplers here and ``genneg.planning.FastSampler``). With
+    ``D_j = D(x_j; sigma_j)`` the denoiser output at level ``j``:
 
     - ``corrector`` (or None): ``x_i <- a · x_{i-1} + Σ_j c_j D_{i-j}`` (``(a, (c_0, c_1, ...))``), applied
       once ``D_i`` is known (``x_{i-1}`` is the state the last step started from);
@@ -394,20 +569,41 @@ def _read_linear(update: torch.Tensor) -> tuple[float, tuple[float, ...]]:
     return values[0], tuple(coefficients)
 
 
-def multistep_coefficients(name: str, levels: Sequence[float]) -> list[MultistepStep]:
-    """The coefficients of sampler ``name`` (``"euler"``, ``"dpmpp_2m"``, ``"unipc"`` with its defaults)
-    along ``levels`` (a schedule as Python floats, ending in 0), one :class:`MultistepStep` per step.
+def multistep_coefficients(name: str, levels: Sequence[float], *, order: int = 2,
+                           use_corrector: bool = True) -> list[MultistepStep]:
+    """The coefficients of sampler ``name`` (``"euler"``, ``"dpmpp_2m"``, ``"unipc"``) along ``levels`` (a
+    schedule as Python floats, ending in 0), one :class:`MultistepStep` per step.
 
-    They are read off the samplers' own update functions applied to unit vectors (the updates are linear
-    in the state and the denoiser outputs), so the two cannot drift apart.
+    They are read off the solvers' update functions applied to unit vectors (the updates are linear in the
+    state and the denoiser outputs), so each solver is derived once; :func:`dpmpp_2m_sample` and
+    :func:`unipc_sample` apply them with :func:`multistep_advance`, as the planner does.
+
+    Args:
+        order, use_corrector: UniPC's predictor order (1-3) and corrector (as :func:`unipc_sample`).
 
     Raises:
-        ValueError: a bad schedule, or a sampler that is not one call per level (``"heun"``).
+        ValueError: a bad schedule, a sampler that is not one call per level (``"heun"``), or ``order``
+            outside 1-3.
     """
     if name not in ("euler", "dpmpp_2m", "unipc"):
         raise ValueError(f"sampler {name!r} has no multistep coefficients; choose euler, dpmpp_2m or unipc")
-    levels = _levels(torch.tensor(levels, dtype=torch.float64))
-    e = torch.eye(4, dtype=torch.float64)[:, None, :]  # x, D_i, D_{i-1}, D_{i-2} as unit vectors (1, 4)
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    checked = tuple(_levels(torch.tensor(levels, dtype=torch.float64)))
+    return list(_multistep_coefficients(name, checked, order, use_corrector))
+
+
+@functools.lru_cache(maxsize=64)
+def _multistep_coefficients(name: str, levels: tuple[float, ...], order: int, use_corrector: bool
+                            ) -> tuple[MultistepStep, ...]:
+    """:func:`multistep_coefficients` on checked levels, cached: a sampler called again and again on one
+    schedule (the pipeline's batches, a planner's ticks) derives its coefficients once."""
+    e = torch.eye(5, dtype=torch.float64)[:, None, :]  # x, D_i, D_{i-1}, D_{i-2}, D_{i-3}: unit vectors
+
+    def history(i: int, last: int) -> list[tuple[float, torch.Tensor]]:
+        """``(sigma_j, D_j)`` for the ``order`` levels up to ``last`` (oldest first), seen from step ``i``."""
+        return [(levels[j], e[1 + i - j]) for j in range(max(0, last - order + 1), last + 1)]
+
     steps = []
     for i in range(len(levels) - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
@@ -418,13 +614,12 @@ def multistep_coefficients(name: str, levels: Sequence[float]) -> list[Multistep
             predictor = _dpmpp_2m_update(e[0], levels[i - 1] if i else None, sigma, sigma_next, e[1],
                                          e[2] if i else None)
         else:
-            history = [(levels[i - 1], e[2]), (sigma, e[1])] if i else [(sigma, e[1])]
-            predictor = e[1] if sigma_next == 0.0 else _unipc_update(e[0], sigma, sigma_next, history, None)
-            if i:
-                before = [(levels[i - 2], e[3]), (levels[i - 1], e[2])] if i > 1 else [(levels[i - 1], e[2])]
-                corrector = _read_linear(_unipc_update(e[0], levels[i - 1], sigma, before, e[1]))
+            predictor = e[1] if sigma_next == 0.0 else _unipc_update(e[0], sigma, sigma_next, history(i, i),
+                                                                     None)
+            if use_corrector and i:
+                corrector = _read_linear(_unipc_update(e[0], levels[i - 1], sigma, history(i, i - 1), e[1]))
         steps.append(MultistepStep(_read_linear(predictor), corrector))
-    return steps
+    return tuple(steps)
 
 
 SAMPLERS: dict[str, Sampler] = {

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genneg.diffusion.denoiser import expand_sigma
+from genneg.diffusion.samplers import heun_advance
 from genneg.guidance.guided import _run_outside_inference_mode
 from genneg.profiling import nvtx_range
 
@@ -113,7 +114,8 @@ class FusedMLPGuidance:
 
 class FusedMLPClassifierGuidance:
     """MLP classifiers fused, denoiser elsewhere: ``D_K`` is one PyTorch denoiser call plus one kernel
-    launch (the K classifiers' forward + analytic backward and the guidance); Heun's arithmetic in PyTorch.
+    launch (the K classifiers' forward + analytic backward and the guidance); Heun's arithmetic is the
+    library's (``genneg.diffusion.heun_advance``).
 
     Args:
         denoiser: ``D(x (B, D), sigma (B,)) -> (B, D)``.
@@ -137,13 +139,9 @@ class FusedMLPClassifierGuidance:
             return self._kernels.mlp_guided_denoise(x, sigma, self.stack, denoised=denoised)
 
     def heun_step(self, x: torch.Tensor, sigma_cur: float, sigma_next: float) -> torch.Tensor:
-        """One Heun step (Euler when ``sigma_next == 0``), as ``genneg.diffusion.heun_step``."""
-        d = (x - self(x, sigma_cur)) / sigma_cur
-        x_next = x + (sigma_next - sigma_cur) * d
-        if sigma_next > 0:
-            d_next = (x_next - self(x_next, sigma_next)) / sigma_next
-            x_next = x + (sigma_next - sigma_cur) * 0.5 * (d + d_next)
-        return x_next
+        """One Heun step (Euler when ``sigma_next == 0``): the library's step arithmetic
+        (:func:`genneg.diffusion.heun_advance`) around this ``D_K``."""
+        return heun_advance(self, x, sigma_cur, sigma_next)
 
 
 class FusedCombineGuidance:

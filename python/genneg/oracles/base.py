@@ -1,8 +1,10 @@
 """The oracle protocol shared by the whole package.
 
-An oracle is any callable ``oracle(x) -> verdicts`` written by a domain expert:
+An oracle is any callable ``oracle(x, **cond) -> verdicts`` written by a domain expert:
 
 - ``x``: a batch of samples, ``(N, *sample_shape)``, as a ``torch.Tensor`` (any device) or a NumPy array.
+- ``cond``: the per-sample conditioning the model got (``model(x, sigma, **cond)``), by keyword; an
+  unconditioned task's oracle is called as ``oracle(x)``. The pipeline and the planner pass the same dict.
 - ``verdicts``: bool, ``(N,)`` with True = valid (positive), or ``(N, P)`` for per-part verdicts (traffic:
   one per vehicle slot). A sample is valid iff all its parts are valid.
 
@@ -11,7 +13,7 @@ Plain Python/NumPy functions work: :func:`evaluate_oracle` converts inputs and o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -29,26 +31,44 @@ class Oracle(Protocol):
     def __call__(self, x: Any) -> Any: ...
 
 
-def evaluate_oracle(oracle: Callable[[Any], Any], x: torch.Tensor) -> torch.Tensor:
-    """Run ``oracle`` on ``x`` and return its verdicts as a bool tensor on ``x.device``.
+def evaluate_oracle(oracle: Callable[..., Any], x: torch.Tensor,
+                    cond: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """Run ``oracle(x, **cond)`` and return its verdicts as a bool tensor on ``x.device``.
+
+    The one place where an oracle's answer is converted and checked: the pipeline's balanced draw and the
+    planner (``genneg.planning.FastSampler``) both call the oracle through it, with the same conditioning
+    dict the model gets (DESIGN.md "One conditioning convention").
 
     Args:
         oracle: callable taking a tensor (or, if it raises ``TypeError``/``AttributeError`` on one, a
-            NumPy array).
+            NumPy array) and, when ``cond`` is not empty, the entries of ``cond`` by keyword.
         x: ``(N, *sample_shape)`` samples.
+        cond: per-sample conditioning (tensors with leading dimension ``N``, or broadcastable views), passed
+            as ``oracle(x, **cond)``; None or empty: ``oracle(x)``.
 
     Returns:
         bool tensor ``(N,)`` or ``(N, P)``, True = valid.
 
     Raises:
         ValueError: if the oracle's answer does not have ``N`` rows or is not boolean-like.
+        TypeError: the oracle does not take ``cond``'s keywords (the message names them).
     """
     n = x.shape[0]
+    kwargs = dict(cond or {})
     with nvtx_range("oracle"):
         try:
-            out = oracle(x)
+            out = oracle(x, **kwargs)
         except (TypeError, AttributeError):  # a NumPy-only oracle handed a tensor
-            out = oracle(x.detach().cpu().numpy())
+            try:
+                out = oracle(x.detach().cpu().numpy(), **kwargs)
+            except TypeError as err:
+                if not kwargs:
+                    raise
+                raise TypeError(
+                    f"oracle(x, **cond) failed with cond keys {sorted(kwargs)}: {err}. The oracle of a "
+                    "conditioned model takes the conditioning by keyword, e.g. "
+                    "def oracle(x, *, valid, **other)"
+                ) from err
     return verdicts_tensor(out, n, x.device)
 
 

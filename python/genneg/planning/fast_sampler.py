@@ -17,16 +17,27 @@ and required success probability ``p``, ``N = N(r, p) = ceil(log(1 - p) / log r)
   preconditioning precomputed per noise level, ~15 kernels per call instead of ~40 eager operations), and
   a residual-MLP classifier stack's guidance as the analytic batched gradient
   (:mod:`genneg.guidance.analytic`, no autograd, so the guided call stays in inference mode).
+- **The library's steps.** Every step is the one of :mod:`genneg.diffusion.samplers` (``heun_advance``,
+  ``euler_advance``, ``euler_ancestral_advance``, ``multistep_advance`` with ``multistep_coefficients``;
+  the fused ``heun_step`` / ``ancestral_step`` of a Triton guidance backend through ``heun_step`` /
+  ``euler_ancestral_step``), run on this sampler's buffers (their ``out=`` and ``StepBuffers``); what is
+  this sampler's own is the buffers, the level-indexed network calls, the deadline, the rounds, the
+  oracle and the CUDA graphs.
 - **Reproducible.** One ``torch.Generator`` per sampler, reseeded at every call (``seed=`` or a counter),
-  so a call is a function of its seed. With ``fast_paths=False`` the arithmetic is the library samplers'
-  op for op (``genneg.diffusion.heun_sample``, ``genneg.diffusion.euler_ancestral_sample``,
-  ``genneg.planning.inpainting``): results are equal bit for bit to theirs; with the fast paths they agree
-  to float32 rounding. Either way they are equal bit for bit to this sampler's ``preallocate=False`` mode.
+  so a call is a function of its seed. With ``fast_paths=False`` results are equal bit for bit to the
+  library samplers' (``genneg.diffusion.heun_sample``, ``euler_sample``, ``dpmpp_2m_sample``,
+  ``unipc_sample``, ``euler_ancestral_sample``, ``genneg.planning.inpainting``); with the fast paths they
+  agree to float32 rounding. Either way they are equal bit for bit to this sampler's ``preallocate=False``
+  mode.
 - **CUDA graphs** on a GPU (models without autograd guidance: plain, distilled, fused-guidance steps): one
   graph per condition layout captured on first use; the noise is drawn into static buffers before each
   replay. Never used off CUDA.
 - **The fused guidance backend** when a :class:`~genneg.guidance.GuidedDenoiser` resolves to Triton (its
-  ``heun_step``, or its ``ancestral_step`` on a DDPM's levels) for unconditioned calls.
+  ``heun_step``, or its ``ancestral_step`` on a DDPM's levels) for calls without ``cond``; an inpainting
+  condition takes the library's Heun step around the fused ``D_K`` (the fused step cannot replace the
+  known part of its predicted point).
+- **The oracle** is called as ``oracle(x, **cond)`` with the ``cond`` the model got, through
+  :func:`genneg.oracles.evaluate_oracle` (which checks its answer), as in the pipeline's balanced draw.
 - **Deadline and rounds.** The clock is read before every step and before the oracle; a call returns
   ``ok=False, reason="deadline"`` instead of starting work after the deadline (so it overruns by at most
   one step), or ``reason="max_rounds"`` when every round was rejected. Under a CUDA graph the whole round
@@ -61,7 +72,17 @@ from typing import Any, Literal
 import torch
 
 from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
-from genneg.diffusion.samplers import ancestral_levels, multistep_coefficients
+from genneg.diffusion.samplers import (
+    StepBuffers,
+    ancestral_levels,
+    euler_advance,
+    euler_ancestral_advance,
+    euler_ancestral_step,
+    heun_advance,
+    heun_step,
+    multistep_advance,
+    multistep_coefficients,
+)
 from genneg.diffusion.schedules import make_sigmas
 from genneg.guidance.guided import GuidedDenoiser, guidance_gradient
 from genneg.metrics.parallel import num_parallel_samples
@@ -73,6 +94,7 @@ from genneg.planning.result import SampleResult, StageTimes
 __all__ = ["FastSampler", "SamplerConfig", "parallel_samples_for", "success_probability"]
 
 _MAX_BUFFER_ELEMENTS = 1 << 28
+_RING = 4  # denoiser outputs a multistep update may read (MultistepStep: D_i .. D_{i-3})
 
 
 def parallel_samples_for(p: float, infraction_rate: float) -> int:
@@ -101,10 +123,11 @@ class SamplerConfig:
         max_parallel: refuse an ``N`` above this (memory guard), e.g. from a rate close to 1.
         num_steps: EDM: solver steps (noise levels before the final 0); DDPM: visited discrete levels.
         solver: EDM: ``"heun"`` (2 denoiser calls per level), or one call per level: ``"euler"``,
-            ``"dpmpp_2m"`` (DPM-Solver++(2M), Lu et al. 2022), ``"unipc"`` (UniPC-2M, Zhao et al. 2023);
-            the library's samplers of the same name to float32 rounding (their coefficients are taken from
-            them). DDPM models sample with the Euler-ancestral sampler on their levels (``"heun"``, the
-            default, stands for it; the others are refused). Inpainting conditions need ``"heun"``.
+            ``"dpmpp_2m"`` (DPM-Solver++(2M), Lu et al. 2022), ``"unipc"`` (UniPC-2M, Zhao et al. 2023):
+            the library's steps (``genneg.diffusion.samplers``), so the library's samplers of the same name
+            bit for bit with ``fast_paths=False``. DDPM models sample with the Euler-ancestral sampler on
+            their levels (``"heun"``, the default, stands for it; the others are refused). Inpainting
+            conditions need ``"heun"``.
         schedule: EDM sigma schedule, ``"log_linear"`` (the paper's) or ``"karras"``.
         sigma_min, sigma_max, rho: EDM schedule range (data units) and Karras ``rho``.
         deadline_ms: default deadline of a call, milliseconds from its entry; None = none.
@@ -216,12 +239,14 @@ class _Workspace:
         self.x_next = torch.empty(full, **opts)
         self.noise = torch.empty(full, **opts)
         self.fill_noise = torch.empty(full, **opts)
-        self.d = torch.empty(full, **opts)
+        self.step_draw = torch.empty(full, **opts)  # the per-step ancestral noise (eager path)
         self.den = torch.empty(full, **opts)
-        self.d_next = torch.empty(full, **opts)
-        self.scratch = torch.empty(full, **opts)
-        # multistep solvers: the last three denoiser outputs (a ring) and the state before the last step
-        self.history = [torch.empty(full, **opts) for _ in range(3)]
+        self.scratch = torch.empty(full, **opts)  # inpainting's replacement
+        # the library steps' scratch (genneg.diffusion.samplers.StepBuffers)
+        self.step = StepBuffers.like(self.x)
+        # multistep solvers: the last denoiser outputs (a ring; a step reads at most four) and the state
+        # before the last step
+        self.history = [torch.empty(full, **opts) for _ in range(_RING)]
         self.x_before = torch.empty(full, **opts)
         self.known = torch.zeros((1, *shape), **opts)
         self.mask = torch.zeros((1, *shape), dtype=torch.bool, device=device)
@@ -253,9 +278,12 @@ class FastSampler:
         model: a denoiser ``D(x (N, *shape), sigma (N,), **cond) -> (N, *shape)`` (plain, distilled, or a
             :class:`~genneg.guidance.GuidedDenoiser` stack); with ``ddpm_schedule`` also a DDPM
             ε-network (``parameterisation = "eps"``), wrapped in its ``EpsDenoiser``.
-        oracle: ``oracle(x (N, *shape)) -> bool (N,) or (N, P)`` (True = valid), or a conditioned oracle
-            with ``needs_condition = True`` called as ``oracle(x, condition)`` (e.g.
-            :class:`genneg.planning.traffic.SceneTokenOracle`).
+        oracle: ``oracle(x (N, *shape), **cond) -> bool (N,) or (N, P)`` (True = valid), called with the
+            same ``cond`` the model gets (the condition's, each entry expanded to ``N`` rows; none without
+            one), through :func:`genneg.oracles.evaluate_oracle` (which checks its answer): an oracle
+            written for the pipeline's balanced draw works unchanged. An oracle with a
+            ``check_condition(condition)`` method (e.g. :class:`genneg.planning.traffic.SceneTokenOracle`)
+            has it called on every call's condition (or None) before sampling.
         sample_shape: shape of one sample, e.g. ``(2,)`` or ``(A, 7)``.
         config: :class:`SamplerConfig`.
         ddpm_schedule: the DDPM schedule whose levels the model samples on (Euler-ancestral); None for an
@@ -304,23 +332,22 @@ class FastSampler:
                 f"max_rounds * N * prod(sample_shape) = {n_elem} elements is too large to keep every round's "
                 f"samples; lower max_rounds ({config.max_rounds}) or N ({self.num_parallel})"
             )
-        self._conditioned_oracle = bool(getattr(oracle, "needs_condition", False))
         self._lock = threading.Lock()
         self._calls = itertools.count()
         self._generator = torch.Generator(device=self.device)
         self._workspace: _Workspace | None = None
         # condition layout -> (graph, output buffer, replay ms, static cond), or None: capture failed
         self._graphs: dict[Any, tuple[Any, torch.Tensor, float, dict[str, torch.Tensor]] | None] = {}
-        # Euler-ancestral steps (DDPM levels): (sigma_down / sigma, sigma_up) from the library's levels
-        self._ancestral: list[tuple[float, float]] = []
+        # Euler-ancestral steps (DDPM levels): whether step i draws noise (sigma_up > 0)
+        self._draws_noise: list[bool] = []
         if ddpm_schedule is None:
             sigmas = make_sigmas(
                 config.schedule, config.num_steps, config.sigma_min, config.sigma_max, config.rho
             )
             self.levels: list[float] = [float(s) for s in sigmas]
             self._start_scale = self.levels[0]
-            self._multistep = None if config.solver == "heun" else multistep_coefficients(config.solver,
-                                                                                           self.levels)
+            self._multistep = (None if config.solver in ("heun", "euler")
+                               else multistep_coefficients(config.solver, self.levels))
         else:
             if config.solver != "heun":
                 raise ValueError(f"solver {config.solver!r} is for EDM denoisers; a model on a DDPM's "
@@ -333,10 +360,10 @@ class FastSampler:
                 )
             self.levels = [float(s) for s in ddpm_schedule.sampling_sigmas(config.num_steps)]
             self._start_scale = math.sqrt(1.0 + self.levels[0] ** 2)  # x_T / sqrt(ᾱ_T), x_T ~ N(0, I)
-            for s, s_next in itertools.pairwise(self.levels):
-                down, up = ancestral_levels(s, s_next)
-                self._ancestral.append((down / s, up))
-        self._mode, self._step_fn, self._net_fn = self._classify(model)
+            self._draws_noise = [ancestral_levels(s, s_next)[1] > 0.0
+                                 for s, s_next in itertools.pairwise(self.levels)]
+        self._level_index = {s: i for i, s in enumerate(self.levels)}
+        self._mode, self._net_fn = self._classify(model)
         self._plan, self._analytic = self._fast_paths(model)
 
     # construction helpers ------------------------------------------------------------------------------
@@ -348,27 +375,26 @@ class FastSampler:
                 return p.device
         return torch.device("cpu")
 
-    def _classify(self, model: Any) -> tuple[str, Any, Any]:
-        """``(mode, fused_step, net)``. ``mode``: ``plain`` (no autograd), ``split`` (denoiser + guidance
-        gradient, timed apart), ``whole`` (a guided model called as one), ``fused`` (a denoiser's own fused
-        step ``fused_step``: Heun, or Euler-ancestral on DDPM levels; unconditioned calls only, a call with
-        ``cond`` calls the model whole). ``net``: what ``plain`` and ``whole`` call."""
+    def _classify(self, model: Any) -> tuple[str, Any]:
+        """``(mode, net)``. ``mode``: ``plain`` (no autograd), ``split`` (denoiser + guidance gradient,
+        timed apart), ``whole`` (a guided model called as one), ``fused`` (the model has its own fused
+        step: Heun, or Euler-ancestral on DDPM levels, which the library's ``heun_step`` /
+        ``euler_ancestral_step`` delegate to for calls without ``cond``; otherwise they call the model
+        whole). ``net``: what ``plain`` and ``whole`` call."""
         heun = self.config.solver == "heun"
         step_name = "ancestral_step" if self.ddpm_schedule is not None else "heun_step"
         if isinstance(model, GuidedDenoiser):
-            fused = getattr(model, step_name) if heun else None
-            if fused is not None:
-                return "fused", fused, model
+            if heun and getattr(model, step_name) is not None:
+                return "fused", model
             active = [(c, s) for c, s in zip(model.classifiers, model.scales) if s != 0.0]
             if not active:
-                return "plain", None, model.denoiser
+                return "plain", model.denoiser
             if all(_is_time_dependent(c) for c, _ in active):
-                return "split", None, None
-            return "whole", None, model
-        fused = getattr(model, step_name, None) if heun else None
-        if fused is not None:
-            return "fused", fused, model
-        return "plain", None, model
+                return "split", None
+            return "whole", model
+        if heun and getattr(model, step_name, None) is not None:
+            return "fused", model
+        return "plain", model
 
     def _fast_paths(self, model: Any) -> tuple[ResidualMLPDenoiserPlan | None, Any]:
         """The level-specialised MLP denoiser and the analytic guidance, where they apply."""
@@ -501,7 +527,7 @@ class FastSampler:
             drivable = task.road_maps[0].drivable_map if drivable_map is None else drivable_map
             steps = run_config.gen_neg.sample_steps if num_steps is None else num_steps
             config = SamplerConfig(num_steps=steps, **common, **config_overrides)
-            sampler = cls(net, SceneTokenOracle(TrafficOracle(drivable)),
+            sampler = cls(net, SceneTokenOracle(TrafficOracle(drivable), norm=task.norm),
                           sample_shape=tuple(task.train.tokens.shape[1:]), config=config,
                           ddpm_schedule=task.schedule, device=target, seed=seed)
         else:
@@ -566,12 +592,10 @@ class FastSampler:
             raise ValueError(f"deadline_ms must be > 0, got {deadline_ms}")
         if condition is not None:
             check_condition(condition, self.sample_shape, self.num_parallel)
-            check_frame = getattr(self.oracle, "check_condition", None)
-            if check_frame is not None:
-                check_frame(condition)
-        elif self._conditioned_oracle:
-            raise ValueError("this sampler's oracle judges samples against a condition; pass condition=")
-        if condition is not None and condition.num_fixed > 0 and self._multistep is not None:
+        check_oracle_condition = getattr(self.oracle, "check_condition", None)
+        if check_oracle_condition is not None:  # e.g. a scene oracle: the condition's map is its map
+            check_oracle_condition(condition)
+        if condition is not None and condition.num_fixed > 0 and self.config.solver != "heun":
             raise ValueError(f"inpainting conditions need solver='heun', this sampler has "
                              f"{self.config.solver!r}")
         deadline_s = math.inf if deadline_ms is None else t_enter + deadline_ms / 1e3
@@ -618,16 +642,7 @@ class FastSampler:
                 reason = "deadline"
                 break
             t0 = time.perf_counter()
-            if self._conditioned_oracle:
-                raw = self.oracle(x, condition)
-                v = torch.as_tensor(raw).to(x.device)
-                if v.ndim not in (1, 2) or v.shape[0] != n or v.dtype != torch.bool:
-                    raise ValueError(
-                        f"conditioned oracle returned {v.dtype} {tuple(v.shape)}; expected bool ({n},) "
-                        f"or ({n}, P)"
-                    )
-            else:
-                v = evaluate_oracle(self.oracle, x)
+            v = evaluate_oracle(self.oracle, x, cond)  # oracle(x, **cond), its answer checked
             verdicts = ws.verdict_buffer(v, self.config.max_rounds)
             verdicts[r * n : (r + 1) * n].copy_(v)
             ws.samples[r * n : (r + 1) * n].copy_(x)
@@ -759,44 +774,52 @@ class FastSampler:
         clock.split = False
         return out
 
+    def _level_denoise(
+        self, ws: _Workspace, cond: dict[str, torch.Tensor], clock: _Clock
+    ) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        """:meth:`_denoise` as the library steps' ``denoise(x, sigma)`` (the level found by its value)."""
+        index = self._level_index
+        return lambda x, sigma: self._denoise(ws, x, index[sigma], cond, clock)
+
+    @staticmethod
+    def _add_step_arithmetic(clock: _Clock, t0: float, counted_ms: float) -> None:
+        """Add to ``model_ms`` what a step spent since ``t0`` outside its denoiser calls (which the clock
+        had at ``counted_ms`` before the step)."""
+        spent_ms = clock.model_ms + clock.guidance_ms - counted_ms
+        clock.model_ms += 1e3 * (time.perf_counter() - t0) - spent_ms
+
     def _edm_trajectory(
         self, ws: _Workspace, cond: dict[str, torch.Tensor], conditioned: bool, clock: _Clock
     ) -> torch.Tensor | None:
-        """Heun along ``self.levels`` from ``sigma_max · ws.noise``; op for op ``heun_sample`` (and
+        """Heun (or, ``config.solver == "euler"``, Euler) along ``self.levels`` from ``sigma_max ·
+        ws.noise``: the library's step (``genneg.diffusion.heun_step`` / ``heun_advance`` /
+        ``euler_advance``) on the workspace's buffers, as ``heun_sample`` / ``euler_sample`` (and
         ``inpaint_heun_sample`` when conditioned). Returns the buffer holding the samples, or None."""
         levels = self.levels
         x, x_next = ws.x, ws.x_next
         torch.mul(ws.noise, levels[0], out=x)
+        replace = None
         if conditioned:
             edm_replace_(x, ws.known, ws.mask, ws.noise, levels[0], ws.scratch)
+            replace = lambda y, sigma: edm_replace_(y, ws.known, ws.mask, ws.noise, sigma, ws.scratch)  # noqa: E731
+        denoise = self._level_denoise(ws, cond, clock)
+        euler = self.config.solver == "euler"
         for i in range(len(levels) - 1):
             if clock.expired():
                 return None
             s, s_next = levels[i], levels[i + 1]
-            if self._mode == "fused" and not cond:
-                t0 = time.perf_counter()
-                x_next.copy_(self._step_fn(x, s, s_next))
+            t0 = time.perf_counter()
+            if self._mode == "fused":  # the model's own step (or, with cond or replace, the model whole)
+                heun_step(self.model, x, s, s_next, cond=cond, out=x_next, buffers=ws.step, replace=replace)
                 clock.guidance_ms += 1e3 * (time.perf_counter() - t0)
                 clock.split = False
             else:
-                den = self._denoise(ws, x, i, cond, clock)
-                t0 = time.perf_counter()
-                torch.sub(x, den, out=ws.d)
-                ws.d.div_(s)
-                torch.mul(ws.d, s_next - s, out=ws.scratch)
-                torch.add(x, ws.scratch, out=x_next)
-                if s_next > 0:
-                    if conditioned:
-                        edm_replace_(x_next, ws.known, ws.mask, ws.noise, s_next, ws.scratch)
-                    clock.model_ms += 1e3 * (time.perf_counter() - t0)
-                    den = self._denoise(ws, x_next, i + 1, cond, clock)
-                    t0 = time.perf_counter()
-                    torch.sub(x_next, den, out=ws.d_next)
-                    ws.d_next.div_(s_next)
-                    torch.add(ws.d, ws.d_next, out=ws.d_next)
-                    ws.d_next.mul_((s_next - s) * 0.5)
-                    torch.add(x, ws.d_next, out=x_next)
-                clock.model_ms += 1e3 * (time.perf_counter() - t0)
+                counted = clock.model_ms + clock.guidance_ms
+                if euler:
+                    euler_advance(denoise, x, s, s_next, out=x_next, buffers=ws.step)
+                else:
+                    heun_advance(denoise, x, s, s_next, out=x_next, buffers=ws.step, replace=replace)
+                self._add_step_arithmetic(clock, t0, counted)
             if conditioned:
                 edm_replace_(x_next, ws.known, ws.mask, ws.noise, s_next, ws.scratch)
             x, x_next = x_next, x
@@ -805,10 +828,11 @@ class FastSampler:
     def _multistep_trajectory(
         self, ws: _Workspace, cond: dict[str, torch.Tensor], clock: _Clock
     ) -> torch.Tensor | None:
-        """A one-call-per-level solver (``config.solver``) along ``self.levels`` from ``sigma_max ·
-        ws.noise``: each update is ``a x + Σ_j c_j D_{i-j}`` with the library's coefficients
-        (``multistep_coefficients``); a corrector, where the solver has one, first rewrites the state
-        from the one before the last step. Returns the buffer holding the samples, or None."""
+        """A one-call-per-level solver (``config.solver``: DPM-Solver++(2M) or UniPC) along ``self.levels``
+        from ``sigma_max · ws.noise``: the library's updates (``genneg.diffusion.multistep_advance`` with
+        ``multistep_coefficients``) on the workspace's buffers, as ``dpmpp_2m_sample`` / ``unipc_sample``;
+        a corrector, where the solver has one, first rewrites the state from the one before the last step.
+        Returns the buffer holding the samples, or None."""
         assert self._multistep is not None
         levels = self.levels
         x, x_next = ws.x, ws.x_next
@@ -818,12 +842,13 @@ class FastSampler:
                 return None
             den = self._denoise(ws, x, i, cond, clock)
             t0 = time.perf_counter()
-            ws.history[i % 3].copy_(den)
+            ws.history[i % _RING].copy_(den)
+            outputs = [ws.history[(i - j) % _RING] for j in range(min(i + 1, _RING))]  # newest first
             if step.corrector is not None:
-                self._combine(ws, step.corrector, ws.x_before, i, x)
+                multistep_advance(step.corrector, ws.x_before, outputs, out=x)
             if self._multistep_needs_before:
                 ws.x_before.copy_(x)
-            self._combine(ws, step.predictor, x, i, x_next)
+            multistep_advance(step.predictor, x, outputs, out=x_next)
             clock.model_ms += 1e3 * (time.perf_counter() - t0)
             x, x_next = x_next, x
         return x
@@ -831,16 +856,6 @@ class FastSampler:
     @property
     def _multistep_needs_before(self) -> bool:
         return self.config.solver == "unipc"
-
-    @staticmethod
-    def _combine(ws: _Workspace, update: tuple[float, tuple[float, ...]], base: torch.Tensor, i: int,
-                 out: torch.Tensor) -> None:
-        """``out = a · base + Σ_j c_j D_{i-j}`` (``update = (a, (c_0, c_1, ..))``, ``D`` from the ring)."""
-        a, coefficients = update
-        torch.mul(base, a, out=out) if a != 0.0 else out.zero_()
-        for j, c in enumerate(coefficients):
-            if c != 0.0:
-                out.add_(ws.history[(i - j) % 3], alpha=c)
 
     # Euler-ancestral (DDPM levels) ---------------------------------------------------------------------
     def _ancestral_trajectory(
@@ -852,37 +867,33 @@ class FastSampler:
         *,
         pre_drawn: bool,
     ) -> torch.Tensor | None:
-        """Euler-ancestral steps along ``self.levels`` from ``sqrt(1 + σ_0²) · ws.noise``; op for op
-        ``euler_ancestral_sample`` (and ``inpaint_ancestral_sample`` when conditioned), with the step
-        coefficients of ``ancestral_levels``. ``pre_drawn``: per-step noise from ``ws.step_noise`` (CUDA
-        graphs) instead of the generator. Returns the buffer holding the samples, or None."""
+        """Euler-ancestral steps along ``self.levels`` from ``sqrt(1 + σ_0²) · ws.noise``: the library's
+        step (``genneg.diffusion.euler_ancestral_step`` / ``euler_ancestral_advance``) on the workspace's
+        buffers, as ``euler_ancestral_sample`` (and ``inpaint_ancestral_sample`` when conditioned).
+        ``pre_drawn``: per-step noise from ``ws.step_noise`` (CUDA graphs) instead of the generator.
+        Returns the buffer holding the samples, or None."""
         levels = self.levels
         x, out = ws.x, ws.x_next
         torch.mul(ws.noise, self._start_scale, out=x)
         if conditioned:
             edm_replace_(x, ws.known, ws.mask, ws.noise, levels[0], ws.scratch)
-        for i, (ratio, sigma_up) in enumerate(self._ancestral):
+        denoise = self._level_denoise(ws, cond, clock)
+        for i, draws_noise in enumerate(self._draws_noise):
             if clock.expired():
                 return None
-            s_next = levels[i + 1]
+            s, s_next = levels[i], levels[i + 1]
             noise = None
-            if sigma_up > 0.0:
-                noise = ws.step_noise[i] if pre_drawn else ws.d.normal_(generator=self._generator)
-            if self._mode == "fused" and not cond:
-                t0 = time.perf_counter()
-                out.copy_(self._step_fn(x, levels[i], s_next, noise))
+            if draws_noise:
+                noise = ws.step_noise[i] if pre_drawn else ws.step_draw.normal_(generator=self._generator)
+            t0 = time.perf_counter()
+            if self._mode == "fused":  # the model's own step (or, with cond, the model whole)
+                euler_ancestral_step(self.model, x, s, s_next, noise, cond=cond, out=out, buffers=ws.step)
                 clock.guidance_ms += 1e3 * (time.perf_counter() - t0)
                 clock.split = False
             else:
-                den = self._denoise(ws, x, i, cond, clock)
-                t0 = time.perf_counter()
-                torch.sub(x, den, out=ws.scratch)  # x' = D + (σ_down/σ)(x - D) + σ_up · noise
-                ws.scratch.mul_(ratio)
-                torch.add(den, ws.scratch, out=out)
-                if noise is not None:
-                    torch.mul(noise, sigma_up, out=ws.scratch)
-                    out.add_(ws.scratch)
-                clock.model_ms += 1e3 * (time.perf_counter() - t0)
+                counted = clock.model_ms + clock.guidance_ms
+                euler_ancestral_advance(denoise, x, s, s_next, noise, out=out, buffers=ws.step)
+                self._add_step_arithmetic(clock, t0, counted)
             if conditioned:
                 if s_next > 0.0:
                     fill = (ws.step_fill_noise[i] if pre_drawn
@@ -933,7 +944,7 @@ class FastSampler:
         ws.noise.normal_(generator=g)
         if self.kind == "edm":
             return
-        steps = len(self._ancestral)
+        steps = len(self._draws_noise)
         if ws.step_noise is None:
             ws.step_noise = torch.empty(
                 (max(steps - 1, 1), *ws.x.shape), dtype=ws.x.dtype, device=ws.x.device

@@ -10,7 +10,8 @@ Every model is a denoiser in variance-exploding σ coordinates (a DDPM ε-networ
 - deterministic samplers (Heun on the PF-ODE, :func:`inpaint_heun_sample`): ``ε`` is the known part of the
   call's unit initial noise at every level, so the known part moves along the straight line ``x0 + σ ε``
   from the initial noise to the data instead of jumping between independent draws. The replacement is
-  made after the Euler predictor (so the corrector's network call sees it) and after the full step.
+  made after the Euler predictor (so the corrector's network call sees it: the ``replace`` hook of
+  :func:`genneg.diffusion.heun_step`) and after the full step.
 - the stochastic Euler-ancestral sampler (:func:`inpaint_ancestral_sample`, DDPM's ancestral sampler on a
   DDPM's levels): a fresh ``ε`` at every step (the marginal ``q(x_σ | x0)``, as in RePaint without
   resampling).
@@ -29,8 +30,9 @@ part bit for bit.
 ``cond`` that every model call receives by keyword (DESIGN.md "One conditioning convention": e.g. a
 traffic scene's ``valid`` slots and ``map_raster`` crop; ``model(x, sigma, **cond)``) and the frame the
 oracle needs to judge the sample (``frame``). :func:`inpaint_heun_sample` and
-:func:`inpaint_ancestral_sample` are the plain reference samplers; :class:`genneg.planning.FastSampler`
-runs the same arithmetic on preallocated buffers and is tested against them.
+:func:`inpaint_ancestral_sample` are the plain reference samplers; their steps are the library's
+(:func:`genneg.diffusion.heun_step`, :func:`genneg.diffusion.euler_ancestral_step`), which
+:class:`genneg.planning.FastSampler` calls on its preallocated buffers; it is tested against them.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from typing import Any
 
 import torch
 
-from genneg.diffusion.denoiser import Denoiser, expand_sigma
-from genneg.diffusion.samplers import ancestral_levels
+from genneg.diffusion.denoiser import Denoiser
+from genneg.diffusion.samplers import ancestral_levels, euler_ancestral_step, heun_step
 
 __all__ = [
     "InpaintCondition",
@@ -188,10 +190,28 @@ def edm_replace_(
     return torch.where(mask, scratch, x, out=x)
 
 
-def _batched(condition: InpaintCondition, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    known = condition.values.to(device=x.device, dtype=x.dtype).unsqueeze(0)
-    mask = condition.mask.to(device=x.device).unsqueeze(0)
-    return known, mask
+@dataclass(frozen=True)
+class _Start:
+    """What both reference samplers set up: levels, the known part batched, ``cond`` expanded, a scratch
+    buffer and the initial state (its known part already replaced)."""
+
+    levels: list[float]
+    known: torch.Tensor
+    mask: torch.Tensor
+    cond: dict[str, torch.Tensor]
+    scratch: torch.Tensor
+    x: torch.Tensor
+
+
+def _start(condition: InpaintCondition, noise: torch.Tensor, sigmas: torch.Tensor,
+           start_scale: float) -> _Start:
+    levels = [float(s) for s in sigmas]
+    check_condition(condition, noise.shape[1:], noise.shape[0])
+    known = condition.values.to(device=noise.device, dtype=noise.dtype).unsqueeze(0)
+    mask = condition.mask.to(device=noise.device).unsqueeze(0)
+    scratch = torch.empty_like(noise)
+    x = edm_replace_(noise * start_scale, known, mask, noise, levels[0], scratch)
+    return _Start(levels, known, mask, batch_cond(condition, noise.shape[0], noise.device), scratch, x)
 
 
 @torch.no_grad()
@@ -209,21 +229,14 @@ def inpaint_heun_sample(
     Returns:
         ``(N, *shape)`` samples whose fixed part equals ``condition.values`` exactly.
     """
-    levels = [float(s) for s in sigmas]
-    check_condition(condition, noise.shape[1:], noise.shape[0])
-    known, mask = _batched(condition, noise)
-    cond = batch_cond(condition, noise.shape[0], noise.device)
-    scratch = torch.empty_like(noise)
-    x = noise * levels[0]
-    edm_replace_(x, known, mask, noise, levels[0], scratch)
-    for s, s_next in itertools.pairwise(levels):
-        d = (x - denoiser(x, expand_sigma(s, x), **cond)) / s
-        x_next = x + (s_next - s) * d
-        if s_next > 0:
-            edm_replace_(x_next, known, mask, noise, s_next, scratch)
-            d_next = (x_next - denoiser(x_next, expand_sigma(s_next, x), **cond)) / s_next
-            x_next = x + (s_next - s) * 0.5 * (d + d_next)
-        x = edm_replace_(x_next, known, mask, noise, s_next, scratch)
+    st = _start(condition, noise, sigmas, float(sigmas[0]))
+
+    def replace(x_pred: torch.Tensor, sigma: float) -> torch.Tensor:
+        return edm_replace_(x_pred, st.known, st.mask, noise, sigma, st.scratch)
+
+    x = st.x
+    for s, s_next in itertools.pairwise(st.levels):
+        x = replace(heun_step(denoiser, x, s, s_next, cond=st.cond, replace=replace), s_next)
     return x
 
 
@@ -257,21 +270,15 @@ def inpaint_ancestral_sample(
     Returns:
         ``(N, *shape)`` samples whose fixed part equals ``condition.values`` exactly.
     """
-    levels = [float(s) for s in sigmas]
-    check_condition(condition, noise.shape[1:], noise.shape[0])
-    known, mask = _batched(condition, noise)
-    cond = batch_cond(condition, noise.shape[0], noise.device)
-    scratch = torch.empty_like(noise)
-    x = noise * (levels[0] if start_scale is None else float(start_scale))
-    edm_replace_(x, known, mask, noise, levels[0], scratch)
-    for s, s_next in itertools.pairwise(levels):
-        den = denoiser(x, expand_sigma(s, x), **cond)
-        sigma_down, sigma_up = ancestral_levels(s, s_next)
-        x = den + (sigma_down / s) * (x - den)
-        if sigma_up > 0.0:
-            x = x + sigma_up * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    st = _start(condition, noise, sigmas, float(sigmas[0]) if start_scale is None else float(start_scale))
+    x = st.x
+    for s, s_next in itertools.pairwise(st.levels):
+        if ancestral_levels(s, s_next)[1] > 0.0:
+            step_noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = euler_ancestral_step(denoiser, x, s, s_next, step_noise, cond=st.cond)
             fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            edm_replace_(x, known, mask, fresh, s_next, scratch)
+            edm_replace_(x, st.known, st.mask, fresh, s_next, st.scratch)
         else:
-            x = edm_replace_(x, known, mask, x, s_next, scratch)
+            x = euler_ancestral_step(denoiser, x, s, s_next, None, cond=st.cond)
+            x = edm_replace_(x, st.known, st.mask, x, s_next, st.scratch)
     return x

@@ -5,6 +5,7 @@ scene window (centre ``centre_m``, half-size ``norm.position_scale_m``). A plann
 
 - the **map**: the drivable raster, given to the network and the classifiers as a crop of the window
   (the ``map_raster`` entry of the conditioning) and to the oracle in full;
+- the **window**: its centre (the ``centre_m`` entry), where the oracle places the decoded boxes;
 - the **ego and the seen vehicles**: their tokens are fixed by inpainting;
 - how many **vehicle slots** to fill: slots marked present but not known are sampled; absent slots are
   fixed to the padding token (all zeros) so that they stay exactly zero.
@@ -13,8 +14,11 @@ scene window (centre ``centre_m``, half-size ``norm.position_scale_m``). A plann
 :class:`SceneTokenOracle` decodes sampled tokens to world-frame boxes (as
 :func:`genneg.data.traffic.tokens.tokens_to_scenes`) and runs the
 :class:`~genneg.oracles.TrafficOracle` on them, refusing a condition whose map is not the oracle's.
-The condition's ``cond`` (``valid``, ``map_raster``) is the pipeline's own conditioning dict: every model
-of a traffic run, plain, guided or distilled, takes it by keyword, ``model(x, sigma, **cond)``.
+The condition's ``cond`` (``valid``, ``map_raster``, ``centre_m``, ``map_index``) has the entries of the
+pipeline's own conditioning dict (``genneg.data.traffic.SceneSet.contexts``): every model of a traffic
+run, plain, guided or distilled, takes it by keyword, ``model(x, sigma, **cond)``, and so does every
+oracle, ``oracle(x, **cond)``: :class:`SceneTokenOracle` reads ``valid`` and ``centre_m``, and a run's own
+:class:`~genneg.data.traffic.scene_set.TrafficTokenOracle` (``TrafficTask.oracle``) works unchanged.
 """
 
 from __future__ import annotations
@@ -34,30 +38,36 @@ __all__ = ["SceneFrame", "SceneTokenOracle", "decode_tokens", "scene_condition"]
 
 @dataclass(frozen=True)
 class SceneFrame:
-    """Where a scene sample lives: what the oracle needs to judge it.
+    """What a scene condition was built for, checked against the oracle before sampling
+    (:meth:`SceneTokenOracle.check_condition`); the window's centre and present slots are in ``cond``.
 
     Attributes:
-        centre_m: ``(x, y)`` centre of the scene window, metres (map frame).
-        valid: ``(A,)`` bool, present vehicle slots (known and sampled).
         drivable_map: the map the planner is on (must be the oracle's).
-        norm: token normalisation constants.
+        norm: token normalisation constants (must be the oracle's).
     """
 
-    centre_m: tuple[float, float]
-    valid: torch.Tensor
     drivable_map: DrivableMap = field(repr=False)
     norm: TokenNormalisation = field(default_factory=TokenNormalisation)
 
 
 def decode_tokens(
-    tokens: torch.Tensor, centre_m: tuple[float, float], norm: TokenNormalisation, min_size_m: float = 0.1
+    tokens: torch.Tensor,
+    centre_m: tuple[float, float] | torch.Tensor,
+    norm: TokenNormalisation,
+    min_size_m: float = 0.1,
 ) -> torch.Tensor:
     """Tokens ``(N, A, 7)`` -> world-frame boxes ``(N, A, 5)`` float32 (x m, y m, length m, width m,
-    heading rad), in float64 then rounded, exactly as :func:`~genneg.data.traffic.tokens_to_scenes`."""
+    heading rad), in float64 then rounded, exactly as :func:`~genneg.data.traffic.tokens_to_scenes`.
+
+    ``centre_m``: the window centre(s), metres: ``(x, y)``, or a ``(N, 2)`` / ``(1, 2)`` tensor (one per
+    sample, as in ``cond["centre_m"]``)."""
     if tokens.ndim != 3 or tokens.shape[-1] != TOKEN_DIM:
         raise ValueError(f"tokens must have shape (N, A, {TOKEN_DIM}), got {tuple(tokens.shape)}")
     t = tokens.to(torch.float64)
-    cx, cy = float(centre_m[0]), float(centre_m[1])
+    centre = torch.as_tensor(centre_m, dtype=torch.float64).to(t.device).reshape(-1, 2)
+    if centre.shape[0] not in (1, t.shape[0]):
+        raise ValueError(f"centre_m must be (x, y), (1, 2) or ({t.shape[0]}, 2), got {tuple(centre.shape)}")
+    cx, cy = centre[:, 0:1], centre[:, 1:2]
     boxes = torch.stack(
         [
             t[..., 0] * norm.position_scale_m + cx,
@@ -83,26 +93,35 @@ def _same_map(a: DrivableMap, b: DrivableMap) -> bool:
 
 
 class SceneTokenOracle:
-    """Per-vehicle verdicts of sampled scene tokens, judged in the condition's frame.
-
-    Called by :class:`~genneg.planning.FastSampler` as ``oracle(tokens (N, A, 7), condition) -> (N, A)``
-    bool (True = valid; absent slots are valid).
+    """Per-vehicle verdicts of sampled scene tokens on the planner's map, called like every oracle of the
+    package with the condition's ``cond`` by keyword: ``oracle(tokens (N, A, 7), *, valid (N, A) bool,
+    centre_m (N, 2) metres, **other) -> (N, A)`` bool (True = valid; absent slots are valid; other entries,
+    ``map_raster`` and ``map_index``, are ignored). The call signature of the pipeline's
+    :class:`~genneg.data.traffic.scene_set.TrafficTokenOracle`, for one map.
 
     Args:
         oracle: the traffic oracle of the map the planner drives on.
+        norm: token normalisation (default :class:`~genneg.data.traffic.TokenNormalisation()`).
         min_size_m: smallest decoded length and width, metres.
     """
 
-    needs_condition = True
-
-    def __init__(self, oracle: TrafficOracle, min_size_m: float = 0.1) -> None:
+    def __init__(self, oracle: TrafficOracle, norm: TokenNormalisation | None = None,
+                 min_size_m: float = 0.1) -> None:
         if not isinstance(oracle, TrafficOracle):
             raise TypeError(f"oracle must be a TrafficOracle, got {type(oracle).__name__}")
         self.oracle = oracle
+        self.norm = TokenNormalisation() if norm is None else norm
         self.min_size_m = float(min_size_m)
 
-    def check_condition(self, condition: InpaintCondition) -> None:
-        """Raise ``ValueError`` unless the condition carries a :class:`SceneFrame` on the oracle's map."""
+    def check_condition(self, condition: InpaintCondition | None) -> None:
+        """Raise ``ValueError`` unless ``condition`` is a scene condition for this oracle: a
+        :class:`SceneFrame` on the oracle's map with the oracle's normalisation, and ``cond`` entries
+        ``valid`` ``(1 or N, A)`` bool and ``centre_m`` ``(1 or N, 2)``.
+
+        Called by :class:`~genneg.planning.FastSampler` before sampling (so a mismatch costs no samples)."""
+        if condition is None:
+            raise ValueError("a scene oracle judges samples in a scene window; pass condition= "
+                             "(genneg.planning.traffic.scene_condition)")
         frame = condition.frame
         if not isinstance(frame, SceneFrame):
             raise ValueError(f"a scene condition needs a SceneFrame as frame, got {type(frame).__name__}")
@@ -110,19 +129,24 @@ class SceneTokenOracle:
             frame.drivable_map, self.oracle.drivable_map
         ):
             raise ValueError("map mismatch: the condition's drivable map is not the oracle's map")
+        if frame.norm != self.norm:
+            raise ValueError(f"normalisation mismatch: the condition's {frame.norm} is not the oracle's "
+                             f"{self.norm}")
         a = condition.values.shape[0]
-        if tuple(frame.valid.shape) != (a,) or frame.valid.dtype != torch.bool:
-            raise ValueError(
-                f"frame.valid must be bool of shape ({a},), got {frame.valid.dtype} "
-                f"{tuple(frame.valid.shape)}"
-            )
+        valid, centre = condition.cond.get("valid"), condition.cond.get("centre_m")
+        if valid is None or valid.dtype != torch.bool or valid.ndim != 2 or valid.shape[1] != a:
+            got = "none" if valid is None else f"{valid.dtype} {tuple(valid.shape)}"
+            raise ValueError(f"cond['valid'] must be bool of shape (1 or N, {a}), got {got}")
+        if centre is None or centre.ndim != 2 or centre.shape[1] != 2:
+            got = "none" if centre is None else f"{tuple(centre.shape)}"
+            raise ValueError(f"cond['centre_m'] must have shape (1 or N, 2), got {got}")
 
-    def __call__(self, tokens: torch.Tensor, condition: InpaintCondition) -> torch.Tensor:
-        """``tokens (N, A, 7)`` float, ``condition`` with a :class:`SceneFrame` -> ``(N, A)`` bool."""
-        frame: SceneFrame = condition.frame
-        boxes = decode_tokens(tokens, frame.centre_m, frame.norm, self.min_size_m)
-        valid = frame.valid.to(boxes.device).unsqueeze(0).expand(boxes.shape[0], -1)
-        return torch.as_tensor(self.oracle(boxes, valid))
+    def __call__(self, tokens: torch.Tensor, *, valid: torch.Tensor, centre_m: torch.Tensor,
+                 **other: torch.Tensor) -> torch.Tensor:
+        """``tokens (N, A, 7)`` float, ``valid (N, A)`` bool, ``centre_m (N, 2)`` -> ``(N, A)`` bool."""
+        boxes = decode_tokens(tokens, centre_m, self.norm, self.min_size_m)
+        present = valid.to(boxes.device).expand(boxes.shape[0], -1)
+        return torch.as_tensor(self.oracle(boxes, present))
 
 
 def scene_condition(
@@ -135,6 +159,7 @@ def scene_condition(
     norm: TokenNormalisation | None = None,
     map_cells: int = 32,
     crop_margin_m: float = 0.0,
+    map_index: int = 0,
 ) -> InpaintCondition:
     """The condition "these vehicles are where they are; fill the other present slots".
 
@@ -150,10 +175,14 @@ def scene_condition(
         map_cells: crop edge in cells (the network's map input is ``(1, 1, map_cells, map_cells)``).
         crop_margin_m: the crop reaches this far beyond the window on every side, metres (as the network
             was trained: ``TrafficDataConfig.crop_margin_m``).
+        map_index: the map's index among a run's road maps (``cond["map_index"]``, read by the pipeline's
+            ``TrafficTokenOracle``; :class:`SceneTokenOracle` ignores it).
 
     Returns:
         An :class:`~genneg.planning.inpainting.InpaintCondition` with ``cond = {"valid": (1, A) bool,
-        "map_raster": (1, 1, map_cells, map_cells) float32}`` and a :class:`SceneFrame`.
+        "map_raster": (1, 1, map_cells, map_cells) float32, "centre_m": (1, 2) float64 metres,
+        "map_index": (1,) int64}`` (the entries of the pipeline's scene contexts) and a
+        :class:`SceneFrame`.
     """
     norm = TokenNormalisation() if norm is None else norm
     known_tokens = torch.as_tensor(known_tokens, dtype=torch.float32)
@@ -176,11 +205,11 @@ def scene_condition(
     crop = crop_maps(drivable_map, np.asarray([centre_m], dtype=np.float64), window_m + 2 * crop_margin_m,
                      map_cells)
     map_raster = torch.from_numpy(crop.astype(np.float32)).reshape(1, 1, map_cells, map_cells)
-    frame = SceneFrame(
-        centre_m=(float(centre_m[0]), float(centre_m[1])),
-        valid=valid.clone(),
-        drivable_map=drivable_map,
-        norm=norm,
-    )
-    cond = {"valid": valid.clone()[None], "map_raster": map_raster}
+    frame = SceneFrame(drivable_map=drivable_map, norm=norm)
+    cond = {
+        "valid": valid.clone()[None],
+        "map_raster": map_raster,
+        "centre_m": torch.tensor([[float(centre_m[0]), float(centre_m[1])]], dtype=torch.float64),
+        "map_index": torch.tensor([int(map_index)], dtype=torch.int64),
+    }
     return InpaintCondition(values=values, mask=mask, cond=cond, frame=frame)
