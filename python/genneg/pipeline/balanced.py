@@ -25,7 +25,6 @@ conditioning; see :mod:`genneg.guidance.guided`).
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import os
@@ -224,7 +223,7 @@ def _label_batch(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(sample labels (n,), part labels (n, P) or None, part mask (n, P) or None)`` for one batch."""
     cond = cond or {}
-    verdicts = evaluate_oracle(functools.partial(oracle, **cond) if cond else oracle, x)
+    verdicts = evaluate_oracle(oracle, x, cond)
     if verdicts.ndim == 1:
         if part_mask_fn is not None:
             raise ValueError("part_mask_fn given but the oracle returned one verdict per sample")
