@@ -1,7 +1,8 @@
 """The compiled CPU guidance gradient (``genneg.guidance.compiled``) against the exact autograd reference.
 
 One test body holds every backend of :class:`CompiledMLPGuidance` (``eager``: the same function run
-eagerly; ``inductor``: ``torch.compile``) to :func:`genneg.guidance.guidance_gradient` computed in float64,
+eagerly; ``inductor``: ``torch.compile``) and both orders of differentiation (``tangent``: forward mode,
+``reverse``) to :func:`genneg.guidance.guidance_gradient` computed in float64,
 over K in {1, 3} stacked classifiers of different widths and block counts (zero padding), shared and
 per-row noise levels. The checkerboard classifiers take no conditioning (``cond``); conditioned stacks
 keep the autograd path and never reach this module.
@@ -52,12 +53,12 @@ def _reference64(classifiers: list[TimeClassifier], scales: list[float], x: torc
     return guidance_gradient(doubles, x.double(), sigma.double(), scales)
 
 
-def _check(backend: str, k: int, n: int, shared_sigma: bool) -> CompiledMLPGuidance:
+def _check(backend: str, k: int, n: int, shared_sigma: bool, mode: str = "auto") -> CompiledMLPGuidance:
     classifiers, scales = _stack(k)
     g = torch.Generator().manual_seed(n)
     x = torch.randn(n, DIM, generator=g) * 1.5
     sigma = torch.full((n,), 0.7) if shared_sigma else torch.exp(torch.linspace(-3.0, 2.0, n))
-    guidance = CompiledMLPGuidance(classifiers, scales, compile=backend == "inductor")
+    guidance = CompiledMLPGuidance(classifiers, scales, compile=backend == "inductor", mode=mode)
     with torch.inference_mode():  # as FastSampler calls it
         got = guidance.gradient(x, sigma)
     assert got.shape == (n, DIM) and got.dtype == torch.float32
@@ -72,11 +73,12 @@ def _check(backend: str, k: int, n: int, shared_sigma: bool) -> CompiledMLPGuida
     return guidance
 
 
+@pytest.mark.parametrize("mode", ["tangent", "reverse"])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("n", [1, 7, 32])
 @pytest.mark.parametrize("shared_sigma", [True, False])
-def test_eager_backend_matches_autograd(k: int, n: int, shared_sigma: bool) -> None:
-    _check("eager", k, n, shared_sigma)
+def test_eager_backend_matches_autograd(mode: str, k: int, n: int, shared_sigma: bool) -> None:
+    _check("eager", k, n, shared_sigma, mode)
 
 
 def test_inductor_backend_matches_autograd() -> None:
@@ -97,8 +99,18 @@ def test_inductor_backend_matches_autograd() -> None:
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("n", [1, 32])
 def test_inductor_backend_matches_autograd_more_shapes(k: int, n: int) -> None:
+    """N = 1 runs the tangent graph, N = 32 the reverse one (``mode="auto"``)."""
     _check("inductor", k, n, shared_sigma=True)
     _check("inductor", k, n, shared_sigma=False)  # per-row levels: the eager function, same numbers
+
+
+def test_auto_mode_picks_tangents_for_small_batches() -> None:
+    classifiers, scales = _stack(1)
+    guidance = CompiledMLPGuidance(classifiers, scales, compile=False)
+    assert guidance.function_for(16).__name__ == "stack_gradient_tangent"  # (1 + 2) · 16 = 48
+    assert guidance.function_for(17).__name__ == "stack_gradient"
+    with pytest.raises(ValueError, match="mode"):
+        CompiledMLPGuidance(classifiers, scales, mode="forward")  # type: ignore[arg-type]
 
 
 def test_bad_input_raises() -> None:

@@ -12,8 +12,12 @@ removes both costs:
 - the rest of the gradient (K forward passes, K analytic backward passes, the sum over the stack) is ONE
   function, :func:`stack_gradient`, compiled by ``torch.compile`` (Inductor's C++ code generation): the
   elementwise chain rule is fused into a few generated loops around the matrix products, so one call is
-  one graph of about ``4·NB + 4`` batched matrix products and as many fused kernels instead of about 40
-  dispatched operations (NB = residual blocks).
+  one graph of about ``4·NB + 2`` batched matrix products and as many fused kernels instead of about 40
+  dispatched operations (NB = residual blocks);
+- for small batches the gradient is taken in forward mode instead (:func:`stack_gradient_tangent`): the
+  ``d`` input tangents ride along with the values as extra rows of the same products, so each weight is
+  read once per call and there are ``2·NB + 2`` products; for ``d = 2`` that is ``3`` forward passes of
+  arithmetic instead of ``2``, which pays while products and weight traffic, not FLOPs, set the time.
 
 Shapes are static (``torch.compile(dynamic=False)``): a :class:`~genneg.planning.FastSampler` has one
 batch size ``N`` for its life, so each sampler compiles one graph at its first call and reuses it; static
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -56,7 +61,13 @@ from torch.nn import functional as F
 from genneg.diffusion.denoiser import expand_sigma
 from genneg.guidance.analytic import AnalyticMLPGuidance
 
-__all__ = ["CompiledMLPGuidance", "build_compiled_guidance", "classifier_flops", "stack_gradient"]
+__all__ = [
+    "CompiledMLPGuidance",
+    "build_compiled_guidance",
+    "classifier_flops",
+    "stack_gradient",
+    "stack_gradient_tangent",
+]
 
 
 def _silu_grad(a: torch.Tensor) -> torch.Tensor:
@@ -118,6 +129,58 @@ def stack_gradient(
     return (c_in * torch.bmm(dh, w_in)).sum(dim=0)
 
 
+def stack_gradient_tangent(
+    x: torch.Tensor,
+    c_in: torch.Tensor,
+    t: torch.Tensor,
+    w_in_t: torch.Tensor,
+    w_in: torch.Tensor,
+    w1_t: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2_t: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    w_out_t: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+    scales: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`stack_gradient` in forward mode: the ``d`` input tangents travel with the values.
+
+    Each layer's product takes the values and their ``d`` tangents as ``(1 + d)·B`` rows of ONE batched
+    product with the layer's weight, so the weights are read once per call (reverse mode reads them
+    twice: forward, then backward) and there are half as many products; the arithmetic is ``(1 + d)`` ×
+    a forward pass instead of 2 ×. For ``d = 2`` (checkerboard) and planner batch sizes, where time follows
+    products and weight traffic rather than FLOPs, this is the cheaper order. Same arguments and result::
+
+        T_0 = c_in W_inᵀ (every row),   T_a = (silu'(h) ⊙ T_h) W1ᵀ,   T_h ← T_h + (silu'(a) ⊙ T_a) W2ᵀ,
+        ∇_x = Σ_k γ_k Σ_parts sigmoid(−l) · (silu'(h) ⊙ T_h) W_outᵀ
+    """
+    batch, dim = x.shape
+    num_k = w_in_t.shape[0]
+
+    def joint(value: torch.Tensor, tangent: torch.Tensor, pre: torch.Tensor, w_t: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``silu(pre) Wᵀ`` and ``(silu'(pre) ⊙ tangent) Wᵀ`` as one product of ``(1 + d)·B`` rows."""
+        rows = torch.cat([value[:, None], _silu_grad(pre)[:, None] * tangent], dim=1)  # (K, 1+d, B, H)
+        out = torch.bmm(rows.reshape(num_k, (1 + dim) * batch, -1), w_t)
+        out = out.reshape(num_k, 1 + dim, batch, -1)
+        return out[:, 0], out[:, 1:]
+
+    h = torch.bmm(c_in * x[None], w_in_t) + t  # (K, B, H)
+    th = (c_in[:, None] * w_in_t[:, :, None, :]).expand(num_k, dim, batch, -1)  # (K, d, B, H)
+    for j in range(w1.shape[0]):
+        a, ta = joint(F.silu(h), th, h, w1_t[j])
+        a = a + b1[j]
+        out, tout = joint(F.silu(a), ta, a, w2_t[j])
+        h = h + out + b2[j]
+        th = th + tout
+    logits, tl = joint(F.silu(h), th, h, w_out_t)  # (K, B, P), (K, d, B, P)
+    g_out = scales[:, None, None] * torch.sigmoid(-(logits + b_out))
+    return (g_out[:, None] * tl).sum(dim=(0, 3)).transpose(0, 1)
+
+
 def classifier_flops(batch: int, dim: int, hidden: int, num_blocks: int, parts: int) -> dict[str, int]:
     """Floating-point operations of one residual-MLP classifier's forward and input-gradient backward on
     ``batch`` rows, and of a same-size denoiser's forward (``dim`` outputs), matrix products only
@@ -143,6 +206,8 @@ class CompiledMLPGuidance:
         scales: K guidance scales ``γ_k``.
         compile: False runs :func:`stack_gradient` eagerly (the same arithmetic, for comparison).
         dynamic: passed to ``torch.compile``: False (default) compiles one graph per batch size.
+        mode: ``"tangent"`` (:func:`stack_gradient_tangent`), ``"reverse"`` (:func:`stack_gradient`) or
+            ``"auto"`` (by batch size, :meth:`function_for`).
 
     Weights are copied (stacked) at construction; rebuild after changing them.
 
@@ -152,7 +217,10 @@ class CompiledMLPGuidance:
     """
 
     def __init__(self, classifiers: Sequence[nn.Module], scales: Sequence[float], *, compile: bool = True,
-                 dynamic: bool = False) -> None:
+                 dynamic: bool = False, mode: Literal["auto", "tangent", "reverse"] = "auto") -> None:
+        if mode not in ("auto", "tangent", "reverse"):
+            raise ValueError(f"mode must be 'auto', 'tangent' or 'reverse', got {mode!r}")
+        self.mode = mode
         with torch.inference_mode(False):  # weights usable both inside and outside inference mode
             self._stack = AnalyticMLPGuidance(classifiers, scales)
         s = self._stack
@@ -166,9 +234,12 @@ class CompiledMLPGuidance:
         self.dim = s.dim
         self.num_classifiers = len(classifiers)
         self._levels: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._compiled: Callable[..., torch.Tensor] | None = None
+        self._compiled: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] | None = None
         if compile:
-            self._compiled = torch.compile(stack_gradient, dynamic=dynamic, fullgraph=True)
+            self._compiled = {
+                fn: torch.compile(fn, dynamic=dynamic, fullgraph=True)
+                for fn in (stack_gradient_tangent, stack_gradient)
+            }
         self.fallback_reason: str | None = None
 
     @property
@@ -206,17 +277,27 @@ class CompiledMLPGuidance:
         first = sigma[:1]
         if not torch.equal(sigma, first.expand_as(sigma)):  # per-row levels: eager, no compilation
             c_in, t = self._level(sigma)
-            return stack_gradient(x, c_in, t, *self._weights)
+            return self.function_for(x.shape[0])(x, c_in, t, *self._weights)
         key = float(first)
         cached = self._levels.get(key)
         if cached is None:
             cached = self._levels[key] = self._level(first)
         return self._call(x, *cached)
 
+    def function_for(self, batch: int) -> Callable[..., torch.Tensor]:
+        """The function a batch of ``batch`` rows runs: :func:`stack_gradient_tangent` or
+        :func:`stack_gradient` (``mode``; ``"auto"``: tangents while ``(1 + d) · batch <= 48``, where
+        fewer products and one read of the weights beat the extra arithmetic: measured on the
+        checkerboard quick run, benchmarks/guidance.py --compiled)."""
+        if self.mode == "tangent" or (self.mode == "auto" and (1 + self.dim) * batch <= 48):
+            return stack_gradient_tangent
+        return stack_gradient
+
     def _call(self, x: torch.Tensor, c_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        function = self.function_for(x.shape[0])
         if self._compiled is not None:
             try:
-                return self._compiled(x, c_in, t, *self._weights)
+                return self._compiled[function](x, c_in, t, *self._weights)
             except Exception as err:  # Inductor raises many types (missing compiler, lowering, ...)
                 first_line = str(err).splitlines()[0] if str(err) else ""
                 self.fallback_reason = f"{type(err).__name__}: {first_line}"
@@ -227,7 +308,7 @@ class CompiledMLPGuidance:
                     stacklevel=3,
                 )
                 self._compiled = None
-        return stack_gradient(x, c_in, t, *self._weights)
+        return function(x, c_in, t, *self._weights)
 
 
 def build_compiled_guidance(
