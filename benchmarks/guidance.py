@@ -34,14 +34,35 @@ Floor (FLOPs and bytes per Heun step, batch B, hidden H = 256, NB = 2 blocks, K 
   Targets (GPU, not measurable here): per-classifier overhead ≤ 0.3× the baseline step; fused ≥ 3×
   faster than eager at K = 5, B = 1024.
 
+Compiled CPU guidance (issue 13, ``--compiled``): on a trained run's real weights (default the checkerboard
+quick run ``/work/runs/cb-quick-final``, copied to a temporary folder first), one guided evaluation
+``D_K = D + σ² Σ_k γ_k ∇ log c_k`` at planner batch sizes, for K = 1..(the run's stack), per guidance path:
+
+  * analytic: ``genneg.guidance.analytic`` (today's ``FastSampler`` CPU path: time branches every call);
+  * eager: ``genneg.guidance.compiled.CompiledMLPGuidance(compile=False)`` (time branches cached per
+    level, the graph's function run eagerly);
+  * compiled: the same with ``torch.compile`` (Inductor C++), ``dynamic=False``.
+
+The baseline is the run's denoiser as ``FastSampler`` runs it (``ResidualMLPDenoiserPlan``). Reported per
+row: per-classifier added time / baseline step time ``(t_K − t_0) / (K · t_0)`` (target <= 1.0), the FLOP
+floor of the same ratio (``classifier_flops``: forward + input-gradient backward of one classifier over
+the denoiser's forward), and compile time. Timing: ``--rounds`` rounds, each timing every candidate over
+``--calls`` calls (process CPU time, one thread) one after the other, so a neighbour's load hits all
+candidates alike; the figures are medians over rounds (ratios: median of the per-round ratios). Then
+whole ``FastSampler`` calls (guided, the run's Heun step count, N = 2 as the issue measured it, and the
+baseline at N = 7) with ``compile_guidance`` off and on: p50 over ``--sampler-calls`` calls.
+
 Run:  .venv/bin/python benchmarks/guidance.py [--quick | --full] [--steps 18] [--batches 1,32 --ks 0,5]
       [--no-compile] [--out-dir DIR]
-Writes benchmarks/results/guidance-<cpu|cuda>.json (``-quick`` suffix with --quick).
+      .venv/bin/python benchmarks/guidance.py --compiled [--run-dir RUN] [--batches 1,8,32] [--rounds 15]
+Writes benchmarks/results/guidance-<cpu|cuda>.json (``-quick`` suffix with --quick); with --compiled
+benchmarks/results/guidance-compiled-cpu.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 import time
@@ -150,6 +171,136 @@ def nvtx_cost(n: int = 200_000) -> dict[str, float]:
     return {"available": True, "off_ns_per_range": off, "on_ns_per_range": on}
 
 
+def _interleaved(candidates: dict[str, Any], rounds: int, calls: int) -> dict[str, list[float]]:
+    """Seconds per call (process CPU time) of each candidate, per round; candidates alternate in a round."""
+    out: dict[str, list[float]] = {name: [] for name in candidates}
+    for fn in candidates.values():  # warm-up (and compilation) outside the rounds
+        for _ in range(3):
+            fn()
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            t0 = time.process_time()
+            for _ in range(calls):
+                fn()
+            out[name].append((time.process_time() - t0) / calls)
+    return out
+
+
+def _guided_evaluation(plan: Any, x: torch.Tensor, sigma: torch.Tensor, den: torch.Tensor,
+                       guidance: Any = None) -> torch.Tensor:
+    """One guided evaluation as ``FastSampler`` does it: ``D`` (level plan 0) ``+ σ² · gradient``."""
+    d = plan.denoise(x, 0, den)
+    if guidance is None:
+        return d
+    return d + (sigma * sigma)[:, None] * guidance.gradient(x, sigma)
+
+
+def compiled_main(args: argparse.Namespace) -> None:
+    """The ``--compiled`` benchmark (module docstring): real weights, planner batch sizes, one thread."""
+    import shutil
+    import statistics
+    import tempfile
+
+    from genneg.guidance.compiled import CompiledMLPGuidance, classifier_flops
+    from genneg.pipeline.experiment import load_model
+    from genneg.planning.fast_sampler import FastSampler
+    from genneg.planning.mlp_plan import ResidualMLPDenoiserPlan
+
+    torch.set_num_threads(1)
+    workdir = Path(tempfile.mkdtemp(prefix="genneg-guidance-compiled-"))
+    run_dir = workdir / args.run_dir.name
+    shutil.copytree(args.run_dir, run_dir)  # the trained run stays untouched
+    _, config, guided = load_model(run_dir, "guided")
+    classifiers, scales = list(guided.classifiers), list(guided.scales)
+    den_cfg, cls_cfg = guided.denoiser.net.config, classifiers[0].net.config
+    sigma = 0.7  # a mid-trajectory level; the graph takes the level as tensors, so any level costs the same
+    batches = args.batches or [1, 2, 8, 32]
+    rows: list[dict[str, Any]] = []
+    print(f"run {args.run_dir} ({config.profile}): denoiser hidden {den_cfg.hidden}, {len(classifiers)} "
+          f"classifiers hidden {cls_cfg.hidden}; process CPU time, 1 thread; {args.rounds} rounds x "
+          f"{args.calls} calls")
+    print(f"{'N':>3} {'K':>2} {'path':>9} {'eval us':>9} {'added/cls':>10} {'floor':>6} {'compile s':>9}")
+    for n in batches:
+        x = torch.randn(n, DIM, generator=torch.Generator().manual_seed(n)) * 0.7
+        sig = torch.full((n,), sigma)
+        plan = ResidualMLPDenoiserPlan(guided.denoiser, [sigma], n, torch.device("cpu"))
+        den = torch.empty(n, DIM)
+        flops = classifier_flops(n, cls_cfg.dim_in, cls_cfg.hidden, cls_cfg.num_blocks, cls_cfg.dim_out)
+        den_flops = classifier_flops(n, den_cfg.dim_in, den_cfg.hidden, den_cfg.num_blocks,
+                                     den_cfg.dim_out)["denoiser_forward"]
+        floor = (flops["classifier_forward"] + flops["classifier_backward"]) / den_flops
+        for k in (args.ks or range(1, len(classifiers) + 1)):
+            paths = {
+                "analytic": AnalyticMLPGuidance(classifiers[:k], scales[:k]),
+                "eager": CompiledMLPGuidance(classifiers[:k], scales[:k], compile=False),
+                "compiled": CompiledMLPGuidance(classifiers[:k], scales[:k]),
+            }
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                paths["compiled"].gradient(x, sig)
+                compile_s = time.perf_counter() - t0
+
+                evaluation = functools.partial(_guided_evaluation, plan, x, sig, den)
+                candidates = {"baseline": evaluation}
+                candidates.update({name: functools.partial(evaluation, g) for name, g in paths.items()})
+                per_round = _interleaved(candidates, args.rounds, args.calls)
+            base = per_round["baseline"]
+            for name in ("baseline", *paths):
+                times = per_round[name]
+                added = None
+                if name != "baseline":
+                    added = statistics.median((t - b) / (k * b) for t, b in zip(times, base))
+                row = {"batch": n, "K": k, "path": name, "evaluation_median_s": statistics.median(times),
+                       "evaluation_per_round_s": times, "added_per_classifier_over_baseline": added,
+                       "flop_floor_per_classifier": floor,
+                       "compile_s": compile_s if name == "compiled" else None,
+                       "backend": getattr(paths.get(name), "backend", None),
+                       "function": (paths[name].function_for(n).__name__ if name in ("eager", "compiled")
+                                    else None)}
+                rows.append(row)
+                if name == "baseline" and k > 1:
+                    continue
+                ad = f"{added:10.2f}" if added is not None else f"{'-':>10}"
+                cs = f"{compile_s:9.1f}" if name == "compiled" else f"{'':>9}"
+                us = row["evaluation_median_s"] * 1e6
+                print(f"{n:3d} {k:2d} {name:>9} {us:9.1f} {ad} {floor:6.2f}{cs}", flush=True)
+    # whole planner calls: the issue's measurement (guided N = 2, baseline N = 7, the run's Heun steps)
+    sampler_rows = []
+    for model, n, compiled in (("baseline", 7, False), ("guided", 2, False), ("guided", 2, True)):
+        sampler = FastSampler.from_run(run_dir, model, num_parallel=n, guidance_backend="torch",
+                                       compile_guidance=compiled)
+        sampler.warmup(calls=3)
+        times = []
+        for i in range(args.sampler_calls):
+            t0 = time.process_time()
+            sampler(seed=i)
+            times.append(time.process_time() - t0)
+        times.sort()
+        p50 = times[len(times) // 2]
+        sampler_rows.append({"model": model, "N": n, "compile_guidance": compiled,
+                             "fast_path": sampler.fast_path, "steps": sampler.config.num_steps,
+                             "solver": sampler.config.solver, "p50_cpu_s": p50, "calls": len(times)})
+        print(f"FastSampler {model} N={n} {sampler.config.solver} {sampler.config.num_steps} steps "
+              f"[{sampler.fast_path}]: p50 {p50 * 1e3:.2f} ms CPU")
+    shutil.rmtree(workdir, ignore_errors=True)
+    headline = {}
+    for n in batches:
+        for path in ("analytic", "eager", "compiled"):
+            values = [r["added_per_classifier_over_baseline"] for r in rows
+                      if r["batch"] == n and r["path"] == path]
+            headline[f"N={n} {path} max over K"] = max(values)
+    payload = {
+        "benchmark": "guidance-compiled", "device": machine_info()["cpu"],
+        "machine": machine_info(torch=torch.__version__), "time_measure": "process CPU time, 1 thread",
+        "run_dir": str(args.run_dir), "sigma": sigma, "rounds": args.rounds, "calls_per_round": args.calls,
+        "compile": {"dynamic": False, "backend": "inductor", "mode": "auto"},
+        "target": "added_per_classifier_over_baseline <= 1.0 at N <= 32",
+        "headline_added_per_classifier": headline, "rows": rows, "fast_sampler": sampler_rows,
+        "command": " ".join(["guidance.py", *sys.argv[1:]]),
+    }
+    print(f"wrote {write_results('guidance-compiled-cpu', payload, args.out_dir)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small grid (smoke run)")
@@ -164,7 +315,17 @@ def main() -> None:
                         help="comma-separated K values measured at every batch size")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder for the JSON")
+    parser.add_argument("--compiled", action="store_true",
+                        help="the compiled CPU guidance benchmark on a trained run (module docstring)")
+    parser.add_argument("--run-dir", type=Path, default=Path("/work/runs/cb-quick-final"),
+                        help="--compiled: the trained checkerboard run (copied, never written)")
+    parser.add_argument("--rounds", type=int, default=15, help="--compiled: interleaved timing rounds")
+    parser.add_argument("--calls", type=int, default=40, help="--compiled: calls per candidate per round")
+    parser.add_argument("--sampler-calls", type=int, default=100, help="--compiled: FastSampler calls")
     args = parser.parse_args()
+    if args.compiled:
+        compiled_main(args)
+        return
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # On a CPU, one thread and the process's CPU time: on a shared machine that measures the work and

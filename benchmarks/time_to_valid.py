@@ -7,7 +7,9 @@ For every row (model x solver x steps) this script measures, on the run's own ev
   * the infraction rate ``r`` with its 95% Wilson interval over ``--num-samples`` samples;
   * ``N(r, p)`` (``p = 0.99999`` unless ``--p``), from the point estimate and from the interval's upper end;
   * p50 / p99 of one ``genneg.planning.FastSampler`` call at that ``N`` (``solver`` and ``num_steps`` set,
-    one round, the oracle included, one intra-op thread, ``--calls`` calls after 3 warm-up calls);
+    one round, the oracle included, one intra-op thread, ``--calls`` calls after 3 warm-up calls; with
+    ``--compile-guidance`` the guided stack's gradient runs as one ``torch.compile`` graph, compiled in
+    the warm-up);
   * p50 of the naive loop at the same ``N`` (``genneg.diffusion.get_sampler(solver)`` on fresh tensors,
     eager model, then the oracle; ``--naive-calls`` calls) and FastSampler's speed-up over it;
   * quality: MMD² between the row's samples and held-out data (the run's ``eval.mmd_points``) and the
@@ -65,11 +67,13 @@ def _quantiles_ms(times_s: list[float]) -> tuple[float, float]:
     return float(np.quantile(t, 0.5)), float(np.quantile(t, 0.99))
 
 
-def _fast_sampler_times(model: Any, task: Any, n: int, calls: int) -> list[float]:
+def _fast_sampler_times(model: Any, task: Any, n: int, calls: int, compile_guidance: bool = False
+                        ) -> list[float]:
     sampling = task.config.sampling
     sampler_config = SamplerConfig(num_parallel=n, num_steps=sampling.num_steps, solver=sampling.sampler,
                                    schedule=sampling.schedule, sigma_min=task.edm.sigma_min,
-                                   sigma_max=float(task.sigmas[0]), rho=sampling.rho)
+                                   sigma_max=float(task.sigmas[0]), rho=sampling.rho,
+                                   compile_guidance=compile_guidance)
     sampler = FastSampler(model, task.oracle, sample_shape=task.sample_shape, config=sampler_config,
                           device=task.device, seed=0)
     sampler.warmup(calls=3)
@@ -116,7 +120,7 @@ def measure_row(run_dir: Path, name: str, solver: str, steps: int, sigma_max: fl
                 "naive_p50_ms": math.nan, "fast_over_naive": math.nan, "calls": 0, "naive_calls": 0}
     n_est = num_parallel_samples(rate.rate, args.p)
     n_upper = num_parallel_samples(rate.high, args.p) if rate.high < 1 else None
-    fast = _fast_sampler_times(model, task, n_est, args.calls)
+    fast = _fast_sampler_times(model, task, n_est, args.calls, args.compile_guidance)
     naive = _naive_times(model, task, solver, n_est, args.naive_calls)
     p50, p99 = _quantiles_ms(fast)
     naive_p50, _ = _quantiles_ms(naive)
@@ -210,7 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="earlier results JSON of the same run whose rows (and ELBOs) join the table and "
                              "summary (e.g. a model measured later)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--compile-guidance", action="store_true",
+                        help="FastSampler with SamplerConfig(compile_guidance=True): the guided stack's "
+                             "gradient as one torch.compile graph (genneg.guidance.compiled)")
     args = parser.parse_args(argv)
+    if args.compile_guidance:
+        # one compiled graph per batch size N (dynamic=False): the rows' N values exceed Dynamo's default
+        # recompile limit (8), after which it would silently run the guidance eagerly
+        torch._dynamo.config.recompile_limit = 64
     if args.quick:
         args.num_samples = args.num_samples or 10_000
         args.calls, args.naive_calls = min(args.calls, 50), min(args.naive_calls, 5)
@@ -256,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_sampling": {"sampler": config.sampling.sampler, "num_steps": config.sampling.num_steps,
                          "schedule": config.sampling.schedule},
         "p": args.p, "threads": args.threads, "num_samples": args.num_samples or config.eval.num_samples,
+        "compile_guidance": args.compile_guidance,
         "machine": machine_info(torch=torch.__version__), "load_average_start": list(load_start),
         "load_average_end": list(os.getloadavg()), "elbo": elbo, "rows": rows, "summary": summary,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -266,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = md.with_name(f".{md.name}.tmp")
     tmp.write_text(f"# time to a valid sample: {args.run_dir} ({config.profile})\n\n"
                    f"machine: {payload['machine']['cpu']}, {args.threads} thread(s), load "
-                   f"{load_start[0]:.1f} -> {payload['load_average_end'][0]:.1f}\n\ncommand: "
+                   f"{load_start[0]:.1f} -> {payload['load_average_end'][0]:.1f}; FastSampler guidance "
+                   f"{'compiled (torch.compile)' if args.compile_guidance else 'analytic (eager)'}"
+                   "\n\ncommand: "
                    f"`{payload['command']}`\n\n{table}\n")
     os.replace(tmp, md)
     print(f"wrote {path} and {md}")

@@ -140,6 +140,9 @@ class SamplerConfig:
             bit; False gives the library samplers' results exactly.
         copy_samples: return copies of every sample and verdict (else views of the buffers, overwritten by
             the next call).
+        compile_guidance: with ``fast_paths``, run a residual-MLP stack's guidance gradient as one
+            ``torch.compile`` graph per call (:mod:`genneg.guidance.compiled`; compiled at the first call,
+            eager with a warning where compilation fails). Equal to the analytic path to float32 rounding.
     """
 
     num_parallel: int | None = None
@@ -158,6 +161,7 @@ class SamplerConfig:
     cuda_graphs: bool = True
     fast_paths: bool = True
     copy_samples: bool = True
+    compile_guidance: bool = False
 
     def __post_init__(self) -> None:
         if (self.num_parallel is None) == (self.p is None):
@@ -409,14 +413,24 @@ class FastSampler:
             from genneg.guidance.analytic import build_analytic_guidance
 
             active = [(c, s) for c, s in zip(model.classifiers, model.scales) if s != 0.0]
+            if self.config.compile_guidance:
+                from genneg.guidance.compiled import build_compiled_guidance
+
+                analytic = build_compiled_guidance([c for c, _ in active], [s for _, s in active])
+                if analytic is not None:
+                    return plan, analytic
             analytic = build_analytic_guidance([c for c, _ in active], [s for _, s in active])
         return plan, analytic
 
     @property
     def fast_path(self) -> str:
-        """Which specialised paths run: ``"mlp_plan"``, ``"analytic_guidance"``, both joined by ``+``, or
-        ``"none"``."""
-        names = [n for n, on in (("mlp_plan", self._plan), ("analytic_guidance", self._analytic)) if on]
+        """Which specialised paths run: ``"mlp_plan"``, ``"analytic_guidance"`` (or ``"compiled_guidance"``),
+        both joined by ``+``, or ``"none"``."""
+        from genneg.guidance.compiled import CompiledMLPGuidance
+
+        compiled = isinstance(self._analytic, CompiledMLPGuidance)
+        guidance = "compiled_guidance" if compiled else "analytic_guidance"
+        names = [n for n, on in (("mlp_plan", self._plan), (guidance, self._analytic)) if on]
         return "+".join(names) or "none"
 
     @property
