@@ -1,5 +1,5 @@
 """Configuration of the traffic experiment: one frozen dataclass tree per run, and its profiles
-(``tiny``: the test, well under 90 s; ``quick``: about 20 minutes with 1 thread on a 2-core CPU;
+(``tiny``: the test, well under 90 s; ``quick``: about 50 minutes with 1 thread on a 2-core CPU;
 ``paper``: sized for one GPU)."""
 
 from __future__ import annotations
@@ -250,16 +250,17 @@ def _paper() -> TrafficExperimentConfig:
 
 
 def _quick() -> TrafficExperimentConfig:
-    """Sized to show the method within 20 minutes on 2 CPU cores: scenes of 1-4 vehicles in a 32 m window
+    """Sized to show the method on 2 CPU cores (2,499 s of stages at load about 2 with 2048 scenes per
+    iteration; 4096 add about 400 s of sampling): scenes of 1-4 vehicles in a 32 m window
     (mean about 2.5), a 6k-step baseline, classifiers averaged over their last steps (EMA). The map crop
     reaches 8 m beyond the window (1 m cells): cropped at the window's edge, 5% of valid vehicles had a
     corner reading "not drivable" and the networks could not learn the offroad rule. With the dense
     scenes of the earlier quick profile (6-12 vehicles in 40 m) the quick-sized baseline put 47% of its
     vehicles in collisions and 94% of its scenes infracted, which left guidance nothing measurable to halve
     in this budget. Each iteration draws 4096 balanced scenes: with 2048 the second classifier cost the
-    guided model 3.9-5.3% of its r-ELBO over four runs; on the same baseline, 4096 gave 4.3% where 2048
-    gave 5.2%, as the paper's Appendix C.2 finds (the synthetic set must be large enough to avoid
-    distribution shift)."""
+    guided model 3.9-5.3% of its r-ELBO over four runs; on the same baseline and evaluation draws, 4096
+    gave 4.3% where 2048 gave 5.2% (benchmarks/results/traffic-quick-cpu), as the paper's Appendix C.2
+    finds (the synthetic set must be large enough to avoid distribution shift)."""
     channels = (8, 16, 32)
     return TrafficExperimentConfig(
         profile="quick",
