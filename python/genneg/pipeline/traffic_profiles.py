@@ -260,7 +260,8 @@ def _quick() -> TrafficExperimentConfig:
     in this budget. Each iteration draws 4096 balanced scenes: with 2048 the second classifier cost the
     guided model 3.9-5.3% of its r-ELBO over four runs; on the same baseline and evaluation draws, 4096
     gave 4.3% where 2048 gave 5.2% (benchmarks/results/traffic-quick-cpu), as the paper's Appendix C.2
-    finds (the synthetic set must be large enough to avoid distribution shift)."""
+    finds (the synthetic set must be large enough to avoid distribution shift); with other classifier
+    seeds the cost still varies (6.9% with seed 1 on the same baseline)."""
     channels = (8, 16, 32)
     return TrafficExperimentConfig(
         profile="quick",
