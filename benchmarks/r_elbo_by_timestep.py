@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from genneg.diffusion import as_denoiser
+from genneg.diffusion import as_denoiser, bind_cond
 from genneg.pipeline.experiment import load_model
-from genneg.pipeline.scene_training import _bind
 
 
 def main() -> None:
@@ -44,7 +43,7 @@ def main() -> None:
     noises = [torch.randn(held.tokens.shape, generator=generator) for _ in ts]
 
     def sq_err_per_vehicle(model: torch.nn.Module) -> list[float]:
-        denoiser = _bind(as_denoiser(model, schedule), held.cond)
+        denoiser = bind_cond(as_denoiser(model, schedule), held.cond)
         out = []
         for t, eps in zip(ts, noises, strict=True):
             sigma = schedule.sigma_of_t(torch.full((len(held),), t)).to(held.tokens.dtype)

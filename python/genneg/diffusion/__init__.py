@@ -1,5 +1,6 @@
 """Diffusion models: EDM and DDPM, schedules, samplers."""
 
+from genneg.diffusion.conditioning import Cond, bind_cond
 from genneg.diffusion.ddpm import (
     DDPMConfig,
     DDPMSchedule,
@@ -44,6 +45,7 @@ from genneg.diffusion.schedules import karras_sigmas, log_linear_sigmas, make_si
 
 __all__ = [
     "SAMPLERS",
+    "Cond",
     "DDPMConfig",
     "DDPMSchedule",
     "Denoiser",
@@ -56,6 +58,7 @@ __all__ = [
     "StepBuffers",
     "ancestral_levels",
     "as_denoiser",
+    "bind_cond",
     "ddpm_loss",
     "ddpm_timesteps",
     "denoiser_calls",

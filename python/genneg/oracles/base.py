@@ -26,9 +26,13 @@ __all__ = ["Oracle", "evaluate_oracle", "sample_verdicts", "verdicts_tensor"]
 
 @runtime_checkable
 class Oracle(Protocol):
-    """Callable returning True for valid samples: ``(N, ...) -> bool (N,) or (N, P)``."""
+    """Callable returning True for valid samples: ``oracle(x, **cond) -> bool (N,) or (N, P)``.
 
-    def __call__(self, x: Any) -> Any: ...
+    ``x`` is ``(N, *sample_shape)``; ``cond`` holds the per-sample conditioning the model got, by keyword
+    (empty for an unconditioned task, whose oracle may take ``x`` alone).
+    """
+
+    def __call__(self, x: Any, /, **cond: Any) -> Any: ...
 
 
 def evaluate_oracle(oracle: Callable[..., Any], x: torch.Tensor,

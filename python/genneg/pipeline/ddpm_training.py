@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from genneg.diffusion.conditioning import bind_cond
 from genneg.diffusion.ddpm import DDPMSchedule, ddpm_loss
 from genneg.pipeline.distributed import ddp, global_mean_losses, shard_rows, world
 from genneg.pipeline.optim import ema_update, optimizer_step, set_learning_rate
@@ -44,10 +45,6 @@ class DDPMTrainingFields(Protocol):
     eval_every: int
     ema_decay: float
 
-
-def _bind(model: Callable[..., torch.Tensor], cond: Cond | None) -> Callable[[torch.Tensor, torch.Tensor],
-                                                                            torch.Tensor]:
-    return (lambda x, t: model(x, t)) if not cond else (lambda x, t: model(x, t, **cond))
 
 
 def train_ddpm(
@@ -116,7 +113,7 @@ def train_ddpm(
                           config.lr_min_fraction, config.warmup)
         x0, cond = draw_batch(generator, config.batch_size)
         share_cond = None if cond is None else {k: v[rows] for k, v in cond.items()}
-        loss = ddpm_loss(_bind(model, share_cond), x0, schedule, generator=generator, rows=rows) * share
+        loss = ddpm_loss(bind_cond(model, share_cond), x0, schedule, generator=generator, rows=rows) * share
         optimizer_step(optimizer, loss, eps_model.parameters(), config.grad_clip)
         if ema is not None:
             ema_update(ema, eps_model, config.ema_decay, step)

@@ -51,6 +51,7 @@ from genneg.data.motion import (
     write_deepmimic_split,
     write_procedural_dataset,
 )
+from genneg.diffusion.conditioning import bind_cond
 from genneg.diffusion.ddpm import DDPMSchedule, EpsDenoiser, as_denoiser
 from genneg.diffusion.edm import EDMConfig
 from genneg.diffusion.samplers import euler_ancestral_sample
@@ -84,11 +85,6 @@ from genneg.pipeline.task import Cond, EvalOutput, Task
 
 __all__ = ["EXPERIMENT", "MotionTask", "motion_r_elbo", "sample_motions", "train_motion_baseline"]
 
-
-def _bind(model: Callable[..., torch.Tensor], cond: Cond | None) -> Callable[[torch.Tensor, torch.Tensor],
-                                                                            torch.Tensor]:
-    """``model(x, s, **cond)`` as ``f(x, s)`` (``s``: the ε loss's timestep or a denoiser's sigma)."""
-    return (lambda x, s: model(x, s)) if not cond else (lambda x, s: model(x, s, **cond))
 
 
 def sample_motions(eps_model: Callable[..., torch.Tensor], n: int, shape: tuple[int, int],
@@ -134,7 +130,7 @@ def motion_r_elbo(eps_model: Callable[..., torch.Tensor], x: torch.Tensor, sched
         c = None if cond is None else {k: v[start:start + m].repeat_interleave(num_timesteps, 0)
                                        for k, v in cond.items()}
         generator = torch.Generator().manual_seed(stage_seed(seed, f"rows{start}"))
-        return r_elbo(_bind(as_denoiser(eps_model, schedule), c), x[start:start + m], schedule,
+        return r_elbo(bind_cond(as_denoiser(eps_model, schedule), c), x[start:start + m], schedule,
                       num_timesteps=num_timesteps, generator=generator, batch_size=m * num_timesteps)
 
     if x.shape[0] == 0:

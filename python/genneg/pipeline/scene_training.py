@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genneg.data.traffic.scene_set import Cond, SceneSet
+from genneg.diffusion.conditioning import bind_cond
 from genneg.diffusion.ddpm import DDPMSchedule, as_denoiser
 from genneg.diffusion.samplers import euler_ancestral_sample
 from genneg.io.rundir import stage_seed
@@ -56,11 +57,6 @@ class SceneTrainingConfig:
 
 
 
-
-def _bind(model: Callable[..., torch.Tensor], cond: Cond
-          ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``model(x, s, **cond)`` as ``f(x, s)`` (``s``: the ε loss's timestep or a denoiser's sigma)."""
-    return lambda x, s: model(x, s, **cond)
 
 
 def sample_scenes(
@@ -142,7 +138,7 @@ def scene_r_elbo(
         chunk = scenes.rows(torch.arange(start, start + m, device=device))
         cond = {k: v.repeat_interleave(num_timesteps, dim=0) for k, v in chunk.cond.items()}
         generator = torch.Generator().manual_seed(stage_seed(seed, f"rows{start}"))
-        return r_elbo(_bind(as_denoiser(eps_model, schedule), cond), chunk.tokens, schedule,
+        return r_elbo(bind_cond(as_denoiser(eps_model, schedule), cond), chunk.tokens, schedule,
                       num_timesteps=num_timesteps, generator=generator, batch_size=m * num_timesteps)
 
     if len(scenes) == 0:
