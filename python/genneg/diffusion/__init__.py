@@ -18,6 +18,12 @@ from genneg.diffusion.edm import (
     edm_preconditioning,
     sample_sigma_log_uniform,
 )
+from genneg.diffusion.fitted_schedule import (
+    FittedSchedule,
+    ScheduleFitConfig,
+    fit_schedule,
+    trajectory_error,
+)
 from genneg.diffusion.samplers import (
     SAMPLERS,
     LevelDenoise,
@@ -51,8 +57,10 @@ __all__ = [
     "EDMPrecond",
     "EpsDenoiser",
     "EpsModel",
+    "FittedSchedule",
     "LevelDenoise",
     "Sampler",
+    "ScheduleFitConfig",
     "StepBuffers",
     "ancestral_levels",
     "as_denoiser",
@@ -70,6 +78,7 @@ __all__ = [
     "euler_sample",
     "euler_step",
     "expand_sigma",
+    "fit_schedule",
     "get_sampler",
     "heun_advance",
     "heun_sample",
@@ -80,5 +89,6 @@ __all__ = [
     "multistep_advance",
     "multistep_coefficients",
     "sample_sigma_log_uniform",
+    "trajectory_error",
     "unipc_sample",
 ]
