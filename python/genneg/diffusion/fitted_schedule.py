@@ -42,7 +42,14 @@ from genneg.diffusion.denoiser import Denoiser
 from genneg.diffusion.samplers import SAMPLERS, Cond, get_sampler
 from genneg.diffusion.schedules import make_sigmas
 
-__all__ = ["FittedSchedule", "ScheduleFitConfig", "fit_schedule", "trajectory_error"]
+__all__ = [
+    "FittedSchedule",
+    "ScheduleFitConfig",
+    "fit_schedule",
+    "fitting_noise",
+    "reference_solution",
+    "trajectory_error",
+]
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -190,6 +197,25 @@ def trajectory_error(denoiser: Denoiser, solver: str, sigmas: torch.Tensor, nois
     return float((x - reference).flatten(1).norm(dim=1).mean())
 
 
+def fitting_noise(config: ScheduleFitConfig, sample_shape: tuple[int, ...], *,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(config.num_samples, *sample_shape)`` standard normal draws from ``config.seed``: the fit's noise."""
+    g = torch.Generator(device=device).manual_seed(config.seed)
+    return torch.randn((config.num_samples, *sample_shape), generator=g, device=device, dtype=dtype)
+
+
+def reference_solution(denoiser: Denoiser, config: ScheduleFitConfig, sample_shape: tuple[int, ...], *,
+                       sigma_min: float, sigma_max: float, initial: str = "log_linear", rho: float = 7.0,
+                       cond: Cond | None = None, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The reference end points of :func:`fit_schedule` (``config.reference_solver`` on
+    ``config.reference_steps`` levels of the ``initial`` family from :func:`fitting_noise`), to share
+    between fits of one denoiser (other solvers and step counts): ``(config.num_samples, *sample_shape)``."""
+    noise = fitting_noise(config, sample_shape, device=device, dtype=dtype)
+    sigmas = make_sigmas(initial, config.reference_steps, sigma_min, sigma_max, rho)
+    return get_sampler(config.reference_solver)(denoiser, noise * sigma_max, sigmas, cond=cond)
+
+
 def fit_schedule(
     denoiser: Denoiser,
     solver: str,
@@ -238,11 +264,11 @@ def fit_schedule(
     if num_steps > 1:
         initial_sigmas[-2] = sigma_min
     started = time.perf_counter()
-    g = torch.Generator(device=device).manual_seed(config.seed)
-    noise = torch.randn((config.num_samples, *sample_shape), generator=g, device=device, dtype=dtype)
+    noise = fitting_noise(config, sample_shape, device=device, dtype=dtype)
     if reference is None:
-        ref_sigmas = make_sigmas(initial, config.reference_steps, sigma_min, sigma_max, rho)
-        reference = get_sampler(config.reference_solver)(denoiser, noise * sigma_max, ref_sigmas, cond=cond)
+        reference = reference_solution(denoiser, config, sample_shape, sigma_min=sigma_min,
+                                       sigma_max=sigma_max, initial=initial, rho=rho, cond=cond,
+                                       device=device, dtype=dtype)
     elif reference.shape != noise.shape:
         raise ValueError(f"reference has shape {tuple(reference.shape)}, expected {tuple(noise.shape)}")
 
