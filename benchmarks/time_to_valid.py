@@ -35,10 +35,13 @@ Models: ``baseline``, ``guided`` (the baseline with the run's whole classifier s
 
 Traffic runs (a DDPM over scenes, conditioned on held-out contexts): rows are the run's own
 Euler-ancestral sampler at the run's step count (the reference, DDPM's ancestral step) and the PF-ODE
-solvers ``--solvers`` (``dpmpp_2m``, ``unipc``, ``euler``, ``heun``) on the DDPM's own levels
-(``DDPMSchedule.sampling_sigmas(steps)``, the ε-network as a VE denoiser, ``as_denoiser``) at
-``--steps``; every row samples the same ``--num-scenes`` evaluation contexts (``task.eval_contexts``) from
-the same initial noise (stage ``eval/noise``, drawn batch by batch as ``sample_scenes`` draws it). Columns:
+solvers ``--solvers`` (``dpmpp_2m``, ``unipc``, ``euler``, ``heun``) at ``--steps``, the ε-network as a VE
+denoiser (``as_denoiser``: nearest timestep in log sigma), on each of ``--scene-schedules``: ``ddpm``, the
+DDPM's own levels (``DDPMSchedule.sampling_sigmas(steps)``, evenly spaced timesteps), or ``karras`` /
+``log_linear`` levels over the same range ``[sigma_0, sigma_{T-1}]`` (k-diffusion's practice for
+discrete-time models); every row samples the same ``--num-scenes`` evaluation contexts
+(``task.eval_contexts``) from the same initial noise (stage ``eval/noise``, drawn batch by batch as
+``sample_scenes`` draws it). Columns:
 infraction per scene and per vehicle (collision or offroad, the run's oracle) with 95% intervals,
 ``N(r, p)`` from the per-scene rate, p50 / p99 of one library call that samples ``N`` scenes in one
 context and judges them (``--naive-calls`` calls, the contexts cycled; ``FastSampler`` takes traffic
@@ -72,7 +75,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS_DIR, machine_info, write_results
 
-from genneg.diffusion import FittedSchedule, ScheduleFitConfig, as_denoiser, fit_schedule, get_sampler
+from genneg.diffusion import (
+    FittedSchedule,
+    ScheduleFitConfig,
+    as_denoiser,
+    fit_schedule,
+    get_sampler,
+    make_sigmas,
+)
 from genneg.diffusion.fitted_schedule import reference_solution
 from genneg.io.rundir import stage_generator, stage_seed
 from genneg.metrics import infraction_rate, mmd, num_parallel_samples
@@ -180,8 +190,16 @@ def measure_row(run_dir: Path, name: str, solver: str, steps: int, sigma_max: fl
     }
 
 
+def _scene_sigmas(task: Any, steps: int, schedule: str) -> torch.Tensor:
+    """The PF-ODE solvers' levels on a DDPM: its own (``ddpm``) or a named schedule over its range."""
+    own = task.schedule.sampling_sigmas(steps)
+    if schedule == "ddpm":
+        return own
+    return make_sigmas(schedule, steps, float(task.schedule.sigmas[0]), float(own[0]))
+
+
 def _scene_solve(model: Any, task: Any, cond: dict[str, torch.Tensor], solver: str, steps: int,
-                 generator: torch.Generator, batch_size: int) -> torch.Tensor:
+                 generator: torch.Generator, batch_size: int, schedule: str = "ddpm") -> torch.Tensor:
     """``(n, A, 7)`` scenes of ``model`` in the contexts ``cond``: the run's Euler-ancestral sampler
     (``solver == "euler_ancestral"``) or a PF-ODE solver on the DDPM's levels; initial noise (and the
     ancestral step's seed) drawn from ``generator`` batch by batch as ``sample_scenes`` draws them, so that
@@ -190,7 +208,7 @@ def _scene_solve(model: Any, task: Any, cond: dict[str, torch.Tensor], solver: s
         return sample_scenes(model, cond, task.schedule, num_steps=steps, batch_size=batch_size,
                              generator=generator)[0]
     denoiser = as_denoiser(model, task.schedule)
-    sigmas = task.schedule.sampling_sigmas(steps)
+    sigmas = _scene_sigmas(task, steps, schedule)
     sample = get_sampler(solver)
     valid = cond["valid"]
     out = []
@@ -204,8 +222,8 @@ def _scene_solve(model: Any, task: Any, cond: dict[str, torch.Tensor], solver: s
     return torch.cat(out)
 
 
-def measure_scene_row(run_dir: Path, name: str, solver: str, steps: int, args: argparse.Namespace
-                      ) -> dict[str, Any]:
+def measure_scene_row(run_dir: Path, name: str, solver: str, steps: int, args: argparse.Namespace,
+                      schedule: str = "ddpm") -> dict[str, Any]:
     """One traffic row (module docstring): per-scene and per-vehicle infraction, N(r, p), library latency."""
     task, config, model = load_model(run_dir, name)
     n = args.num_scenes or config.eval.num_scenes
@@ -214,14 +232,15 @@ def measure_scene_row(run_dir: Path, name: str, solver: str, steps: int, args: a
     t0 = time.perf_counter()
     with torch.no_grad():
         tokens = _scene_solve(model, task, cond, solver, steps, stage_generator(config.seed, "eval/noise"),
-                              batch_size)
+                              batch_size, schedule)
     sample_s = time.perf_counter() - t0
     verdicts = task.scene_oracle.details(tokens, **cond)
     valid = cond["valid"]
     ok = ~(verdicts.collision | verdicts.offroad)
     scene, vehicle = infraction_rate(ok | ~valid), infraction_rate(ok[valid])
-    row = {"model": name, "solver": solver, "steps": steps, "schedule": "ddpm",
-           "sigma_max": float(task.schedule.sampling_sigmas(steps)[0]), "infraction": scene.rate,
+    sigmas = _scene_sigmas(task, steps, schedule)
+    row = {"model": name, "solver": solver, "steps": steps, "schedule": schedule, "sigmas": sigmas.tolist(),
+           "sigma_max": float(sigmas[0]), "infraction": scene.rate,
            "infraction_low": scene.low, "infraction_high": scene.high, "infraction_vehicle": vehicle.rate,
            "infraction_vehicle_low": vehicle.low, "infraction_vehicle_high": vehicle.high,
            "collision": float((verdicts.collision & valid).any(1).float().mean()),
@@ -236,7 +255,8 @@ def measure_scene_row(run_dir: Path, name: str, solver: str, steps: int, args: a
         one = {k: v[i % n: i % n + 1].expand(n_est, *v.shape[1:]) for k, v in cond.items()}
         t0 = time.perf_counter()
         with torch.no_grad():
-            x = _scene_solve(model, task, one, solver, steps, torch.Generator().manual_seed(2000 + i), n_est)
+            x = _scene_solve(model, task, one, solver, steps, torch.Generator().manual_seed(2000 + i), n_est,
+                             schedule)
         task.scene_oracle(x, **one).all(dim=1).any()
         if i:  # the first call is the warm-up
             times.append(time.perf_counter() - t0)
@@ -248,13 +268,13 @@ def measure_scene_row(run_dir: Path, name: str, solver: str, steps: int, args: a
 
 
 def _format_scene_table(rows: list[dict[str, Any]], quality: dict[str, float], p: float) -> str:
-    head = ("| model | solver | steps | infraction / scene % (95% CI) | infraction / vehicle % | "
+    head = ("| model | solver | steps | levels | infraction / scene % (95% CI) | infraction / vehicle % | "
             f"collision / offroad (scene) % | N(r, {p}) (upper) | library p50 ms | library p99 ms | "
             "r-ELBO / vehicle |")
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['solver']} | {r['steps']} | {100 * r['infraction']:.1f} "
+            f"| {r['model']} | {r['solver']} | {r['steps']} | {r['schedule']} | {100 * r['infraction']:.1f} "
             f"({100 * r['infraction_low']:.1f}-{100 * r['infraction_high']:.1f}) | "
             f"{100 * r['infraction_vehicle']:.1f} | {100 * r['collision']:.1f} / {100 * r['offroad']:.1f} | "
             f"{r['n_parallel'] or '-'} ({r['n_parallel_upper'] or '-'}) | {r['naive_p50_ms']:.0f} | "
@@ -273,11 +293,12 @@ def _scene_summary(rows: list[dict[str, Any]], reference_steps: int) -> dict[str
         out["per_model"][name] = {
             "reference": f"euler_ancestral {reference_steps}", "reference_infraction": ref["infraction"],
             "reference_naive_p50_ms": ref["naive_p50_ms"],
-            "le_10_infraction_ratio": {f"{r['solver']} {r['steps']}": (r["infraction"] / ref["infraction"]
-                                                                       if ref["infraction"] > 0 else math.nan)
-                                       for r in few},
-            "le_10_naive_speedup": {f"{r['solver']} {r['steps']}": ref["naive_p50_ms"] / r["naive_p50_ms"]
-                                    for r in few if r["n_parallel"] is not None},
+            "le_10_infraction_ratio": {
+                f"{r['solver']} {r['steps']} {r['schedule']}":
+                    r["infraction"] / ref["infraction"] if ref["infraction"] > 0 else math.nan for r in few},
+            "le_10_naive_speedup": {
+                f"{r['solver']} {r['steps']} {r['schedule']}": ref["naive_p50_ms"] / r["naive_p50_ms"]
+                for r in few if r["n_parallel"] is not None},
         }
     return out
 
@@ -299,13 +320,15 @@ def traffic_main(args: argparse.Namespace, argv: list[str] | None, load_start: t
         print(f"{name}: held-out r-ELBO {quality[name]:.4f} nats per vehicle", flush=True)
     rows: list[dict[str, Any]] = []
     for name in models:
-        plan = [("euler_ancestral", reference_steps)]
-        plan += [(solver, steps) for solver, steps in itertools.product(args.solvers, args.steps)
+        plan = [("euler_ancestral", reference_steps, "ddpm")]
+        plan += [(solver, steps, levels) for solver, levels, steps in
+                 itertools.product(args.solvers, args.scene_schedules, args.steps)
                  if solver != "euler_ancestral"]
-        for solver, steps in plan:
-            row = measure_scene_row(args.run_dir, name, solver, steps, args)
+        for solver, steps, levels in plan:
+            row = measure_scene_row(args.run_dir, name, solver, steps, args, levels)
             rows.append(row)
-            print(f"{name:9s} {solver:15s} {steps:3d}: infraction {100 * row['infraction']:.1f}% / scene "
+            print(f"{name:9s} {solver:15s} {steps:3d} {levels:10s}: infraction "
+                  f"{100 * row['infraction']:.1f}% / scene "
                   f"{100 * row['infraction_vehicle']:.1f}% / vehicle N={row['n_parallel']} library p50 "
                   f"{row['naive_p50_ms']:.0f} ms ({row['library_sample_seconds']:.1f} s for the rate)",
                   flush=True)
@@ -446,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="fitted schedules written by an earlier run (<name>-schedules.json) to re-use")
     parser.add_argument("--num-scenes", type=int, default=None,
                         help="traffic: evaluation scenes per row (default: the run's eval size)")
+    parser.add_argument("--scene-schedules", nargs="+", default=["ddpm", "karras"],
+                        choices=["ddpm", "karras", "log_linear"],
+                        help="traffic: levels of the PF-ODE solvers (module docstring)")
     parser.add_argument("--r-elbo-scenes", type=int, default=None,
                         help="traffic: held-out scenes of each model's r-ELBO (default: the run's)")
     parser.add_argument("--compile-guidance", action="store_true",
