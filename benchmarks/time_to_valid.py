@@ -47,7 +47,9 @@ infraction per scene and per vehicle (collision or offroad, the run's oracle) wi
 context and judges them (``--naive-calls`` calls, the contexts cycled; ``FastSampler`` takes traffic
 conditions as inpainting conditions, which need its Heun/ancestral path, so the few-step solvers are timed
 through the library), and the held-out r-ELBO per vehicle of each model (``--r-elbo-scenes`` scenes x the
-run's timesteps; a property of the model, not of the solver). Fitted schedules are not offered here.
+run's timesteps; a property of the model, not of the solver). With ``--fitted``, rows on schedules fitted
+for the model (``fit_schedule`` from Karras levels over the DDPM's range, on ``--fit-samples`` training
+contexts, the padding slots not counted); ``--include`` joins rows measured earlier (not re-measured).
 
 Noise: this machine may be shared; the load average at start and end is in the JSON, and each latency is a
 quantile of many calls.
@@ -199,7 +201,8 @@ def _scene_sigmas(task: Any, steps: int, schedule: str) -> torch.Tensor:
 
 
 def _scene_solve(model: Any, task: Any, cond: dict[str, torch.Tensor], solver: str, steps: int,
-                 generator: torch.Generator, batch_size: int, schedule: str = "ddpm") -> torch.Tensor:
+                 generator: torch.Generator, batch_size: int, sigmas: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """``(n, A, 7)`` scenes of ``model`` in the contexts ``cond``: the run's Euler-ancestral sampler
     (``solver == "euler_ancestral"``) or a PF-ODE solver on the DDPM's levels; initial noise (and the
     ancestral step's seed) drawn from ``generator`` batch by batch as ``sample_scenes`` draws them, so that
@@ -208,7 +211,7 @@ def _scene_solve(model: Any, task: Any, cond: dict[str, torch.Tensor], solver: s
         return sample_scenes(model, cond, task.schedule, num_steps=steps, batch_size=batch_size,
                              generator=generator)[0]
     denoiser = as_denoiser(model, task.schedule)
-    sigmas = _scene_sigmas(task, steps, schedule)
+    sigmas = _scene_sigmas(task, steps, "ddpm") if sigmas is None else sigmas
     sample = get_sampler(solver)
     valid = cond["valid"]
     out = []
@@ -223,22 +226,23 @@ def _scene_solve(model: Any, task: Any, cond: dict[str, torch.Tensor], solver: s
 
 
 def measure_scene_row(run_dir: Path, name: str, solver: str, steps: int, args: argparse.Namespace,
-                      schedule: str = "ddpm") -> dict[str, Any]:
-    """One traffic row (module docstring): per-scene and per-vehicle infraction, N(r, p), library latency."""
+                      schedule: str = "ddpm", fitted: FittedSchedule | None = None) -> dict[str, Any]:
+    """One traffic row (module docstring): per-scene and per-vehicle infraction, N(r, p), library latency;
+    on the ``fitted`` schedule's levels when given (``schedule`` is then ``"fitted"``)."""
     task, config, model = load_model(run_dir, name)
+    sigmas = _scene_sigmas(task, steps, schedule) if fitted is None else fitted.sigmas
     n = args.num_scenes or config.eval.num_scenes
     cond = task.eval_contexts(n)
     batch_size = config.gen_neg.sample_batch_size
     t0 = time.perf_counter()
     with torch.no_grad():
         tokens = _scene_solve(model, task, cond, solver, steps, stage_generator(config.seed, "eval/noise"),
-                              batch_size, schedule)
+                              batch_size, sigmas)
     sample_s = time.perf_counter() - t0
     verdicts = task.scene_oracle.details(tokens, **cond)
     valid = cond["valid"]
     ok = ~(verdicts.collision | verdicts.offroad)
     scene, vehicle = infraction_rate(ok | ~valid), infraction_rate(ok[valid])
-    sigmas = _scene_sigmas(task, steps, schedule)
     row = {"model": name, "solver": solver, "steps": steps, "schedule": schedule, "sigmas": sigmas.tolist(),
            "sigma_max": float(sigmas[0]), "infraction": scene.rate,
            "infraction_low": scene.low, "infraction_high": scene.high, "infraction_vehicle": vehicle.rate,
@@ -246,6 +250,8 @@ def measure_scene_row(run_dir: Path, name: str, solver: str, steps: int, args: a
            "collision": float((verdicts.collision & valid).any(1).float().mean()),
            "offroad": float((verdicts.offroad & valid).any(1).float().mean()),
            "num_samples": scene.total, "library_sample_seconds": sample_s, "mmd": math.nan}
+    if fitted is not None:
+        row["fit"] = {k: v for k, v in fitted.to_dict().items() if k not in ("sigmas", "initial_sigmas")}
     if scene.rate >= args.max_rate:
         return {**row, "n_parallel": None, "n_parallel_upper": None, "p50_ms": math.nan, "p99_ms": math.nan,
                 "naive_p50_ms": math.nan, "fast_over_naive": math.nan, "calls": 0, "naive_calls": 0}
@@ -256,7 +262,7 @@ def measure_scene_row(run_dir: Path, name: str, solver: str, steps: int, args: a
         t0 = time.perf_counter()
         with torch.no_grad():
             x = _scene_solve(model, task, one, solver, steps, torch.Generator().manual_seed(2000 + i), n_est,
-                             schedule)
+                             sigmas)
         task.scene_oracle(x, **one).all(dim=1).any()
         if i:  # the first call is the warm-up
             times.append(time.perf_counter() - t0)
@@ -303,6 +309,28 @@ def _scene_summary(rows: list[dict[str, Any]], reference_steps: int) -> dict[str
     return out
 
 
+def fit_scene_schedule(run_dir: Path, name: str, solver: str, steps: int, args: argparse.Namespace,
+                       references: dict[str, torch.Tensor]) -> FittedSchedule:
+    """A traffic model's schedule fitted by trajectory matching (``fit_schedule``): ``--fit-samples``
+    training contexts (stage ``fit/contexts``), the real vehicles' tokens counted (not the padding), Karras
+    levels over the DDPM's range as the start and the reference family."""
+    task, config, model = load_model(run_dir, name)
+    fit_config = ScheduleFitConfig(num_samples=args.fit_samples, seed=stage_seed(config.seed, "fit/schedule"),
+                                   reference_steps=args.fit_reference_steps, sweeps=args.fit_sweeps,
+                                   evaluations_per_knot=args.fit_evaluations)
+    cond = task.train_contexts(args.fit_samples, stage_generator(config.seed, "fit/contexts"))
+    shape = tuple(task.train.tokens.shape[1:])
+    options = {"sigma_min": float(task.schedule.sigmas[0]),
+               "sigma_max": float(task.schedule.sampling_sigmas(steps)[0]), "initial": "karras", "rho": 7.0,
+               "cond": cond, "device": task.device}
+    denoiser = as_denoiser(model, task.schedule)
+    if name not in references:
+        with torch.no_grad():
+            references[name] = reference_solution(denoiser, fit_config, shape, **options)
+    return fit_schedule(denoiser, solver, steps, sample_shape=shape, config=fit_config,
+                        reference=references[name], mask=cond["valid"][..., None], **options)
+
+
 def traffic_main(args: argparse.Namespace, argv: list[str] | None, load_start: tuple[float, ...]) -> int:
     """The traffic table (module docstring)."""
     task, config, _ = load_model(args.run_dir, "baseline")
@@ -310,22 +338,53 @@ def traffic_main(args: argparse.Namespace, argv: list[str] | None, load_start: t
     have = set(model_names(config)) | {"guided"}
     models = [m for m in args.models if m in have]
     quality: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    for earlier in args.include:
+        data = json.loads(earlier.read_text())
+        if Path(data["run_dir"]).resolve() != args.run_dir.resolve():
+            raise ValueError(f"{earlier} measured run {data['run_dir']}, not {args.run_dir}")
+        rows += data["rows"]
+        quality.update(data["r_elbo"])
     r_elbo_scenes = min(args.r_elbo_scenes or config.eval.r_elbo_scenes, len(task.heldout))
     for name in models:
+        if name in quality:  # measured with the included rows
+            continue
         task, config, model = load_model(args.run_dir, name)
         held = task.heldout.rows(torch.arange(r_elbo_scenes, device=task.device))
         r = scene_r_elbo(model, held, task.schedule, num_timesteps=config.eval.r_elbo_timesteps,
                          seed=stage_seed(config.seed, "eval/r_elbo"))
         quality[name] = mean_per_vehicle(r, held.cond["valid"])
         print(f"{name}: held-out r-ELBO {quality[name]:.4f} nats per vehicle", flush=True)
-    rows: list[dict[str, Any]] = []
+    done = {(r["model"], r["solver"], r["steps"], r["schedule"]) for r in rows}
+    schedules: dict[str, dict[str, Any]] = {}
+    if args.schedules is not None:
+        schedules = json.loads(args.schedules.read_text())["schedules"]
+    references: dict[str, torch.Tensor] = {}
+    fit_steps = set(args.fit_steps) if args.fit_steps else {s for s in args.steps if s <= 10}
     for name in models:
         plan = [("euler_ancestral", reference_steps, "ddpm")]
         plan += [(solver, steps, levels) for solver, levels, steps in
                  itertools.product(args.solvers, args.scene_schedules, args.steps)
                  if solver != "euler_ancestral"]
+        if args.fitted:
+            plan += [(solver, steps, "fitted") for solver, steps in
+                     itertools.product(args.solvers, args.steps)
+                     if solver != "euler_ancestral" and steps in fit_steps]
         for solver, steps, levels in plan:
-            row = measure_scene_row(args.run_dir, name, solver, steps, args, levels)
+            if (name, solver, steps, levels) in done:
+                continue
+            fitted = None
+            if levels == "fitted":
+                key = f"{name}/{solver}/{steps}"
+                if key in schedules:
+                    fitted = FittedSchedule.from_dict(schedules[key])
+                else:
+                    fitted = fit_scene_schedule(args.run_dir, name, solver, steps, args, references)
+                    schedules[key] = fitted.to_dict()
+                    print(f"fitted {key}: trajectory error {fitted.initial_error:.4f} -> {fitted.error:.4f} "
+                          f"in {fitted.seconds:.1f} s ({fitted.evaluations} solves); levels "
+                          f"{[round(v, 4) for v in fitted.sigmas.tolist()]}", flush=True)
+            row = measure_scene_row(args.run_dir, name, solver, steps, args, levels, fitted)
             rows.append(row)
             print(f"{name:9s} {solver:15s} {steps:3d} {levels:10s}: infraction "
                   f"{100 * row['infraction']:.1f}% / scene "
@@ -346,8 +405,16 @@ def traffic_main(args: argparse.Namespace, argv: list[str] | None, load_start: t
         "machine": machine_info(torch=torch.__version__), "load_average_start": list(load_start),
         "load_average_end": list(os.getloadavg()), "r_elbo": quality, "rows": rows, "summary": summary,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "included": [str(p) for p in args.include],
+        "fit": None if not args.fitted else {
+            "samples": args.fit_samples, "reference_steps": args.fit_reference_steps,
+            "sweeps": args.fit_sweeps, "evaluations_per_knot": args.fit_evaluations,
+            "schedules_from": str(args.schedules or "")},
     }
     path = write_results(stem, payload, args.out_dir)
+    if schedules:
+        write_results(f"{stem}-schedules", {"run_dir": str(args.run_dir), "schedules": schedules},
+                      args.out_dir)
     md = path.with_suffix(".md")
     tmp = md.with_name(f".{md.name}.tmp")
     tmp.write_text(f"# time to a valid scene: {args.run_dir} ({config.profile})\n\n"

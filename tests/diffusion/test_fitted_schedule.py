@@ -119,3 +119,17 @@ def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="decreasing"):
         trajectory_error(DENOISER, "euler", torch.tensor([1.0, 2.0, 0.0]), torch.zeros(2, 2),
                          torch.zeros(2, 2))
+
+
+def test_mask_counts_only_the_selected_entries() -> None:
+    """``mask`` leaves out entries (a scene's padding slots): all out gives 0, one coordinate gives the
+    mean absolute error of that coordinate."""
+    noise = torch.randn((16, 2), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    sigmas = make_sigmas("log_linear", 5, SIGMA_MIN, SIGMA_MAX)
+    reference = _exact_end(noise * float(sigmas[0]))
+    x = SAMPLERS["euler"](DENOISER, noise * float(sigmas[0]), sigmas)
+    none = torch.zeros(1, 2, dtype=torch.bool)
+    first = torch.tensor([[True, False]])
+    assert trajectory_error(DENOISER, "euler", sigmas, noise, reference, mask=none) == 0.0
+    assert trajectory_error(DENOISER, "euler", sigmas, noise, reference, mask=first) == pytest.approx(
+        float((x - reference)[:, 0].abs().mean()), rel=1e-12)

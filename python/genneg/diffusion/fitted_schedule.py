@@ -173,7 +173,8 @@ def _check_schedule(sigmas: torch.Tensor) -> None:
 
 
 def trajectory_error(denoiser: Denoiser, solver: str, sigmas: torch.Tensor, noise: torch.Tensor,
-                     reference: torch.Tensor, *, cond: Cond | None = None) -> float:
+                     reference: torch.Tensor, *, cond: Cond | None = None,
+                     mask: torch.Tensor | None = None) -> float:
     """Mean Euclidean distance between the ``solver`` solution along ``sigmas`` and ``reference``.
 
     Args:
@@ -183,9 +184,11 @@ def trajectory_error(denoiser: Denoiser, solver: str, sigmas: torch.Tensor, nois
         noise: ``(B, *shape)`` standard normal draws; the solve starts at ``sigmas[0] * noise``.
         reference: ``(B, *shape)`` the reference end points from the same noise.
         cond: per-sample conditioning (leading dimension ``B``).
+        mask: bool, broadcastable to ``(B, *shape)``: the entries that count (e.g. real vehicles of a
+            scene, not its padding slots), or None for all.
 
     Returns:
-        ``mean_b ||x_K^b - reference^b||_2`` (data units; each sample flattened).
+        ``mean_b ||x_K^b - reference^b||_2`` over the masked entries (data units; each sample flattened).
 
     Raises:
         ValueError: a bad schedule or mismatched shapes; an unknown solver (:func:`get_sampler`).
@@ -194,7 +197,10 @@ def trajectory_error(denoiser: Denoiser, solver: str, sigmas: torch.Tensor, nois
     if noise.shape != reference.shape:
         raise ValueError(f"noise {tuple(noise.shape)} and reference {tuple(reference.shape)} differ in shape")
     x = get_sampler(solver)(denoiser, noise * float(sigmas[0]), sigmas, cond=cond)
-    return float((x - reference).flatten(1).norm(dim=1).mean())
+    difference = x - reference
+    if mask is not None:
+        difference = torch.where(mask, difference, torch.zeros_like(difference))
+    return float(difference.flatten(1).norm(dim=1).mean())
 
 
 def fitting_noise(config: ScheduleFitConfig, sample_shape: tuple[int, ...], *,
@@ -231,6 +237,7 @@ def fit_schedule(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     reference: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> FittedSchedule:
     """Fit ``num_steps`` noise levels for ``solver`` and ``denoiser`` by trajectory matching (module
     docstring), starting from ``make_sigmas(initial, num_steps, sigma_min, sigma_max, rho)``.
@@ -249,6 +256,7 @@ def fit_schedule(
         device, dtype: where and in what dtype the solves run.
         reference: ``(config.num_samples, *sample_shape)`` reference end points to reuse (from the same
             noise, i.e. a previous fit with the same seed and reference options), or None to solve them.
+        mask: the entries the trajectory error counts (:func:`trajectory_error`), or None for all.
 
     Returns:
         :class:`FittedSchedule` (``sigmas`` float64 on the CPU).
@@ -278,7 +286,7 @@ def fit_schedule(
         nonlocal evaluations
         evaluations += 1
         return trajectory_error(denoiser, solver, torch.tensor(levels, dtype=torch.float64), noise, reference,
-                                cond=cond)
+                                cond=cond, mask=mask)
 
     levels = initial_sigmas.tolist()
     best = initial_error = error_of(levels)
