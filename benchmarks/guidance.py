@@ -59,7 +59,9 @@ autograd, the path every conditioned call takes) for K = 1..(the run's stack) ag
 evaluation (the ε-network as a VE denoiser) at sigma 0.7: per-classifier added time / baseline
 ``(t_K − t_0) / (K · t_0)`` (process CPU time, one thread, interleaved rounds as above), and its FLOP floor
 counted by ``torch.utils.flop_counter.FlopCounterMode`` (one classifier's forward + input-gradient backward
-over the denoiser's forward). A compiled call can at best remove the overhead above that floor.
+over the denoiser's forward). A compiled call can at best remove the overhead above that floor. Candidate
+``compiled`` (whole stack): ``D + σ² · torch.compile(torch.func.grad(Σ_k Σ_real vehicles log c_k))``
+(Inductor, ``dynamic=False``; its graphs and graph breaks, from ``torch._dynamo.explain``, are in the JSON).
 
 Run:  .venv/bin/python benchmarks/guidance.py [--quick | --full] [--steps 18] [--batches 1,32 --ks 0,5]
       [--no-compile] [--out-dir DIR]
@@ -364,17 +366,56 @@ def traffic_main(args: argparse.Namespace) -> None:
         models = {0: den}
         models.update({k: GuidedDenoiser(base, classifiers[:k], scales[:k], part_mask_key="valid")
                        for k in range(1, len(classifiers) + 1)})
+
+        def log_c(xx: torch.Tensor, ss: torch.Tensor, cc: dict[str, torch.Tensor]) -> torch.Tensor:
+            total = xx.new_zeros(())
+            for c, g in zip(classifiers, scales):
+                logits = torch.nn.functional.logsigmoid(c(xx, ss, **cc))
+                total = total + g * torch.where(cc["valid"], logits, torch.zeros_like(logits)).sum()
+            return total
+
+        frozen = [(q, q.requires_grad) for c in classifiers for q in c.parameters()]
+        for q, _ in frozen:
+            q.requires_grad_(False)
+        gradient = torch.func.grad(log_c)
+        compiled = torch.compile(gradient, dynamic=False)
+        t_compile = time.perf_counter()
+        compiled(x, sig, cond)
+        compile_s = time.perf_counter() - t_compile
+        explanation = torch._dynamo.explain(gradient)(x, sig, cond)
+        breaks, graphs = len(explanation.break_reasons), explanation.graph_count
+        with torch.no_grad():
+            reference = models[len(classifiers)](x, sig, **cond)
+        compiled_eval = den(x, sig, **cond) + (sig * sig)[:, None, None] * compiled(x, sig, cond)
+        max_error = float((compiled_eval.detach() - reference).abs().max())
+
+        def compiled_call(den: Any = den, x: torch.Tensor = x, sig: torch.Tensor = sig,
+                          cond: dict[str, torch.Tensor] = cond, compiled: Any = compiled) -> torch.Tensor:
+            with torch.no_grad():
+                d = den(x, sig, **cond)
+            return d + (sig * sig)[:, None, None] * compiled(x, sig, cond)
+
         with torch.no_grad():
             candidates = {k: functools.partial(m, x, sig, **cond) for k, m in models.items()}
-            per_round = _interleaved(candidates, args.rounds, args.calls)
+        candidates["compiled"] = compiled_call
+        per_round = _interleaved(candidates, args.rounds, args.calls)
+        for q, flag in frozen:
+            q.requires_grad_(flag)
         t0 = per_round[0]
         for k, times in per_round.items():
-            added = None if k == 0 else statistics.median((t - b) / (k * b) for t, b in zip(times, t0))
-            rows.append({"batch": n, "K": k, "evaluation_median_s": statistics.median(times),
+            stack = len(classifiers) if k == "compiled" else k
+            added = None if k == 0 else statistics.median((t - b) / (stack * b) for t, b in zip(times, t0))
+            extra = {} if k != "compiled" else {"compile_s": compile_s, "graph_breaks": breaks,
+                                                "graphs": graphs, "max_abs_error_vs_eager": max_error}
+            rows.append({"batch": n, "K": stack, "path": "compiled" if k == "compiled" else "eager", **extra,
+                         "evaluation_median_s": statistics.median(times),
                          "evaluation_per_round_s": times, "added_per_classifier_over_baseline": added,
                          "flop_floor_per_classifier": floor, "denoiser_flops": den_flops})
             ad = f"{added:10.2f}" if added is not None else f"{'-':>10}"
-            print(f"{n:3d} {k:2d} {statistics.median(times) * 1e3:9.2f} {ad} {floor:10.2f}", flush=True)
+            label = f"{stack:2d}{'c' if k == 'compiled' else ' '}"
+            print(f"{n:3d} {label} {statistics.median(times) * 1e3:9.2f} {ad} {floor:10.2f}"
+                  + (f"  compile {compile_s:.1f} s, {graphs} graphs, {breaks} breaks, max error "
+                     f"{max_error:.1e}" if k == "compiled" else ""), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     payload = {
         "benchmark": "guidance-traffic-eager", "machine": machine_info(torch=torch.__version__),
