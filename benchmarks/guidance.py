@@ -52,9 +52,21 @@ candidates alike; the figures are medians over rounds (ratios: median of the per
 whole ``FastSampler`` calls (guided, the run's Heun step count, N = 2 as the issue measured it, and the
 baseline at N = 7) with ``compile_guidance`` off and on: p50 over ``--sampler-calls`` calls.
 
+Conditioned (traffic) guidance (issue 13, ``--traffic --run-dir RUN``, a traffic run, copied first): is a
+compiled guidance call worth building for the scene transformers? At N in ``--batches`` (default 1, 8,
+32) scenes of one held-out context, one eager guided evaluation ``D_K`` (``GuidedDenoiser``, exact
+autograd, the path every conditioned call takes) for K = 1..(the run's stack) against the baseline
+evaluation (the ε-network as a VE denoiser) at sigma 0.7: per-classifier added time / baseline
+``(t_K − t_0) / (K · t_0)`` (process CPU time, one thread, interleaved rounds as above), and its FLOP floor
+counted by ``torch.utils.flop_counter.FlopCounterMode`` (one classifier's forward + input-gradient backward
+over the denoiser's forward). A compiled call can at best remove the overhead above that floor. Candidate
+``compiled`` (whole stack): ``D + σ² · torch.compile(torch.func.grad(Σ_k Σ_real vehicles log c_k))``
+(Inductor, ``dynamic=False``; its graphs and graph breaks, from ``torch._dynamo.explain``, are in the JSON).
+
 Run:  .venv/bin/python benchmarks/guidance.py [--quick | --full] [--steps 18] [--batches 1,32 --ks 0,5]
       [--no-compile] [--out-dir DIR]
       .venv/bin/python benchmarks/guidance.py --compiled [--run-dir RUN] [--batches 1,8,32] [--rounds 15]
+      .venv/bin/python benchmarks/guidance.py --traffic --run-dir RUN [--batches 1,8,32] [--rounds 7]
 Writes benchmarks/results/guidance-<cpu|cuda>.json (``-quick`` suffix with --quick); with --compiled
 benchmarks/results/guidance-compiled-cpu.json.
 """
@@ -64,6 +76,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -301,6 +314,119 @@ def compiled_main(args: argparse.Namespace) -> None:
     print(f"wrote {write_results('guidance-compiled-cpu', payload, args.out_dir)}")
 
 
+def traffic_main(args: argparse.Namespace) -> None:
+    """The ``--traffic`` benchmark (module docstring): eager conditioned guidance against its FLOP floor."""
+    import shutil
+    import statistics
+    import tempfile
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genneg.diffusion import as_denoiser
+    from genneg.guidance import GuidedDenoiser
+    from genneg.pipeline.experiment import load_model
+
+    torch.set_num_threads(1)
+    workdir = Path(tempfile.mkdtemp(prefix="genneg-guidance-traffic-"))
+    run_dir = workdir / args.run_dir.name
+    shutil.copytree(args.run_dir, run_dir, ignore=shutil.ignore_patterns("samples", "*.png"))
+    task, config, guided = load_model(run_dir, "guided")
+    if not isinstance(guided, GuidedDenoiser) or not hasattr(task, "scene_oracle"):
+        raise ValueError(f"{args.run_dir} is not a traffic run with a classifier stack")
+    base = guided.denoiser
+    classifiers, scales = list(guided.classifiers), list(guided.scales)
+    sigma = 0.7
+    batches = args.batches or [1, 8, 32]
+    rows: list[dict[str, Any]] = []
+    print(f"run {args.run_dir} ({config.profile}): {len(classifiers)} classifiers; process CPU time, "
+          f"1 thread; {args.rounds} rounds x {args.calls} calls")
+    print(f"{'N':>3} {'K':>2} {'eval ms':>9} {'added/cls':>10} {'flop floor':>10}")
+    for n in batches:
+        one = task.eval_contexts(1)
+        cond = {k: v.expand(n, *v.shape[1:]).contiguous() for k, v in one.items()}
+        a = cond["valid"].shape[1]
+        x = torch.randn(n, a, 7, generator=torch.Generator().manual_seed(n)) * (1 + sigma * sigma) ** 0.5
+        sig = torch.full((n,), sigma)
+        den = as_denoiser(base, task.schedule)
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            den(x, sig, **cond)
+        den_flops = counter.get_total_flops()
+        # one classifier: forward + input-gradient backward (weights frozen so that no weight gradient is
+        # counted; .backward() because the counter does not follow autograd.grad)
+        flags = [q.requires_grad for q in classifiers[0].parameters()]
+        for q in classifiers[0].parameters():
+            q.requires_grad_(False)
+        with FlopCounterMode(display=False) as counter:
+            xg = x.clone().requires_grad_(True)
+            classifiers[0](xg, sig, **cond).sum().backward()
+        for q, flag in zip(classifiers[0].parameters(), flags):
+            q.requires_grad_(flag)
+        floor = counter.get_total_flops() / den_flops
+        models = {0: den}
+        models.update({k: GuidedDenoiser(base, classifiers[:k], scales[:k], part_mask_key="valid")
+                       for k in range(1, len(classifiers) + 1)})
+
+        def log_c(xx: torch.Tensor, ss: torch.Tensor, cc: dict[str, torch.Tensor]) -> torch.Tensor:
+            total = xx.new_zeros(())
+            for c, g in zip(classifiers, scales):
+                logits = torch.nn.functional.logsigmoid(c(xx, ss, **cc))
+                total = total + g * torch.where(cc["valid"], logits, torch.zeros_like(logits)).sum()
+            return total
+
+        frozen = [(q, q.requires_grad) for c in classifiers for q in c.parameters()]
+        for q, _ in frozen:
+            q.requires_grad_(False)
+        gradient = torch.func.grad(log_c)
+        compiled = torch.compile(gradient, dynamic=False)
+        t_compile = time.perf_counter()
+        compiled(x, sig, cond)
+        compile_s = time.perf_counter() - t_compile
+        explanation = torch._dynamo.explain(gradient)(x, sig, cond)
+        breaks, graphs = len(explanation.break_reasons), explanation.graph_count
+        with torch.no_grad():
+            reference = models[len(classifiers)](x, sig, **cond)
+        compiled_eval = den(x, sig, **cond) + (sig * sig)[:, None, None] * compiled(x, sig, cond)
+        max_error = float((compiled_eval.detach() - reference).abs().max())
+
+        def compiled_call(den: Any = den, x: torch.Tensor = x, sig: torch.Tensor = sig,
+                          cond: dict[str, torch.Tensor] = cond, compiled: Any = compiled) -> torch.Tensor:
+            with torch.no_grad():
+                d = den(x, sig, **cond)
+            return d + (sig * sig)[:, None, None] * compiled(x, sig, cond)
+
+        with torch.no_grad():
+            candidates = {k: functools.partial(m, x, sig, **cond) for k, m in models.items()}
+        candidates["compiled"] = compiled_call
+        per_round = _interleaved(candidates, args.rounds, args.calls)
+        for q, flag in frozen:
+            q.requires_grad_(flag)
+        t0 = per_round[0]
+        for k, times in per_round.items():
+            stack = len(classifiers) if k == "compiled" else k
+            added = None if k == 0 else statistics.median((t - b) / (stack * b) for t, b in zip(times, t0))
+            extra = {} if k != "compiled" else {"compile_s": compile_s, "graph_breaks": breaks,
+                                                "graphs": graphs, "max_abs_error_vs_eager": max_error}
+            rows.append({"batch": n, "K": stack, "path": "compiled" if k == "compiled" else "eager", **extra,
+                         "evaluation_median_s": statistics.median(times),
+                         "evaluation_per_round_s": times, "added_per_classifier_over_baseline": added,
+                         "flop_floor_per_classifier": floor, "denoiser_flops": den_flops})
+            ad = f"{added:10.2f}" if added is not None else f"{'-':>10}"
+            label = f"{stack:2d}{'c' if k == 'compiled' else ' '}"
+            print(f"{n:3d} {label} {statistics.median(times) * 1e3:9.2f} {ad} {floor:10.2f}"
+                  + (f"  compile {compile_s:.1f} s, {graphs} graphs, {breaks} breaks, max error "
+                     f"{max_error:.1e}" if k == "compiled" else ""), flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    payload = {
+        "benchmark": "guidance-traffic-eager", "machine": machine_info(torch=torch.__version__),
+        "time_measure": "process CPU time, 1 thread", "run_dir": str(args.run_dir), "sigma": sigma,
+        "rounds": args.rounds, "calls_per_round": args.calls, "load_average_end": list(os.getloadavg()),
+        "target": "added_per_classifier_over_baseline <= 1.0 at N <= 32", "rows": rows,
+        "command": " ".join(["guidance.py", *sys.argv[1:]]),
+    }
+    print(f"wrote {write_results('guidance-traffic-cpu', payload, args.out_dir)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small grid (smoke run)")
@@ -322,7 +448,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="--compiled: interleaved timing rounds")
     parser.add_argument("--calls", type=int, default=40, help="--compiled: calls per candidate per round")
     parser.add_argument("--sampler-calls", type=int, default=100, help="--compiled: FastSampler calls")
+    parser.add_argument("--traffic", action="store_true",
+                        help="eager conditioned guidance on a traffic run against its FLOP floor (docstring)")
     args = parser.parse_args()
+    if args.traffic:
+        traffic_main(args)
+        return
     if args.compiled:
         compiled_main(args)
         return

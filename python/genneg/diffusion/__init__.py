@@ -19,6 +19,12 @@ from genneg.diffusion.edm import (
     edm_preconditioning,
     sample_sigma_log_uniform,
 )
+from genneg.diffusion.fitted_schedule import (
+    FittedSchedule,
+    ScheduleFitConfig,
+    fit_schedule,
+    trajectory_error,
+)
 from genneg.diffusion.samplers import (
     SAMPLERS,
     LevelDenoise,
@@ -53,8 +59,10 @@ __all__ = [
     "EDMPrecond",
     "EpsDenoiser",
     "EpsModel",
+    "FittedSchedule",
     "LevelDenoise",
     "Sampler",
+    "ScheduleFitConfig",
     "StepBuffers",
     "ancestral_levels",
     "as_denoiser",
@@ -73,6 +81,7 @@ __all__ = [
     "euler_sample",
     "euler_step",
     "expand_sigma",
+    "fit_schedule",
     "get_sampler",
     "heun_advance",
     "heun_sample",
@@ -83,5 +92,6 @@ __all__ = [
     "multistep_advance",
     "multistep_coefficients",
     "sample_sigma_log_uniform",
+    "trajectory_error",
     "unipc_sample",
 ]

@@ -130,6 +130,10 @@ class SamplerConfig:
             conditions need ``"heun"``.
         schedule: EDM sigma schedule, ``"log_linear"`` (the paper's) or ``"karras"``.
         sigma_min, sigma_max, rho: EDM schedule range (data units) and Karras ``rho``.
+        sigmas: an explicit EDM schedule instead of ``schedule``/``sigma_min``/``sigma_max``/``rho``
+            (e.g. ``genneg.diffusion.fit_schedule(...).sigmas``): ``num_steps + 1`` levels, strictly
+            decreasing, ending in 0 (a tensor or sequence; kept as a tuple of float). None: the named
+            schedule.
         deadline_ms: default deadline of a call, milliseconds from its entry; None = none.
         max_rounds: rounds of ``N`` samples tried before giving up (``ok=False, reason="max_rounds"``).
         k_best: rows of :attr:`SampleResult.best`.
@@ -155,6 +159,7 @@ class SamplerConfig:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    sigmas: tuple[float, ...] | None = None
     deadline_ms: float | None = None
     max_rounds: int = 1
     k_best: int = 1
@@ -184,6 +189,16 @@ class SamplerConfig:
             raise ValueError(f"deadline_ms must be > 0 or None, got {self.deadline_ms}")
         if self.solver not in ("heun", "euler", "dpmpp_2m", "unipc"):
             raise ValueError(f"solver must be 'heun', 'euler', 'dpmpp_2m' or 'unipc', got {self.solver!r}")
+        if self.sigmas is not None:
+            levels = tuple(float(s) for s in (self.sigmas.tolist() if isinstance(self.sigmas, torch.Tensor)
+                                              else self.sigmas))
+            if (len(levels) < 2 or levels[-1] != 0.0 or any(a <= b for a, b in itertools.pairwise(levels))
+                    or not all(math.isfinite(s) for s in levels)):
+                raise ValueError(f"sigmas must be finite, strictly decreasing and end in 0, got {levels}")
+            if len(levels) != self.num_steps + 1:
+                raise ValueError(f"sigmas has {len(levels)} levels but num_steps = {self.num_steps} needs "
+                                 f"{self.num_steps + 1}")
+            object.__setattr__(self, "sigmas", levels)
 
     def resolved_num_parallel(self) -> int:
         """``N``: ``num_parallel``, or ``N(infraction_rate, p)``."""
@@ -345,14 +360,20 @@ class FastSampler:
         # Euler-ancestral steps (DDPM levels): whether step i draws noise (sigma_up > 0)
         self._draws_noise: list[bool] = []
         if ddpm_schedule is None:
-            sigmas = make_sigmas(
-                config.schedule, config.num_steps, config.sigma_min, config.sigma_max, config.rho
-            )
-            self.levels: list[float] = [float(s) for s in sigmas]
+            if config.sigmas is not None:
+                self.levels: list[float] = list(config.sigmas)
+            else:
+                sigmas = make_sigmas(
+                    config.schedule, config.num_steps, config.sigma_min, config.sigma_max, config.rho
+                )
+                self.levels = [float(s) for s in sigmas]
             self._start_scale = self.levels[0]
             self._multistep = (None if config.solver in ("heun", "euler")
                                else multistep_coefficients(config.solver, self.levels))
         else:
+            if config.sigmas is not None:
+                raise ValueError("sigmas= is an EDM schedule; a model on a DDPM's levels samples on those "
+                                 "levels")
             if config.solver != "heun":
                 raise ValueError(f"solver {config.solver!r} is for EDM denoisers; a model on a DDPM's "
                                  "levels samples with the Euler-ancestral (DDPM ancestral) step "
