@@ -7,6 +7,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -371,25 +372,15 @@ def test_killed_traffic_run_resumes_to_the_same_numbers(tiny_run: tuple[Path, li
 # data-parallel (issue 14) -----------------------------------------------------------------------------
 
 
-def _torchrun_tools():
-    """``tests/distributed/torchrun_tools.py``, imported by path (the launcher, run readers, the evaluation
-    check shared with the motion tests)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "_genneg_torchrun_tools", Path(__file__).parents[1] / "distributed" / "torchrun_tools.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def test_evaluation_is_sharded_and_agrees_with_one_process(tiny_run: tuple[Path, list[dict]],
-                                                           tmp_path: Path) -> None:
+def test_evaluation_is_sharded_and_agrees_with_one_process(tiny_run: tuple[Path, list[dict]], tmp_path: Path,
+                                                           torchrun_tools: ModuleType) -> None:
     """The evaluate hook of a guided stack (iteration 1) under torchrun (2 processes, batches of 5
     of the 32 evaluation scenes: unequal shares, a short last batch) gives the one-process scenes, verdicts,
-    counts and r-ELBO (also in chunks of 5 held-out scenes) exactly (see ``torchrun_tools.EVAL_RTOL``)."""
-    tools = _torchrun_tools()
-    metrics = tools.check_sharded_evaluation(tiny_run[0], ["iter1"], 5, tmp_path / "two")
+    counts and r-ELBO (also in chunks of 5 held-out scenes) exactly (``EVAL_RTOL`` of
+    ``tests/distributed/torchrun_tools.py``)."""
+    metrics = torchrun_tools.check_sharded_evaluation(tiny_run[0], ["iter1"], 5, tmp_path / "two")
     for m in metrics.values():
         assert m["num_scenes"] == get_traffic_profile("tiny").eval.num_scenes and m["batch_size"] == 5
         assert m["infractions"] == round(m["infraction"] * m["num_scenes"])  # exact counts, gathered
@@ -397,7 +388,7 @@ def test_evaluation_is_sharded_and_agrees_with_one_process(tiny_run: tuple[Path,
 
 
 def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                      capsys: pytest.CaptureFixture[str], torchrun_tools: ModuleType) -> None:
     """The finished one-process run's data and baseline, continued with ``--resume`` under torchrun (2
     processes): every later stage (Gen-neG iterations, the three ablations, distillation, evaluations,
     report) runs data-parallel into one consistent run directory.
@@ -413,7 +404,6 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
     so those rows agree only statistically; they are checked for shape and completeness."""
     import shutil
 
-    tools = _torchrun_tools()
     one = tiny_run[0]
     two = tmp_path / "two"
     for name in ("config.json", "task.json", "stages/data.done", "stages/baseline.done",
@@ -422,12 +412,13 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
         shutil.copy2(one / name, two / name)
     shutil.copytree(one / "data", two / "data")
     (two / "metrics.jsonl").write_text("".join(
-        json.dumps(r) + "\n" for r in tools.records(one) if r["stage"] in ("data", "baseline")))
-    done = tools.run(tools.torchrun("-m", "genneg", "train", "--run-dir", str(two), "--resume", "--quiet"))
+        json.dumps(r) + "\n" for r in torchrun_tools.records(one) if r["stage"] in ("data", "baseline")))
+    done = torchrun_tools.run(torchrun_tools.torchrun("-m", "genneg", "train", "--run-dir", str(two),
+                                                      "--resume", "--quiet"))
     assert done.stdout.count("| Gen-neG iteration 2 |") == 1  # rank 0 alone prints the table
 
-    marks = tools.markers(two)
-    assert set(marks) == set(tools.markers(one))
+    marks = torchrun_tools.markers(two)
+    assert set(marks) == set(torchrun_tools.markers(one))
     assert {s: (m["world_size"], m["backend"]) for s, m in marks.items() if m["world_size"] == 1} == {
         "data": (1, "none"), "baseline": (1, "none")}
     assert {(m["world_size"], m["backend"]) for s, m in marks.items() if s not in ("data", "baseline")} == {
@@ -435,7 +426,7 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
     # one run directory, written once by rank 0: the same files, each stage's records once, in order
     listing = sorted(str(p.relative_to(two)) for p in two.rglob("*"))
     assert listing == sorted(str(p.relative_to(one)) for p in one.rglob("*"))
-    a, b = tools.records(one), tools.records(two)
+    a, b = torchrun_tools.records(one), torchrun_tools.records(two)
     assert [r["stage"] for r in a] == [r["stage"] for r in b]
     report = (two / "report.md").read_text()
     assert "world size 1 (backend none); world size 2 (backend gloo)" in report
@@ -444,9 +435,9 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
     for r, r2 in zip(a, b):
         stage = r["stage"]
         if stage in ("data", "baseline", "eval/baseline", "iter1/data", "ablation/imbalanced/data"):
-            tools.assert_same_metrics(r, r2, 0.0, stage, atol=0.0)  # exact
+            torchrun_tools.assert_same_metrics(r, r2, 0.0, stage, atol=0.0)  # exact
         elif stage.endswith("/classifier") and not stage.startswith("iter2"):
-            tools.assert_same_metrics(r, r2, 1e-4, stage)
+            torchrun_tools.assert_same_metrics(r, r2, 1e-4, stage)
         elif r.get("kind") == "eval":
             assert r2["num_scenes"] == r["num_scenes"] and 0 <= r2["infraction"] <= 1
             assert math.isfinite(r2["r_elbo"]) or stage == "eval/ablation_time_independent"
@@ -464,7 +455,7 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
     metrics = json.loads(capsys.readouterr().out)
     recorded = next(r for r in b if r["stage"] == "eval/iter2")
     shared = [k for k in recorded if k in metrics]
-    tools.assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared}, 0.0,
+    torchrun_tools.assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared}, 0.0,
                               "genneg eval", atol=0.0)
     assert main(["sample", "--run-dir", str(two), "--model", "distilled", "--num", "3",
                  "--out", str(tmp_path / "scenes.npz")]) == 0

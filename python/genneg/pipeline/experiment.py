@@ -614,7 +614,9 @@ def run_task(task: Task, config: Any, run_dir: str | Path, *, resume: bool = Fal
         try:
             run = RunDir(run_dir, resume=resume, overwrite=overwrite)
             run.write_config(config)
-            atomic_write_text(run.root / TASK_FILE, json.dumps(reference, indent=2, sort_keys=True) + "\n")
+            text = json.dumps(reference, indent=2, sort_keys=True) + "\n"
+            if not ((run.root / TASK_FILE).is_file() and (run.root / TASK_FILE).read_text() == text):
+                atomic_write_text(run.root / TASK_FILE, text)  # a resumed run rewrites nothing it need not
         except (RunStateError, OSError) as err:
             error = err
     failed = distributed.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
