@@ -40,10 +40,13 @@ from genneg.io.checkpoint import load_tensors
 # the tiny profile cut further: the wiring is under test here, the method in tests/pipeline. Odd global
 # batches (257, 301) give the two ranks unequal shares; few evaluation samples make the data stages draw
 # from the model beyond the pooled evaluation samples, over both ranks; the imbalanced ablation runs the
-# sharded natural-mix draw.
+# sharded natural-mix draw; distillation on 700 teacher samples (``x0_source=teacher``; the traffic and
+# motion torchrun tests cover the training set) draws them sharded: the pooled evaluation samples of the
+# last iteration, then batches of the guided teacher on both ranks.
 MICRO = ["baseline.iterations=120", "baseline.eval_every=60", "gen_neg.iterations=1",
          "gen_neg.num_samples=1000", "gen_neg.max_draws=20000", "classifier.iterations=60",
          "classifier.batch_size=257", "distill.iterations=20", "distill.batch_size=301",
+         "distill.x0_source=teacher", "distill.num_teacher_samples=700",
          'ablations=["imbalanced"]', "eval.num_samples=500", "eval.elbo_points=200", "eval.elbo_num_sigmas=8",
          "eval.mmd_points=200", "sampling.num_steps=6", "sampling.batch_size=300"]
 
