@@ -213,14 +213,18 @@ def test_tiny_run_under_torchrun_agrees_with_one_process(tiny_run: tuple[Path, l
     """The tiny motion profile under torchrun (2 processes, gloo): every stage (the Gen-neG iterations,
     the three ablations, distillation, evaluations with sharded sampling, report and pictures on rank 0)
     in one consistent run directory whose markers record world size 2, agreeing with the one-process run:
-    the data stages' and evaluations' counts exactly (the same draws are made: the baseline, classifiers
+    the data stages' and evaluations' counts exactly (the same draws are made: the sampling batch is the
+    global batch, so the two processes run at twice the profile's 64, each rank's sampler calls taking 64
+    clips like the one process's, and the 32 evaluation clips are one call in both; the baseline, classifiers
     and their guided samples agree to about 1e-6 relative, not enough to move a clip across the floor),
     every float within 1e-4 relative (DDP's other order of floating-point sums: measured at most 2.1e-6 on
     this profile), distillation within :data:`DISTILLED_RTOL`. ``genneg eval`` in one process then gives
     the run's recorded numbers, and ``genneg sample`` draws from it."""
     one, two = tiny_run[0], tmp_path / "two"
+    batch = 2 * get_motion_profile("tiny").gen_neg.sample_batch_size
     done = torchrun_tools.run(torchrun_tools.torchrun("-m", "genneg", "train", "motion", "--profile", "tiny",
-                                                      "--run-dir", str(two), "--quiet"))
+                                                      "--run-dir", str(two), "--quiet", "--set",
+                                                      f"gen_neg.sample_batch_size={batch}"))
     assert done.stdout.count("| Gen-neG iteration 2 |") == 1  # rank 0 alone prints the table
     marks = torchrun_tools.markers(two)
     assert set(marks) == set(torchrun_tools.markers(one))
@@ -230,7 +234,7 @@ def test_tiny_run_under_torchrun_agrees_with_one_process(tiny_run: tuple[Path, l
     assert listing == sorted(str(p.relative_to(one)) for p in one.rglob("*"))
     a, b = torchrun_tools.records(one), torchrun_tools.records(two)
     assert [r["stage"] for r in a] == [r["stage"] for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in map(torchrun_tools.at_half_the_batch, a, b):
         if ra["stage"] in ("distill", "eval/distilled"):
             torchrun_tools.assert_same_metrics(ra, rb, DISTILLED_RTOL, ra["stage"])
         else:
@@ -244,7 +248,7 @@ def test_tiny_run_under_torchrun_agrees_with_one_process(tiny_run: tuple[Path, l
     recorded = next(r for r in b if r["stage"] == "eval/iter2")
     shared = [k for k in recorded if k in metrics]
     torchrun_tools.assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared},
-                              torchrun_tools.EVAL_RTOL, "genneg eval")
+                                       torchrun_tools.EVAL_RTOL, "genneg eval")
     assert main(["sample", "--run-dir", str(two), "--model", "distilled", "--num", "3",
                  "--out", str(tmp_path / "clips.npy")]) == 0
     assert np.load(tmp_path / "clips.npy").shape[0] == 3

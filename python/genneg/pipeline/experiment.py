@@ -438,8 +438,10 @@ class _Runner:
             sampler = self.sampler(teacher, teacher_pool, "distill/teacher")
 
             def sample_teacher(n: int) -> tuple[torch.Tensor, Cond | None]:
-                """``n`` teacher samples, drawn data-parallel in batches and gathered in row order."""
-                batches = distributed.map_batches(n, task.sample_batch_size, lambda s, m: sampler(m, s))
+                """``n`` teacher samples, drawn data-parallel and gathered in row order: like the data
+                stage's, the task's sampling batch is the global batch, each rank's call taking its share."""
+                batches = distributed.map_batches(n, distributed.rank_batch(task.sample_batch_size),
+                                                  lambda s, m: sampler(m, s))
                 x = torch.cat([b[0].to(task.device) for b in batches])
                 conds = [b[1] for b in batches]
                 cond = None if conds[0] is None else {
