@@ -194,6 +194,24 @@ def _estimate(step_compute_ms: float, grad_bytes: int, flops_per_step: float,
     return {"assumptions": assumptions, **rows}
 
 
+def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run per configuration from several rounds: the timed seconds of every round pooled, the rates
+    recomputed from their median."""
+    runs = json.loads(json.dumps(rounds[0]))
+    for key, run in runs.items():
+        for batch, row in _by_batch(run).items():
+            row["seconds"] = [t for m in rounds for t in _by_batch(m[key])[batch]["seconds"]]
+            row["samples_per_s"] = row["num_drawn"] / statistics.median(row["seconds"])
+        if "data_by_batch" in run:
+            run["data"] = next(iter(run["data_by_batch"].values()))
+        if "classifier" in run and len(rounds) > 1:
+            clf = run["classifier"]
+            clf["seconds"] = [t for m in rounds for t in m[key]["classifier"]["seconds"]]
+            clf["examples_per_s"] = clf["steps"] * clf["batch_size"] / statistics.median(clf["seconds"])
+            clf["step_ms"] = 1e3 * statistics.median(clf["seconds"]) / clf["steps"]
+    return runs
+
+
 def _by_batch(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``{global batch: data-stage row}`` of one run (files written before the batch list: its one batch)."""
     return run.get("data_by_batch") or {str(run["data"]["sample_batch"]): run["data"]}
@@ -273,6 +291,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="fewer draws and steps")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median taken)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="launch every configuration this many times in turn (each with --repeats): "
+                             "a machine whose speed drifts over minutes then slows every configuration "
+                             "alike, and the data stage's ratios are also taken round by round (median)")
     parser.add_argument("--num-samples", type=int, default=None, help="balanced examples per draw")
     parser.add_argument("--sample-batch", default="2000",
                         help="global samples per round of the data stage (comma-separated list: each is "
@@ -299,20 +321,37 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     load_before = os.getloadavg()
     configs = [(1, 1), (1, cores), (2, max(1, cores // 2))] if args.device == "cpu" else [(1, 1), (2, 1)]
-    runs = {}
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for nproc, threads in configs:
-            key = f"{nproc}proc_x_{threads}thread"
-            runs[key] = _launch(nproc, threads, args, Path(tmp) / f"{key}.json")
-            print(f"{key}: measured", flush=True)
+        for r in range(args.rounds):
+            measured = {}
+            for nproc, threads in configs:
+                key = f"{nproc}proc_x_{threads}thread"
+                measured[key] = _launch(nproc, threads, args, Path(tmp) / f"{key}.json")
+                print(f"round {r + 1}/{args.rounds}, {key}: measured", flush=True)
+            rounds.append(measured)
+    runs = _merge_rounds(rounds)
     ratios, estimate = _summarise(runs)
+    if args.rounds > 1:  # the same ratios per round (each configuration measured minutes apart), median
+        per_round = [_summarise(m)[0]["data_by_global_batch"] for m in rounds]
+        for batch, row in ratios["data_by_global_batch"].items():
+            for name in ("vs_1proc_1thread", "vs_best_1proc_same_batch", "vs_best_1proc_any_batch"):
+                values = [p[batch][name] for p in per_round]
+                row[f"{name}_per_round"] = values
+                row[f"{name}_median_of_rounds"] = statistics.median(values)
     _print(runs, ratios, estimate)
+    for batch, row in ratios["data_by_global_batch"].items():
+        if "vs_1proc_1thread_per_round" in row:
+            print(f"data stage, global batch {batch:>6}, median of {args.rounds} rounds: 2 processes "
+                  f"{row['vs_1proc_1thread_median_of_rounds']:.2f}x 1 process x 1 thread, "
+                  f"{row['vs_best_1proc_same_batch_median_of_rounds']:.2f}x the best 1 process at this batch "
+                  f"(per round: {', '.join(f'{v:.2f}' for v in row['vs_1proc_1thread_per_round'])})")
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     name = args.name or f"scaling-{args.device}" + ("-quick" if args.quick else "")
     path = write_results(name, {
         "benchmark": "scaling", "device": args.device, "machine": machine_info(),
         "load_average_before": list(load_before), "uptime_after": uptime,
-        "settings": {"repeats": args.repeats, "num_samples": args.num_samples,
+        "settings": {"repeats": args.repeats, "rounds": args.rounds, "num_samples": args.num_samples,
                      "sample_batch": args.sample_batch, "classifier_steps": args.classifier_steps},
         "runs": runs, "ratios": ratios, "targets": {"data_2proc": 1.7, "classifier_2proc": 1.5},
         "estimate": estimate,
