@@ -240,9 +240,10 @@ def _label_batch(
 
 def _row_sampler(sample_fn: SampleFn) -> Callable[[int, int], Any]:
     """``sample_fn`` as ``f(n, start)``: a function of two positional arguments is called with the global
-    row offset ``start`` of the batch (so it can seed the batch's randomness from it, the same for every
-    world size); a function of one is called with ``n`` alone (one process only: every rank would draw
-    the same samples from its own copy of the generator)."""
+    row offset ``start`` of the batch (so it can seed the batch's randomness from it: any rank can draw
+    any batch, the same batch of the same rows on every rank); a function of one is called with ``n``
+    alone (one process only: every rank would draw the same samples from its own copy of the
+    generator)."""
     try:
         params = inspect.signature(sample_fn).parameters.values()
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -637,7 +638,7 @@ def draw_balanced_sis(
     base_seed = generator.initial_seed() if generator is not None else torch.initial_seed()
 
     def draw(n: int, start: int) -> tuple[torch.Tensor, None, torch.Tensor]:
-        # each batch's randomness is seeded from its global row offset: the same draws for any world size
+        # each batch's randomness is seeded from its global row offset: any rank can draw any batch
         g = torch.Generator(device=gen_device).manual_seed(stage_seed(base_seed, f"sis/rows{start}"))
         x = torch.randn((n, *sample_shape), generator=g, device=gen_device).to(device) * sigma_max
         x0, log_w = ancestral_trajectories(target, proposal, x, sigmas, generator=g)

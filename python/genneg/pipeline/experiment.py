@@ -348,8 +348,8 @@ class _Runner:
         """``sample_fn(n, start) -> (x, cond)``: rows ``start .. start + n - 1`` of the stage's stream of
         draws: ``n`` training contexts (None for unconditioned tasks) and a sample of ``model`` in each,
         drawn from a generator seeded by the run seed, ``stage`` and ``start`` (so any rank can draw any
-        batch, and the stream is the same for every world size); for tasks that pool, the evaluation
-        samples of ``pool_name`` are the stream's first rows."""
+        batch: a batch of the same rows is the same on every rank and for every world size); for tasks
+        that pool, the evaluation samples of ``pool_name`` are the stream's first rows."""
         task = self.task
         pool = None
         if pool_name and task.pools_eval_samples:
