@@ -115,14 +115,21 @@ def test_tiny_run_under_torchrun_agrees_with_one_process(runs: dict[str, Path]) 
 
 
 def test_genneg_eval_under_torchrun_gives_the_recorded_numbers(runs: dict[str, Path]) -> None:
-    """``genneg eval`` launched by torchrun on a run made under torchrun: a sharded evaluation (the same
-    batches, seeds and threads as the run's), rank 0 alone prints the run's recorded numbers."""
-    done = run(torchrun("-m", "genneg", "eval", "--run-dir", str(runs["two"]), "--model", "iter1"))
-    metrics = json.loads(done.stdout)
+    """``genneg eval`` on a run made under torchrun: in one process it prints the run's recorded numbers;
+    launched by torchrun with 1000 samples (two calls of the run's sampling batch 600, one per rank) it is
+    a sharded evaluation that gives the one-process numbers (the same batches, seeds and threads), rank 0
+    alone printing them."""
+    argv = ["-m", "genneg", "eval", "--run-dir", str(runs["two"]), "--model", "iter1"]
+    metrics = json.loads(run([sys.executable, *argv]).stdout)
     recorded = next(r for r in records(runs["two"]) if r["stage"] == "eval/iter1")
     shared = [k for k in recorded if k in metrics]
     assert {"infraction", "infractions", "elbo", "mmd", "n_parallel"} <= set(shared)
     assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared}, 1e-12, "eval")
+    one = json.loads(run([sys.executable, *argv, "--num", "1000"]).stdout)
+    done = run(torchrun(*argv, "--num-samples", "1000"))  # torchrun refuses --num (ambiguous to its parser)
+    assert done.stdout.count('"infraction"') == 1  # rank 0 alone prints
+    assert one["num_samples"] == 1000
+    assert_same_metrics(one, json.loads(done.stdout), 1e-12, "sharded eval")
 
 
 def _children(pid: int) -> list[int]:
