@@ -5,7 +5,9 @@ CUDA):
 
 - **data stage**: samples drawn and labelled per second by :func:`genneg.pipeline.balanced.draw_balanced`
   on the checkerboard (the quick profile's denoiser and sampler: residual MLP hidden 128, 32 Heun steps;
-  the data stage's cost is sampling, so the network's weights do not matter);
+  the data stage's cost is sampling, so the network's weights do not matter), for each global sampling
+  batch of ``--sample-batch`` (a comma-separated list): the batch is the global batch, so each of 2
+  processes draws half of it per call and the two configurations do the same work per round;
 - **classifier training**: examples per second of :func:`genneg.pipeline.classifier.train_classifier`
   at the paper's batch size 8192 with the paper's classifier (residual MLP hidden 256, two blocks);
 - the **communication** of a classifier step: the bytes DDP all-reduces (every gradient, float32) and
@@ -20,6 +22,7 @@ per step and the compute per step.
     python benchmarks/scaling.py            # CPU: 1 process x 1 thread, 1 x all cores, 2 x (cores / 2)
     python benchmarks/scaling.py --quick    # fewer draws and steps
     python benchmarks/scaling.py --device cuda   # one GPU per process (needs as many GPUs)
+    python benchmarks/scaling.py --sample-batch 1000,2000,4000 --data-only   # the data stage alone
 """
 
 from __future__ import annotations
@@ -70,21 +73,30 @@ def _worker(args: argparse.Namespace) -> None:
     def sample_fn(n: int, start: int) -> torch.Tensor:
         return task.sample(denoiser, n, stage_generator(0, f"bench/rows{start}", task.generator_device))
 
-    data_s, drawn = [], 0
-    for repeat in range(args.repeats + 1):  # the first is a warm-up
-        distributed.barrier()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            dataset = draw_balanced(sample_fn, task.oracle, args.num_samples, batch_size=args.sample_batch,
-                                    max_draws=100 * args.num_samples)
-        distributed.barrier()
-        if repeat:
-            data_s.append(time.perf_counter() - t0)
-        drawn = dataset.num_drawn
-    out["data"] = {"num_samples": args.num_samples, "num_drawn": drawn, "sample_batch": args.sample_batch,
-                   "sampling_steps": quick.sampling.num_steps, "seconds": data_s,
-                   "denoiser_parameters": sum(p.numel() for p in denoiser.parameters()),
-                   "samples_per_s": drawn / statistics.median(data_s)}
+    out["data_by_batch"] = {}
+    for batch in [int(b) for b in args.sample_batch.split(",")]:
+        data_s, drawn = [], 0
+        for repeat in range(args.repeats + 1):  # the first is a warm-up
+            distributed.barrier()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                dataset = draw_balanced(sample_fn, task.oracle, args.num_samples, batch_size=batch,
+                                        max_draws=100 * args.num_samples)
+            distributed.barrier()
+            if repeat:
+                data_s.append(time.perf_counter() - t0)
+            drawn = dataset.num_drawn
+        out["data_by_batch"][str(batch)] = {
+            "num_samples": args.num_samples, "num_drawn": drawn, "sample_batch": batch,
+            "rank_batch": distributed.rank_batch(batch), "sampling_steps": quick.sampling.num_steps,
+            "seconds": data_s, "denoiser_parameters": sum(p.numel() for p in denoiser.parameters()),
+            "samples_per_s": drawn / statistics.median(data_s)}
+    out["data"] = next(iter(out["data_by_batch"].values()))
+    if args.data_only:
+        if world.is_main:
+            Path(args.out).write_text(json.dumps(out, indent=2))
+        distributed.shutdown()
+        return
 
     # classifier training at the paper's batch --------------------------------------------------------
     paper = get_profile("paper")
@@ -137,7 +149,8 @@ def _launch(nproc: int, threads: int, args: argparse.Namespace, out: Path) -> di
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            __file__, "--worker", "--out", str(out), "--threads", str(threads), "--device", args.device,
            "--repeats", str(args.repeats), "--num-samples", str(args.num_samples),
-           "--sample-batch", str(args.sample_batch), "--classifier-steps", str(args.classifier_steps)]
+           "--sample-batch", str(args.sample_batch), "--classifier-steps", str(args.classifier_steps),
+           *(["--data-only"] if args.data_only else [])]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}")
@@ -181,36 +194,81 @@ def _estimate(step_compute_ms: float, grad_bytes: int, flops_per_step: float,
     return {"assumptions": assumptions, **rows}
 
 
-def _summarise(runs: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Ratios of the measured runs and the on-paper estimate."""
+def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run per configuration from several rounds: the timed seconds of every round pooled, the rates
+    recomputed from their median."""
+    runs = json.loads(json.dumps(rounds[0]))
+    for key, run in runs.items():
+        for batch, row in _by_batch(run).items():
+            row["seconds"] = [t for m in rounds for t in _by_batch(m[key])[batch]["seconds"]]
+            row["samples_per_s"] = row["num_drawn"] / statistics.median(row["seconds"])
+        if "data_by_batch" in run:
+            run["data"] = next(iter(run["data_by_batch"].values()))
+        if "classifier" in run and len(rounds) > 1:
+            clf = run["classifier"]
+            clf["seconds"] = [t for m in rounds for t in m[key]["classifier"]["seconds"]]
+            clf["examples_per_s"] = clf["steps"] * clf["batch_size"] / statistics.median(clf["seconds"])
+            clf["step_ms"] = 1e3 * statistics.median(clf["seconds"]) / clf["steps"]
+    return runs
+
+
+def _by_batch(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{global batch: data-stage row}`` of one run (files written before the batch list: its one batch)."""
+    return run.get("data_by_batch") or {str(run["data"]["sample_batch"]): run["data"]}
+
+
+def _summarise(runs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Ratios of the measured runs (data stage: per global batch, against the same batch in one process
+    and against the fastest one-process run at any batch) and the on-paper estimate (None without a
+    classifier measurement)."""
     one = runs["1proc_x_1thread"]
     two = next(v for k, v in runs.items() if k.startswith("2proc"))
     ones = [v for k, v in runs.items() if k.startswith("1proc")]
-    best_data = max(v["data"]["samples_per_s"] for v in ones)
+    best_any = max(row["samples_per_s"] for v in ones for row in _by_batch(v).values())
+    data: dict[str, Any] = {}
+    for batch, row in _by_batch(two).items():
+        same = [_by_batch(v)[batch]["samples_per_s"] for v in ones if batch in _by_batch(v)]
+        data[batch] = {
+            "2proc_samples_per_s": row["samples_per_s"],
+            "vs_1proc_1thread": row["samples_per_s"] / _by_batch(one)[batch]["samples_per_s"],
+            "vs_best_1proc_same_batch": row["samples_per_s"] / max(same),
+            "vs_best_1proc_any_batch": row["samples_per_s"] / best_any,
+        }
+    first = next(iter(data.values()))
+    ratios: dict[str, Any] = {"data_2proc_vs_1proc_1thread": first["vs_1proc_1thread"],
+                              "data_2proc_vs_best_1proc": first["vs_best_1proc_same_batch"],
+                              "data_by_global_batch": data}
+    if "classifier" not in one:
+        return ratios, None
     best_clf = max(v["classifier"]["examples_per_s"] for v in ones)
-    ratios = {
-        "data_2proc_vs_1proc_1thread": two["data"]["samples_per_s"] / one["data"]["samples_per_s"],
-        "classifier_2proc_vs_1proc_1thread":
-            two["classifier"]["examples_per_s"] / one["classifier"]["examples_per_s"],
-        "data_2proc_vs_best_1proc": two["data"]["samples_per_s"] / best_data,
-        "classifier_2proc_vs_best_1proc": two["classifier"]["examples_per_s"] / best_clf,
-    }
+    ratios["classifier_2proc_vs_1proc_1thread"] = \
+        two["classifier"]["examples_per_s"] / one["classifier"]["examples_per_s"]
+    ratios["classifier_2proc_vs_best_1proc"] = two["classifier"]["examples_per_s"] / best_clf
     clf = one["classifier"]
     flops = 6.0 * clf["parameters"] * clf["batch_size"]  # forward + backward of the MLP, 2 flops per MAC
-    data = one["data"]
+    row = one["data"]
     # a draw: 2 denoiser calls per Heun step of the quick profile's MLP (about the classifier's size / 3)
-    sample_flops = 2.0 * 2 * data["sampling_steps"] * data.get("denoiser_parameters", clf["parameters"] / 3)
+    sample_flops = 2.0 * 2 * row["sampling_steps"] * row.get("denoiser_parameters", clf["parameters"] / 3)
     estimate = _estimate(1e3 * flops / 20e12, clf["allreduce_bytes_per_step"], flops, sample_flops)
     return ratios, estimate
 
 
-def _print(runs: dict[str, Any], ratios: dict[str, float], estimate: dict[str, Any]) -> None:
+def _print(runs: dict[str, Any], ratios: dict[str, Any], estimate: dict[str, Any] | None) -> None:
     for key, run in runs.items():
-        print(f"{key:>18}: data {run['data']['samples_per_s']:10.0f} samples/s, classifier "
-              f"{run['classifier']['examples_per_s']:10.0f} examples/s ({run['classifier']['step_ms']:.1f} "
-              "ms/step)")
+        data = ", ".join(f"batch {b}: {row['samples_per_s']:.0f}" for b, row in _by_batch(run).items())
+        clf = run.get("classifier")
+        print(f"{key:>18}: data samples/s ({data})" + (
+            "" if clf is None else f"; classifier {clf['examples_per_s']:.0f} examples/s "
+                                   f"({clf['step_ms']:.1f} ms/step)"))
+    for batch, row in ratios["data_by_global_batch"].items():
+        print(f"data stage, global batch {batch:>6}: 2 processes {row['vs_1proc_1thread']:.2f}x 1 process "
+              f"x 1 thread, {row['vs_best_1proc_same_batch']:.2f}x the best 1 process at this batch, "
+              f"{row['vs_best_1proc_any_batch']:.2f}x the best 1 process at any batch")
     for name, value in ratios.items():
-        print(f"{name:>36}: {value:.2f}x")
+        if name.startswith("classifier"):
+            print(f"{name:>36}: {value:.2f}x")
+    if estimate is None:
+        return
     clf = runs["1proc_x_1thread"]["classifier"]
     two = next(v for k, v in runs.items() if k.startswith("2proc"))
     print(f"classifier step: {clf['allreduce_bytes_per_step']:,} bytes all-reduced, "
@@ -233,8 +291,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="fewer draws and steps")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median taken)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="launch every configuration this many times in turn (each with --repeats): "
+                             "a machine whose speed drifts over minutes then slows every configuration "
+                             "alike, and the data stage's ratios are also taken round by round (median)")
     parser.add_argument("--num-samples", type=int, default=None, help="balanced examples per draw")
-    parser.add_argument("--sample-batch", type=int, default=2000, help="samples per sampler call")
+    parser.add_argument("--sample-batch", default="2000",
+                        help="global samples per round of the data stage (comma-separated list: each is "
+                             "measured); each of W processes draws ceil(batch / W) per call")
+    parser.add_argument("--data-only", action="store_true", help="measure the data stage alone")
+    parser.add_argument("--name", default=None, help="results file name (default scaling-<device>)")
     parser.add_argument("--classifier-steps", type=int, default=None, help="classifier steps per repeat")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--from-json", type=Path, default=None,
@@ -255,26 +321,44 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     load_before = os.getloadavg()
     configs = [(1, 1), (1, cores), (2, max(1, cores // 2))] if args.device == "cpu" else [(1, 1), (2, 1)]
-    runs = {}
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for nproc, threads in configs:
-            key = f"{nproc}proc_x_{threads}thread"
-            runs[key] = _launch(nproc, threads, args, Path(tmp) / f"{key}.json")
-            print(f"{key}: measured", flush=True)
+        for r in range(args.rounds):
+            measured = {}
+            for nproc, threads in configs:
+                key = f"{nproc}proc_x_{threads}thread"
+                measured[key] = _launch(nproc, threads, args, Path(tmp) / f"{key}.json")
+                print(f"round {r + 1}/{args.rounds}, {key}: measured", flush=True)
+            rounds.append(measured)
+    runs = _merge_rounds(rounds)
     ratios, estimate = _summarise(runs)
+    if args.rounds > 1:  # the same ratios per round (each configuration measured minutes apart), median
+        per_round = [_summarise(m)[0]["data_by_global_batch"] for m in rounds]
+        for batch, row in ratios["data_by_global_batch"].items():
+            for name in ("vs_1proc_1thread", "vs_best_1proc_same_batch", "vs_best_1proc_any_batch"):
+                values = [p[batch][name] for p in per_round]
+                row[f"{name}_per_round"] = values
+                row[f"{name}_median_of_rounds"] = statistics.median(values)
     _print(runs, ratios, estimate)
+    for batch, row in ratios["data_by_global_batch"].items():
+        if "vs_1proc_1thread_per_round" in row:
+            print(f"data stage, global batch {batch:>6}, median of {args.rounds} rounds: 2 processes "
+                  f"{row['vs_1proc_1thread_median_of_rounds']:.2f}x 1 process x 1 thread, "
+                  f"{row['vs_best_1proc_same_batch_median_of_rounds']:.2f}x the best 1 process at this batch "
+                  f"(per round: {', '.join(f'{v:.2f}' for v in row['vs_1proc_1thread_per_round'])})")
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    name = f"scaling-{args.device}" + ("-quick" if args.quick else "")
+    name = args.name or f"scaling-{args.device}" + ("-quick" if args.quick else "")
     path = write_results(name, {
         "benchmark": "scaling", "device": args.device, "machine": machine_info(),
         "load_average_before": list(load_before), "uptime_after": uptime,
-        "settings": {"repeats": args.repeats, "num_samples": args.num_samples,
+        "settings": {"repeats": args.repeats, "rounds": args.rounds, "num_samples": args.num_samples,
                      "sample_batch": args.sample_batch, "classifier_steps": args.classifier_steps},
         "runs": runs, "ratios": ratios, "targets": {"data_2proc": 1.7, "classifier_2proc": 1.5},
         "estimate": estimate,
         "note": "ratios of medians; 2 processes of cores/2 threads against 1 process of 1 thread (the unit "
                 "of process scaling) and against the faster of 1 process x 1 thread and 1 process x all "
-                "cores. The estimate is on paper, not measured on GPUs.",
+                "cores. Data stage: sample_batch is the global batch of a round (2 processes draw half of "
+                "it each per call). The estimate is on paper, not measured on GPUs.",
     }, args.out_dir)
     print(f"wrote {path}  (load: {uptime})")
     if not math.isfinite(ratios["data_2proc_vs_1proc_1thread"]):

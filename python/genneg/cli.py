@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--run-dir", required=True, type=Path)
     sample.add_argument("--model", default="baseline",
                         help="baseline | iter<k> | ablation_<mode> | distilled")
-    sample.add_argument("--num", type=int, default=10_000, help="number of samples")
+    # --num-samples: the spelling torchrun passes on (its parser takes --num for --numa-binding, abbreviated)
+    sample.add_argument("--num", "--num-samples", dest="num", type=int, default=10_000,
+                        help="number of samples")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", type=Path, required=True,
                         help="output file: .npy (N, *shape) float32, or .npz with the samples as 'x' and "
@@ -78,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate a model of a finished run (prints JSON)")
     evaluate.add_argument("--run-dir", required=True, type=Path)
     evaluate.add_argument("--model", default="baseline")
-    evaluate.add_argument("--num", type=int, default=None, help="samples (default: the run's eval size)")
+    evaluate.add_argument("--num", "--num-samples", dest="num", type=int, default=None,
+                          help="samples (default: the run's eval size)")
     evaluate.add_argument("--oracle", default=None,
                           help="the oracle, for a run whose oracle has no reference")
     _sampling_arguments(evaluate)

@@ -1,6 +1,7 @@
 """Run by ``torchrun`` from ``test_torchrun.py`` (and in-process for the one-process answer): the
 balanced, the shrunk and the imbalanced draws of :mod:`genneg.pipeline.balanced` on a model-free stream
-whose batch at row offset ``start`` is seeded from ``start``; rank 0 saves what every rank got."""
+whose batch at row offset ``start`` is seeded from ``start``, at the global batches :data:`BATCHES`;
+rank 0 saves what every rank got."""
 
 from __future__ import annotations
 
@@ -25,15 +26,22 @@ def oracle(x: torch.Tensor) -> torch.Tensor:
     return x.norm(dim=1) > 0.6
 
 
-def draws() -> dict[str, torch.Tensor]:
-    """Every draw's tensors and counts, in one dict."""
+# the global batches of the two-process draws: odd, so that a round draws the global batch rounded up
+BATCHES = {"balanced": 345, "shrunk": 193, "imbalanced": 255}
+
+
+def draws(shares: int = 1) -> dict[str, torch.Tensor]:
+    """Every draw's tensors and counts, in one dict. The batches are :data:`BATCHES` cut into ``shares``
+    (rounded up): one process with ``shares=2`` makes the draws of two processes at the global batches
+    (each rank's sampler calls take ``ceil(batch / 2)`` rows)."""
+    batch = {name: -(-size // shares) for name, size in BATCHES.items()}
     out: dict[str, torch.Tensor] = {}
     cases = {
-        "balanced": draw_balanced(stream, oracle, 1000, batch_size=173, max_draws=20_000,
+        "balanced": draw_balanced(stream, oracle, 1000, batch_size=batch["balanced"], max_draws=20_000,
                                   generator=torch.Generator().manual_seed(5)),
         # 400 negatives need ~2500 draws; 900 draws hold fewer: the shrink policy keeps what they hold
-        "shrunk": draw_balanced(stream, oracle, 800, batch_size=97, max_draws=900, shrink=True),
-        "imbalanced": draw_imbalanced(stream, oracle, 1001, batch_size=128),
+        "shrunk": draw_balanced(stream, oracle, 800, batch_size=batch["shrunk"], max_draws=900, shrink=True),
+        "imbalanced": draw_imbalanced(stream, oracle, 1001, batch_size=batch["imbalanced"]),
     }
     for name, data in cases.items():
         out[f"{name}.x"] = data.x

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from genneg.io.rundir import RunDir, RunStateError
 from genneg.pipeline import distributed
-from genneg.pipeline.distributed import World, init_from_env, map_batches, shard_rows
+from genneg.pipeline.distributed import World, init_from_env, map_batches, rank_batch, shard_rows
 
 
 @given(n=st.integers(0, 10_000), size=st.integers(1, 64))
@@ -24,6 +24,13 @@ def test_shards_partition_the_rows_in_rank_order(n: int, size: int) -> None:
     assert all(a.stop == b.start for a, b in pairwise(shards))
     lengths = [s.stop - s.start for s in shards]
     assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
+
+
+@given(batch=st.integers(1, 10_000), size=st.integers(1, 64))
+def test_a_rank_batch_is_the_smallest_equal_share_covering_the_global_batch(batch: int, size: int) -> None:
+    share = rank_batch(batch, World(size - 1, size, 0, size, "gloo"))
+    assert share * size >= batch > (share - 1) * size
+    assert rank_batch(batch, World()) == batch  # one process draws the whole global batch
 
 
 def test_one_process_is_the_world_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,6 +66,8 @@ def test_bad_environment_and_inputs_are_refused(monkeypatch: pytest.MonkeyPatch)
         shard_rows(-1, World())
     with pytest.raises(ValueError, match="batch_size"):
         map_batches(5, 0, lambda s, m: s)
+    with pytest.raises(ValueError, match="global_batch must be >= 1, got 0"):
+        rank_batch(0, World())
 
 
 def test_threads_per_rank_divides_the_cores() -> None:

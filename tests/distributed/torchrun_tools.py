@@ -74,6 +74,16 @@ def assert_same_metrics(a: dict[str, Any], b: dict[str, Any], rtol: float, where
             assert va == vb, (where, key, va, vb)
 
 
+def at_half_the_batch(one: dict[str, Any], two: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Records of a one-process run at sampling batch ``B`` and a two-process run at ``2B`` (the global
+    batch: each rank's sampler calls take ``B``, so both runs make the same draws), made comparable: a
+    ``batch_size`` field (the config's evaluation batch) must be ``B`` and ``2B``, and is then dropped."""
+    one, two = dict(one), dict(two)
+    if "batch_size" in one or "batch_size" in two:
+        assert 2 * one.pop("batch_size") == two.pop("batch_size"), (one.get("stage"), two.get("stage"))
+    return one, two
+
+
 EVAL_RTOL = 1e-12
 """Floats of the evaluate hook, one process against two: both do the same arithmetic (the same batches of
 rows with the same seeds, one intra-op thread per process) and combine the batches' results in row order,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,27 @@ TIMING_FIELDS = {"sample_seconds", "sample_ms_per_1k"}
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], float]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], list[tuple[str, str]]]:
+    """The tiny profile run once: its directory, evaluation rows and the stage events it went through."""
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    start = time.perf_counter()
-    rows = run_experiment(get_profile("tiny"), run_dir, progress=False)
-    return run_dir, rows, time.perf_counter() - start
+    events: list[tuple[str, str]] = []
+    rows = run_experiment(get_profile("tiny"), run_dir, progress=False,
+                          hook=lambda stage, event: events.append((stage, event)))
+    return run_dir, rows, events
+
+
+def _started(events: list[tuple[str, str]]) -> list[str]:
+    return [stage for stage, event in events if event == "start"]
+
+
+# what a finished run rewrites when resumed: the report and its pictures; everything else is a stage's output
+REWRITTEN = {"report.md", "samples.png", "classifiers.png", "progress.png"}
+
+
+def _outputs(run_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """``{path: (mtime in ns, contents)}`` of every file of the run but the report and its pictures."""
+    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name not in REWRITTEN}
 
 
 def _comparable(rows: list[dict]) -> list[dict]:
@@ -30,9 +45,13 @@ def _comparable(rows: list[dict]) -> list[dict]:
 
 
 def test_tiny_profile_end_to_end(tiny_run):
-    run_dir, rows, seconds = tiny_run
+    run_dir, rows, events = tiny_run
     config = get_profile("tiny")
-    assert seconds < 60, f"tiny profile took {seconds:.0f} s; it must stay under 60 s"
+    # every stage ran once, and finished: no stage was computed twice
+    started = _started(events)
+    assert len(started) == len(set(started)) and set(started) == set(RunDir(run_dir, resume=True)
+                                                                       .completed_stages())
+    assert [s for s, e in events if e == "done"] == started
     assert [r["model"] for r in rows] == model_names(config)
     by_name = {r["model"]: r for r in rows}
     last = by_name[f"iter{config.gen_neg.iterations}"]
@@ -54,11 +73,14 @@ def test_tiny_profile_end_to_end(tiny_run):
 
 def test_finished_run_resumes_without_recomputing(tiny_run):
     run_dir, rows, _ = tiny_run
-    before = (run_dir / "metrics.jsonl").read_text()
-    start = time.perf_counter()
-    again = run_experiment(get_profile("tiny"), run_dir, resume=True, progress=False)
-    assert time.perf_counter() - start < 10  # only the report is rewritten
-    assert again == rows and (run_dir / "metrics.jsonl").read_text() == before
+    before = _outputs(run_dir)
+    events: list[tuple[str, str]] = []
+    again = run_experiment(get_profile("tiny"), run_dir, resume=True, progress=False,
+                           hook=lambda stage, event: events.append((stage, event)))
+    assert events == []  # no stage started
+    after = _outputs(run_dir)  # no checkpoint, dataset, sample, record or marker rewritten
+    assert after.keys() == before.keys() and [k for k in before if after[k] != before[k]] == []
+    assert again == rows and (run_dir / "report.md").is_file()
     with pytest.raises(RunStateError, match="already holds a run"):
         run_experiment(get_profile("tiny"), run_dir, progress=False)
     with pytest.raises(RunStateError, match="config differs"):

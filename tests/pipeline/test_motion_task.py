@@ -10,6 +10,7 @@ import math
 import re
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -180,25 +181,16 @@ def test_family_conditioned_task_samples_and_evaluates_in_contexts(tiny_run: tup
 # data-parallel (issue 14) -----------------------------------------------------------------------------
 
 
-def _torchrun_tools():
-    """``tests/distributed/torchrun_tools.py``, imported by path (the launcher, run readers, the evaluation
-    check shared with the traffic tests)."""
-    spec = importlib.util.spec_from_file_location(
-        "_genneg_torchrun_tools", Path(__file__).parents[1] / "distributed" / "torchrun_tools.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def test_evaluation_is_sharded_and_agrees_with_one_process(tiny_run: tuple[Path, list[dict]],
-                                                           tmp_path: Path) -> None:
+def test_evaluation_is_sharded_and_agrees_with_one_process(tiny_run: tuple[Path, list[dict]], tmp_path: Path,
+                                                           torchrun_tools: ModuleType) -> None:
     """The evaluate hook of a guided stack (iteration 1) under torchrun (2 processes, batches of 5 of the
     32 evaluation clips: unequal shares, a short last batch) gives the one-process clips, per-frame
     verdicts, counts, FID/KID (features gathered, statistics on rank 0), skating, floating and r-ELBO (also
-    in chunks of 5 held-out clips) exactly (see ``torchrun_tools.EVAL_RTOL``)."""
-    tools = _torchrun_tools()
+    in chunks of 5 held-out clips) exactly (``EVAL_RTOL`` of ``tests/distributed/torchrun_tools.py``)."""
     config = get_motion_profile("tiny")
-    metrics = tools.check_sharded_evaluation(tiny_run[0], ["iter1"], 5, tmp_path / "two")
+    metrics = torchrun_tools.check_sharded_evaluation(tiny_run[0], ["iter1"], 5, tmp_path / "two")
     for m in metrics.values():
         assert m["num_clips"] == config.eval.num_clips and m["batch_size"] == 5
         assert m["infractions"] == round(m["infraction"] * m["num_clips"])  # exact counts, gathered
@@ -216,33 +208,37 @@ counts in both). 1e-2 leaves a margin of 4 over the worst of these."""
 
 
 def test_tiny_run_under_torchrun_agrees_with_one_process(tiny_run: tuple[Path, list[dict]], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         torchrun_tools: ModuleType) -> None:
     """The tiny motion profile under torchrun (2 processes, gloo): every stage (the Gen-neG iterations,
     the three ablations, distillation, evaluations with sharded sampling, report and pictures on rank 0)
     in one consistent run directory whose markers record world size 2, agreeing with the one-process run:
-    the data stages' and evaluations' counts exactly (the same draws are made: the baseline, classifiers
+    the data stages' and evaluations' counts exactly (the same draws are made: the sampling batch is the
+    global batch, so the two processes run at twice the profile's 64, each rank's sampler calls taking 64
+    clips like the one process's, and the 32 evaluation clips are one call in both; the baseline, classifiers
     and their guided samples agree to about 1e-6 relative, not enough to move a clip across the floor),
     every float within 1e-4 relative (DDP's other order of floating-point sums: measured at most 2.1e-6 on
     this profile), distillation within :data:`DISTILLED_RTOL`. ``genneg eval`` in one process then gives
     the run's recorded numbers, and ``genneg sample`` draws from it."""
-    tools = _torchrun_tools()
     one, two = tiny_run[0], tmp_path / "two"
-    done = tools.run(tools.torchrun("-m", "genneg", "train", "motion", "--profile", "tiny", "--run-dir",
-                                    str(two), "--quiet"))
+    batch = 2 * get_motion_profile("tiny").gen_neg.sample_batch_size
+    done = torchrun_tools.run(torchrun_tools.torchrun("-m", "genneg", "train", "motion", "--profile", "tiny",
+                                                      "--run-dir", str(two), "--quiet", "--set",
+                                                      f"gen_neg.sample_batch_size={batch}"))
     assert done.stdout.count("| Gen-neG iteration 2 |") == 1  # rank 0 alone prints the table
-    marks = tools.markers(two)
-    assert set(marks) == set(tools.markers(one))
+    marks = torchrun_tools.markers(two)
+    assert set(marks) == set(torchrun_tools.markers(one))
     assert {(m["world_size"], m["backend"]) for m in marks.values()} == {(2, "gloo")}
     assert "world size 2 (backend gloo)" in (two / "report.md").read_text()
     listing = sorted(str(p.relative_to(two)) for p in two.rglob("*"))
     assert listing == sorted(str(p.relative_to(one)) for p in one.rglob("*"))
-    a, b = tools.records(one), tools.records(two)
+    a, b = torchrun_tools.records(one), torchrun_tools.records(two)
     assert [r["stage"] for r in a] == [r["stage"] for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in map(torchrun_tools.at_half_the_batch, a, b):
         if ra["stage"] in ("distill", "eval/distilled"):
-            tools.assert_same_metrics(ra, rb, DISTILLED_RTOL, ra["stage"])
+            torchrun_tools.assert_same_metrics(ra, rb, DISTILLED_RTOL, ra["stage"])
         else:
-            tools.assert_same_metrics(ra, rb, 1e-4, ra["stage"])
+            torchrun_tools.assert_same_metrics(ra, rb, 1e-4, ra["stage"])
 
     # a run made under torchrun reopens in one process: `genneg eval` gives its recorded numbers
     from genneg.cli import main
@@ -251,8 +247,8 @@ def test_tiny_run_under_torchrun_agrees_with_one_process(tiny_run: tuple[Path, l
     metrics = json.loads(capsys.readouterr().out)
     recorded = next(r for r in b if r["stage"] == "eval/iter2")
     shared = [k for k in recorded if k in metrics]
-    tools.assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared},
-                              tools.EVAL_RTOL, "genneg eval")
+    torchrun_tools.assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared},
+                                       torchrun_tools.EVAL_RTOL, "genneg eval")
     assert main(["sample", "--run-dir", str(two), "--model", "distilled", "--num", "3",
                  "--out", str(tmp_path / "clips.npy")]) == 0
     assert np.load(tmp_path / "clips.npy").shape[0] == 3

@@ -7,6 +7,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -371,25 +372,15 @@ def test_killed_traffic_run_resumes_to_the_same_numbers(tiny_run: tuple[Path, li
 # data-parallel (issue 14) -----------------------------------------------------------------------------
 
 
-def _torchrun_tools():
-    """``tests/distributed/torchrun_tools.py``, imported by path (the launcher, run readers, the evaluation
-    check shared with the motion tests)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "_genneg_torchrun_tools", Path(__file__).parents[1] / "distributed" / "torchrun_tools.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def test_evaluation_is_sharded_and_agrees_with_one_process(tiny_run: tuple[Path, list[dict]],
-                                                           tmp_path: Path) -> None:
+def test_evaluation_is_sharded_and_agrees_with_one_process(tiny_run: tuple[Path, list[dict]], tmp_path: Path,
+                                                           torchrun_tools: ModuleType) -> None:
     """The evaluate hook of a guided stack (iteration 1) under torchrun (2 processes, batches of 5
     of the 32 evaluation scenes: unequal shares, a short last batch) gives the one-process scenes, verdicts,
-    counts and r-ELBO (also in chunks of 5 held-out scenes) exactly (see ``torchrun_tools.EVAL_RTOL``)."""
-    tools = _torchrun_tools()
-    metrics = tools.check_sharded_evaluation(tiny_run[0], ["iter1"], 5, tmp_path / "two")
+    counts and r-ELBO (also in chunks of 5 held-out scenes) exactly (``EVAL_RTOL`` of
+    ``tests/distributed/torchrun_tools.py``)."""
+    metrics = torchrun_tools.check_sharded_evaluation(tiny_run[0], ["iter1"], 5, tmp_path / "two")
     for m in metrics.values():
         assert m["num_scenes"] == get_traffic_profile("tiny").eval.num_scenes and m["batch_size"] == 5
         assert m["infractions"] == round(m["infraction"] * m["num_scenes"])  # exact counts, gathered
@@ -397,10 +388,12 @@ def test_evaluation_is_sharded_and_agrees_with_one_process(tiny_run: tuple[Path,
 
 
 def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                      capsys: pytest.CaptureFixture[str], torchrun_tools: ModuleType) -> None:
     """The finished one-process run's data and baseline, continued with ``--resume`` under torchrun (2
     processes): every later stage (Gen-neG iterations, the three ablations, distillation, evaluations,
-    report) runs data-parallel into one consistent run directory.
+    report) runs data-parallel into one consistent run directory. The continued run's config holds twice
+    the sampling batch: it is the global batch, so each rank's sampler calls take the one-process run's 64
+    scenes and the two runs make the same draws (the 32 evaluation scenes are one call in both).
 
     Compared with the one-process run: what starts from the same weights is exact: the baseline's
     evaluation (the same scenes, verdicts and r-ELBO), iteration 1's balanced set and the imbalanced
@@ -413,7 +406,6 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
     so those rows agree only statistically; they are checked for shape and completeness."""
     import shutil
 
-    tools = _torchrun_tools()
     one = tiny_run[0]
     two = tmp_path / "two"
     for name in ("config.json", "task.json", "stages/data.done", "stages/baseline.done",
@@ -421,13 +413,17 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
         (two / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(one / name, two / name)
     shutil.copytree(one / "data", two / "data")
+    config = json.loads((one / "config.json").read_text())
+    config["gen_neg"]["sample_batch_size"] *= 2
+    (two / "config.json").write_text(json.dumps(config))
     (two / "metrics.jsonl").write_text("".join(
-        json.dumps(r) + "\n" for r in tools.records(one) if r["stage"] in ("data", "baseline")))
-    done = tools.run(tools.torchrun("-m", "genneg", "train", "--run-dir", str(two), "--resume", "--quiet"))
+        json.dumps(r) + "\n" for r in torchrun_tools.records(one) if r["stage"] in ("data", "baseline")))
+    done = torchrun_tools.run(torchrun_tools.torchrun("-m", "genneg", "train", "--run-dir", str(two),
+                                                      "--resume", "--quiet"))
     assert done.stdout.count("| Gen-neG iteration 2 |") == 1  # rank 0 alone prints the table
 
-    marks = tools.markers(two)
-    assert set(marks) == set(tools.markers(one))
+    marks = torchrun_tools.markers(two)
+    assert set(marks) == set(torchrun_tools.markers(one))
     assert {s: (m["world_size"], m["backend"]) for s, m in marks.items() if m["world_size"] == 1} == {
         "data": (1, "none"), "baseline": (1, "none")}
     assert {(m["world_size"], m["backend"]) for s, m in marks.items() if s not in ("data", "baseline")} == {
@@ -435,18 +431,18 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
     # one run directory, written once by rank 0: the same files, each stage's records once, in order
     listing = sorted(str(p.relative_to(two)) for p in two.rglob("*"))
     assert listing == sorted(str(p.relative_to(one)) for p in one.rglob("*"))
-    a, b = tools.records(one), tools.records(two)
+    a, b = torchrun_tools.records(one), torchrun_tools.records(two)
     assert [r["stage"] for r in a] == [r["stage"] for r in b]
     report = (two / "report.md").read_text()
     assert "world size 1 (backend none); world size 2 (backend gloo)" in report
     assert "world size 1 (backend none)" in (one / "report.md").read_text()
 
-    for r, r2 in zip(a, b):
+    for r, r2 in map(torchrun_tools.at_half_the_batch, a, b):
         stage = r["stage"]
         if stage in ("data", "baseline", "eval/baseline", "iter1/data", "ablation/imbalanced/data"):
-            tools.assert_same_metrics(r, r2, 0.0, stage, atol=0.0)  # exact
+            torchrun_tools.assert_same_metrics(r, r2, 0.0, stage, atol=0.0)  # exact
         elif stage.endswith("/classifier") and not stage.startswith("iter2"):
-            tools.assert_same_metrics(r, r2, 1e-4, stage)
+            torchrun_tools.assert_same_metrics(r, r2, 1e-4, stage)
         elif r.get("kind") == "eval":
             assert r2["num_scenes"] == r["num_scenes"] and 0 <= r2["infraction"] <= 1
             assert math.isfinite(r2["r_elbo"]) or stage == "eval/ablation_time_independent"
@@ -464,8 +460,52 @@ def test_run_continued_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_pat
     metrics = json.loads(capsys.readouterr().out)
     recorded = next(r for r in b if r["stage"] == "eval/iter2")
     shared = [k for k in recorded if k in metrics]
-    tools.assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared}, 0.0,
-                              "genneg eval", atol=0.0)
+    torchrun_tools.assert_same_metrics({k: metrics[k] for k in shared}, {k: recorded[k] for k in shared},
+                                       0.0, "genneg eval", atol=0.0)
     assert main(["sample", "--run-dir", str(two), "--model", "distilled", "--num", "3",
                  "--out", str(tmp_path / "scenes.npz")]) == 0
     assert np.load(tmp_path / "scenes.npz")["x"].shape == (3, 4, 7)
+
+
+# the later stages of a traffic run cut to what the wiring needs: one Gen-neG iteration, no ablation (the
+# continued run above has them), distillation from 80 teacher scenes drawn in calls of 16 per rank (the
+# 32 pooled evaluation scenes of iteration 1, then guided-teacher batches on both ranks: scenes and their
+# conditioning gathered in row order)
+FROM_DATA = ["gen_neg.iterations=1", "ablations=[]", "gen_neg.sample_batch_size=32",
+             "distill.x0_source=teacher", "distill.num_teacher_samples=80"]
+
+
+def test_run_from_the_data_stage_under_torchrun(tiny_run: tuple[Path, list[dict]], tmp_path: Path,
+                                                torchrun_tools: ModuleType) -> None:
+    """The tiny traffic profile under torchrun (2 processes) from its first stage, later stages cut by
+    :data:`FROM_DATA`: rank 0 writes the data (the one-process run's files, byte for byte: the same
+    config), the baseline trains under DDP from the same weights on the same global batches (its training
+    records agree with the one-process run's to the order of floating-point sums: 1e-4 relative, as the
+    classifiers of the continued run), and every later stage, the distillation from teacher samples
+    included, finishes in one run directory whose markers record world size 2. What is sampled from the
+    baseline is not compared: its weights differ from the one-process run's by about 1e-7 relative, and
+    the tiny model's ancestral sampler is chaotic (see the continued run)."""
+    one, two = tiny_run[0], tmp_path / "two"
+    sets = [a for o in FROM_DATA for a in ("--set", o)]
+    done = torchrun_tools.run(torchrun_tools.torchrun("-m", "genneg", "train", "traffic", "--profile", "tiny",
+                                                      "--run-dir", str(two), "--quiet", *sets))
+    assert done.stdout.count("| Gen-neG iteration 1 |") == 1  # rank 0 alone prints the table
+    marks = torchrun_tools.markers(two)
+    assert set(marks) == {"data", "baseline", "eval/baseline", "iter1/data", "iter1/classifier",
+                          "eval/iter1", "distill", "eval/distilled"}
+    assert {(m["world_size"], m["backend"]) for m in marks.values()} == {(2, "gloo")}
+    assert marks["distill"]["x0_source"] == "teacher" and marks["distill"]["num_x0"] == 80
+    assert marks["iter1/data"]["num_pos"] == marks["iter1/data"]["num_neg"] == 8
+    for path in sorted((one / "data").rglob("*")):
+        if path.is_file():
+            assert (two / path.relative_to(one)).read_bytes() == path.read_bytes(), path
+    a = [r for r in torchrun_tools.records(one) if r["stage"] in ("data", "baseline")]
+    b = [r for r in torchrun_tools.records(two) if r["stage"] in ("data", "baseline")]
+    assert len(a) == len(b) > 2
+    for ra, rb in zip(a, b, strict=True):
+        torchrun_tools.assert_same_metrics(ra, rb, 1e-4, ra["stage"])
+    evals = {r["model"]: r for r in torchrun_tools.records(two) if r.get("kind") == "eval"}
+    assert set(evals) == {"baseline", "iter1", "distilled"}
+    for r in evals.values():
+        assert r["num_scenes"] == 32 and 0 <= r["infraction"] <= 1 and math.isfinite(r["r_elbo"])
+    assert "world size 2 (backend gloo)" in (two / "report.md").read_text()

@@ -57,6 +57,13 @@ def stage_generator(seed: int, stage: str, device: torch.device | str = "cpu") -
     return g
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """``text`` written to ``path`` atomically unless the file already holds it (a resumed run rewrites
+    nothing it need not)."""
+    if not (path.is_file() and path.read_text() == text):
+        atomic_write_text(path, text)
+
+
 def _valid_stage(name: object) -> bool:
     return (isinstance(name, str) and _STAGE_NAME.match(name) is not None
             and all(part not in (".", "..") for part in name.split("/")))
@@ -147,7 +154,7 @@ class RunDir:
                 diff = sorted(k for k in set(saved) | set(data) if saved.get(k) != data.get(k))
                 raise RunStateError(f"config differs from the one saved in {self.config_path} "
                                     f"(sections {diff}); resume with the saved config or use a new run dir")
-        atomic_write_text(self.config_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        _write_if_changed(self.config_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def read_config(self, cls: type[T]) -> T:
         """Load the saved config as an instance of ``cls``."""
@@ -213,5 +220,8 @@ class RunDir:
     def _drop_unfinished_records(self) -> None:
         if not self.metrics_path.is_file():
             return
-        kept = [r for r in self._iter_records() if _valid_stage(r.get("stage")) and self.is_done(r["stage"])]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        records = list(self._iter_records())
+        kept = [r for r in records if _valid_stage(r.get("stage")) and self.is_done(r["stage"])]
+        lines = len([line for line in self.metrics_path.read_text().splitlines() if line.strip()])
+        if len(kept) < lines:  # a finished run's log stays untouched
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from genneg.diffusion.denoiser import Denoiser, expand_sigma
 from genneg.io.rundir import stage_seed
 from genneg.oracles.base import evaluate_oracle
-from genneg.pipeline.distributed import all_gather_objects, map_batches, world
+from genneg.pipeline.distributed import all_gather_objects, map_batches, rank_batch, world
 
 __all__ = [
     "BalancedDataset",
@@ -240,9 +240,10 @@ def _label_batch(
 
 def _row_sampler(sample_fn: SampleFn) -> Callable[[int, int], Any]:
     """``sample_fn`` as ``f(n, start)``: a function of two positional arguments is called with the global
-    row offset ``start`` of the batch (so it can seed the batch's randomness from it, the same for every
-    world size); a function of one is called with ``n`` alone (one process only: every rank would draw
-    the same samples from its own copy of the generator)."""
+    row offset ``start`` of the batch (so it can seed the batch's randomness from it: any rank can draw
+    any batch, the same batch of the same rows on every rank); a function of one is called with ``n``
+    alone (one process only: every rank would draw the same samples from its own copy of the
+    generator)."""
     try:
         params = inspect.signature(sample_fn).parameters.values()
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -308,13 +309,17 @@ def draw_balanced(
     """Draw from the model until ``num_total / 2`` valid and ``num_total / 2`` invalid samples are kept.
 
     Data-parallel over the ranks of :mod:`genneg.pipeline.distributed` (a single process is the world of
-    one): the draws are cut into batches at global row offsets ``0, batch_size, ...``; in each round rank
-    ``r`` draws and labels the ``r``-th next batch, the labels are gathered, and every rank walks the
-    round's batches in row order, keeping the first examples of each class and counting every draw
-    (Python ints: exact) up to the batch that completes the set; later batches of that round are not
+    one): ``batch_size`` is the global batch of a round, each of the ``W`` ranks drawing its share
+    ``b = ceil(batch_size / W)`` (:func:`~genneg.pipeline.distributed.rank_batch`; the issue's convention:
+    the config's batch is the global batch, and a share small enough for each rank's cache is what makes
+    the stage scale). The draws are cut into batches of ``b`` at global row offsets ``0, b, 2b, ...``; in
+    each round rank ``r`` draws and labels the ``r``-th next batch, the labels are gathered, and every rank
+    walks the round's batches in row order, keeping the first examples of each class and counting every
+    draw (Python ints: exact) up to the batch that completes the set; later batches of that round are not
     counted. The kept rows are gathered at the end, positives then negatives in row order. With a
-    ``sample_fn(n, start)`` that seeds each batch from ``start``, the set, the counts and ``pi_neg`` are
-    the same for every world size; every rank returns the whole set.
+    ``sample_fn(n, start)`` that seeds each batch from ``start``, the same global seed gives the same set,
+    counts and ``pi_neg`` for the same world size, and ``W`` processes at ``batch_size`` give exactly those
+    of one process at ``b``; every rank returns the whole set.
 
     Args:
         sample_fn: ``sample_fn(n, start)`` (or, for one process, ``sample_fn(n)``) ``-> (n, *sample_shape)``
@@ -323,7 +328,8 @@ def draw_balanced(
         oracle: ``oracle(x, **cond) -> bool (n,) or (n, P)``, True = valid; tensors or NumPy (see
             :func:`genneg.oracles.base.evaluate_oracle`).
         num_total: examples to keep, even: ``num_total / 2`` per class.
-        batch_size: samples per call of ``sample_fn``.
+        batch_size: samples per round over every rank (the global batch); each rank's call of
+            ``sample_fn`` takes ``ceil(batch_size / W)``.
         max_draws: most samples to draw; default ``100 · num_total``.
         part_mask_fn: ``part_mask_fn(x (n, *sample_shape), **cond) -> bool (n, P)``, True = a real part
             (padding is ignored); only for per-part oracles.
@@ -371,6 +377,7 @@ def _collect_balanced(
     if budget < num_total:
         raise ValueError(f"max_draws={budget} is smaller than num_total={num_total}")
     w = world()
+    share = rank_batch(batch_size, w)  # this rank's part of the round's global batch
     need = num_total // 2
     kept = {True: 0, False: 0}
     # this rank's kept rows: (class, global row offset of the batch, x, log_w, part labels, mask, cond)
@@ -389,7 +396,7 @@ def _collect_balanced(
         while not complete():
             sizes, offset = [], drawn
             for _ in range(w.world_size):
-                sizes.append(min(batch_size, budget - offset))
+                sizes.append(min(share, budget - offset))
                 offset += sizes[-1]
             start = drawn + sum(sizes[: w.rank])
             local: tuple[Any, ...] = (torch.zeros(0, dtype=torch.bool), None)
@@ -511,7 +518,8 @@ def draw_imbalanced(
     """``num_total`` model samples with their natural class mix (the ``imbalanced`` ablation).
 
     Args and return as :func:`draw_balanced`; ``balanced`` is False and ``pi_neg`` is the fraction of
-    invalid samples among the ``num_total`` drawn. Batches are drawn and labelled data-parallel
+    invalid samples among the ``num_total`` drawn. Batches of ``ceil(batch_size / W)`` (``batch_size`` is
+    the global batch, as in :func:`draw_balanced`) are drawn and labelled data-parallel
     (:func:`genneg.pipeline.distributed.map_batches`) and gathered in row order.
 
     Raises:
@@ -528,7 +536,7 @@ def draw_imbalanced(
         where.append(x.device)
         return (x, *_label_batch(x, oracle, part_mask_fn, cond), cond)
 
-    batches = map_batches(num_total, batch_size, one)
+    batches = map_batches(num_total, rank_batch(batch_size), one)
     device = where[0] if where else torch.device("cpu")  # gathered copies come back on the CPU
     batches = [tuple(_to(v, device) for v in b) for b in batches]
     labels_all = torch.cat([b[1] for b in batches])
@@ -630,7 +638,7 @@ def draw_balanced_sis(
     base_seed = generator.initial_seed() if generator is not None else torch.initial_seed()
 
     def draw(n: int, start: int) -> tuple[torch.Tensor, None, torch.Tensor]:
-        # each batch's randomness is seeded from its global row offset: the same draws for any world size
+        # each batch's randomness is seeded from its global row offset: any rank can draw any batch
         g = torch.Generator(device=gen_device).manual_seed(stage_seed(base_seed, f"sis/rows{start}"))
         x = torch.randn((n, *sample_shape), generator=g, device=gen_device).to(device) * sigma_max
         x0, log_w = ancestral_trajectories(target, proposal, x, sigmas, generator=g)

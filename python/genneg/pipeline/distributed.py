@@ -11,7 +11,8 @@ single process is the world-size-1 case of the same code, not a separate path).
 - :func:`world` says where this process stands (:class:`World`).
 - :func:`barrier`, :func:`all_reduce_int64` (exact integer counts), :func:`all_gather_objects`
   (per-rank results in rank order), :func:`broadcast_object`.
-- :func:`shard_rows` splits the rows ``0..n-1`` of a global batch into contiguous shards, one per rank.
+- :func:`shard_rows` splits the rows ``0..n-1`` of a global batch into contiguous shards, one per rank;
+  :func:`rank_batch` is a rank's share of a global sampling batch (the data stage's sampler calls).
 - :func:`threads_per_rank`: the cores of the machine divided among its local ranks (the default of the
   C++ oracle's and PyTorch's intra-op threads).
 - :func:`ddp`: a module wrapped in ``DistributedDataParallel`` (itself when the world has one process).
@@ -44,6 +45,7 @@ __all__ = [
     "global_mean_losses",
     "init_from_env",
     "map_batches",
+    "rank_batch",
     "shard_rows",
     "shutdown",
     "threads_per_rank",
@@ -233,6 +235,21 @@ def shard_rows(n: int, w: World | None = None) -> slice:
     base, extra = divmod(n, w.world_size)
     start = w.rank * base + min(w.rank, extra)
     return slice(start, start + base + (1 if w.rank < extra else 0))
+
+
+def rank_batch(global_batch: int, w: World | None = None) -> int:
+    """Rows of one rank's sampler call when ``global_batch`` rows are drawn per round by every rank
+    together: ``ceil(global_batch / world_size)`` (a round then draws the global batch rounded up to a
+    multiple of the world size). ``W`` processes at ``global_batch`` make the sampler calls of one process
+    at ``rank_batch(global_batch)``.
+
+    Raises:
+        ValueError: ``global_batch < 1``.
+    """
+    if global_batch < 1:
+        raise ValueError(f"global_batch must be >= 1, got {global_batch}")
+    w = world() if w is None else w
+    return -(-global_batch // w.world_size)
 
 
 def threads_per_rank(w: World | None = None) -> int:

@@ -348,8 +348,8 @@ class _Runner:
         """``sample_fn(n, start) -> (x, cond)``: rows ``start .. start + n - 1`` of the stage's stream of
         draws: ``n`` training contexts (None for unconditioned tasks) and a sample of ``model`` in each,
         drawn from a generator seeded by the run seed, ``stage`` and ``start`` (so any rank can draw any
-        batch, and the stream is the same for every world size); for tasks that pool, the evaluation
-        samples of ``pool_name`` are the stream's first rows."""
+        batch: a batch of the same rows is the same on every rank and for every world size); for tasks
+        that pool, the evaluation samples of ``pool_name`` are the stream's first rows."""
         task = self.task
         pool = None
         if pool_name and task.pools_eval_samples:
@@ -438,8 +438,10 @@ class _Runner:
             sampler = self.sampler(teacher, teacher_pool, "distill/teacher")
 
             def sample_teacher(n: int) -> tuple[torch.Tensor, Cond | None]:
-                """``n`` teacher samples, drawn data-parallel in batches and gathered in row order."""
-                batches = distributed.map_batches(n, task.sample_batch_size, lambda s, m: sampler(m, s))
+                """``n`` teacher samples, drawn data-parallel and gathered in row order: like the data
+                stage's, the task's sampling batch is the global batch, each rank's call taking its share."""
+                batches = distributed.map_batches(n, distributed.rank_batch(task.sample_batch_size),
+                                                  lambda s, m: sampler(m, s))
                 x = torch.cat([b[0].to(task.device) for b in batches])
                 conds = [b[1] for b in batches]
                 cond = None if conds[0] is None else {
@@ -614,7 +616,9 @@ def run_task(task: Task, config: Any, run_dir: str | Path, *, resume: bool = Fal
         try:
             run = RunDir(run_dir, resume=resume, overwrite=overwrite)
             run.write_config(config)
-            atomic_write_text(run.root / TASK_FILE, json.dumps(reference, indent=2, sort_keys=True) + "\n")
+            text = json.dumps(reference, indent=2, sort_keys=True) + "\n"
+            if not ((run.root / TASK_FILE).is_file() and (run.root / TASK_FILE).read_text() == text):
+                atomic_write_text(run.root / TASK_FILE, text)  # a resumed run rewrites nothing it need not
         except (RunStateError, OSError) as err:
             error = err
     failed = distributed.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
