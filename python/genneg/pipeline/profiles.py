@@ -57,7 +57,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class SamplingConfig:
     """PF-ODE sampling: ``num_steps`` noise levels from ``edm.sigma_max`` to ``edm.sigma_min``, then a
-    first-order step to 0; ``batch_size`` samples per call of the network.
+    first-order step to 0; ``batch_size`` samples per round of the data stage (the global batch: under
+    torchrun each of ``W`` ranks draws ``ceil(batch_size / W)`` per call), per call in evaluation.
 
     ``sampler``: a key of ``genneg.diffusion.SAMPLERS``: ``"heun"`` (the paper's, the default),
     ``"euler"``, ``"dpmpp_2m"`` (DPM-Solver++(2M)) or ``"unipc"`` (UniPC-2M); the few-step solvers call the

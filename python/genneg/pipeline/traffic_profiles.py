@@ -135,7 +135,8 @@ class TrafficGenNegConfig:
         max_draws: most scenes drawn to collect them.
         guidance_scale: ``gamma`` of every classifier (1 is the method).
         sample_steps: ancestral sampling steps (evenly spaced subsequence of the DDPM's ``T``).
-        sample_batch_size: scenes per sampler call.
+        sample_batch_size: scenes per round of the data stage, the global batch: under torchrun each of
+            ``W`` ranks draws ``ceil(sample_batch_size / W)`` per call; in evaluation, scenes per call.
         augment: train every classifier on the 8 dihedral copies of each labelled scene
             (:func:`genneg.pipeline.traffic.dihedral_augment`).
         budget_policy: as :class:`genneg.pipeline.profiles.GenNegConfig`'s (``"raise"``: the fixed-size
