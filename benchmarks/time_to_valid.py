@@ -406,26 +406,12 @@ def traffic_main(args: argparse.Namespace, argv: list[str] | None, load_start: t
         "load_average_end": list(os.getloadavg()), "r_elbo": quality, "rows": rows, "summary": summary,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "included": [str(p) for p in args.include],
-        "fit": None if not args.fitted else {
-            "samples": args.fit_samples, "reference_steps": args.fit_reference_steps,
-            "sweeps": args.fit_sweeps, "evaluations_per_knot": args.fit_evaluations,
-            "schedules_from": str(args.schedules or "")},
+        "fit": _fit_record(args),
     }
-    path = write_results(stem, payload, args.out_dir)
-    if schedules:
-        write_results(f"{stem}-schedules", {"run_dir": str(args.run_dir), "schedules": schedules},
-                      args.out_dir)
-    md = path.with_suffix(".md")
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(f"# time to a valid scene: {args.run_dir} ({config.profile})\n\n"
-                   f"machine: {payload['machine']['cpu']}, {args.threads} thread(s), load "
-                   f"{load_start[0]:.1f} -> {payload['load_average_end'][0]:.1f}; {payload['num_scenes']} "
-                   f"evaluation scenes per row; r-ELBO on {r_elbo_scenes} held-out scenes x "
-                   f"{config.eval.r_elbo_timesteps} timesteps\n\ncommand: `{payload['command']}`\n\n"
-                   f"{table}\n")
-    os.replace(tmp, md)
-    print(f"wrote {path} and {md}")
-    return 0
+    details = (f"{payload['num_scenes']} evaluation scenes per row; r-ELBO on {r_elbo_scenes} held-out "
+               f"scenes x {config.eval.r_elbo_timesteps} timesteps")
+    title = f"a valid scene: {args.run_dir} ({config.profile})"
+    return _save(args, stem, payload, schedules, title, details, table, load_start)
 
 
 def _format_table(rows: list[dict[str, Any]], elbo: dict[str, float], p: float) -> str:
@@ -496,6 +482,33 @@ def _summary(rows: list[dict[str, Any]], reference_steps: int, reference_sigma_m
     out["fast_over_naive_min"] = min(ratios) if ratios else None
     return out
 
+
+
+def _fit_record(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The schedule-fit options of a ``--fitted`` run, for its JSON (None without ``--fitted``)."""
+    if not args.fitted:
+        return None
+    return {"samples": args.fit_samples, "reference_steps": args.fit_reference_steps,
+            "sweeps": args.fit_sweeps, "evaluations_per_knot": args.fit_evaluations,
+            "schedules_from": str(args.schedules or "")}
+
+
+def _save(args: argparse.Namespace, stem: str, payload: dict[str, Any], schedules: Any, title: str,
+          details: str, table: str, load_start: Any) -> int:
+    """Write the JSON (and the fitted schedules' JSON), then the Markdown table, atomically."""
+    path = write_results(stem, payload, args.out_dir)
+    if schedules:
+        write_results(f"{stem}-schedules", {"run_dir": str(args.run_dir), "schedules": schedules},
+                      args.out_dir)
+    md = path.with_suffix(".md")
+    tmp = md.with_name(f".{md.name}.tmp")
+    tmp.write_text(f"# time to {title}\n\n"
+                   f"machine: {payload['machine']['cpu']}, {args.threads} thread(s), load "
+                   f"{load_start[0]:.1f} -> {payload['load_average_end'][0]:.1f}; {details}\n\n"
+                   f"command: `{payload['command']}`\n\n{table}\n")
+    os.replace(tmp, md)
+    print(f"wrote {path} and {md}")
+    return 0
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -621,26 +634,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": list(os.getloadavg()), "elbo": elbo, "rows": rows, "summary": summary,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "included": [str(p) for p in args.include],
-        "fit": None if not args.fitted else {
-            "samples": args.fit_samples, "reference_steps": args.fit_reference_steps,
-            "sweeps": args.fit_sweeps, "evaluations_per_knot": args.fit_evaluations,
-            "schedules_from": str(args.schedules or "")},
+        "fit": _fit_record(args),
     }
-    path = write_results(stem, payload, args.out_dir)
-    if schedules:
-        write_results(f"{stem}-schedules", {"run_dir": str(args.run_dir), "schedules": schedules},
-                      args.out_dir)
-    md = path.with_suffix(".md")
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(f"# time to a valid sample: {args.run_dir} ({config.profile})\n\n"
-                   f"machine: {payload['machine']['cpu']}, {args.threads} thread(s), load "
-                   f"{load_start[0]:.1f} -> {payload['load_average_end'][0]:.1f}; FastSampler guidance "
-                   f"{'compiled (torch.compile)' if args.compile_guidance else 'analytic (eager)'}"
-                   "\n\ncommand: "
-                   f"`{payload['command']}`\n\n{table}\n")
-    os.replace(tmp, md)
-    print(f"wrote {path} and {md}")
-    return 0
+    details = ("FastSampler guidance "
+               f"{'compiled (torch.compile)' if args.compile_guidance else 'analytic (eager)'}")
+    title = f"a valid sample: {args.run_dir} ({config.profile})"
+    return _save(args, stem, payload, schedules, title, details, table, load_start)
 
 
 if __name__ == "__main__":
