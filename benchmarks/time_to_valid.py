@@ -335,8 +335,7 @@ def traffic_main(args: argparse.Namespace, argv: list[str] | None, load_start: t
     """The traffic table (module docstring)."""
     task, config, _ = load_model(args.run_dir, "baseline")
     reference_steps = config.gen_neg.sample_steps
-    have = set(model_names(config)) | {"guided"}
-    models = [m for m in args.models if m in have]
+    models = _known_models(args, config)
     quality: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     for earlier in args.include:
@@ -484,6 +483,16 @@ def _summary(rows: list[dict[str, Any]], reference_steps: int, reference_sigma_m
 
 
 
+def _known_models(args: argparse.Namespace, config: Any) -> list[str]:
+    """``--models`` that the run has; an unknown name is an error unless ``--include`` brings rows
+    (re-summarising earlier measurements)."""
+    have = set(model_names(config)) | {"guided"}
+    unknown = [m for m in args.models if m not in have]
+    if unknown and not args.include:
+        raise SystemExit(f"time_to_valid.py: unknown model(s) {unknown}; this run has {sorted(have)}")
+    return [m for m in args.models if m in have]
+
+
 def _fit_record(args: argparse.Namespace) -> dict[str, Any] | None:
     """The schedule-fit options of a ``--fitted`` run, for its JSON (None without ``--fitted``)."""
     if not args.fitted:
@@ -570,8 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     task, config, _ = load_model(args.run_dir, "baseline")
     if hasattr(task, "scene_oracle"):  # a traffic (DDPM scene) run
         return traffic_main(args, argv, load_start)
-    have = set(model_names(config)) | {"guided"}
-    models = [m for m in args.models if m in have]  # none: only --include rows (re-summarise)
+    models = _known_models(args, config)
     elbo = {}
     for name in models:
         task, config, model = load_model(args.run_dir, name)

@@ -68,8 +68,13 @@ def test_train_sample_eval_report(tmp_path, capsys):
     assert "--steps must be >= 1" in capsys.readouterr().err
     assert main(["eval", "--run-dir", str(run_dir), "--schedule", "cosine"]) == 2
     assert "unknown schedule 'cosine'" in capsys.readouterr().err
-    assert main(["eval", "--run-dir", str(run_dir), "--sigma-max", "-1"]) == 2
-    assert "sigma_max must be > 0" in capsys.readouterr().err
+    for bad in ("-1", "inf", "nan"):
+        assert main(["eval", "--run-dir", str(run_dir), "--sigma-max", bad]) == 2
+        assert "sigma_max must be finite and > 0" in capsys.readouterr().err
+    # a finite range that overflows float32 on the way: the samples are written, and said to be broken
+    assert main(["sample", "--run-dir", str(run_dir), "--model", "baseline", "--num", "5", "--sigma-max",
+                 "1e300", "--out", str(tmp_path / "big.npy")]) == 0
+    assert "5 of 5 samples are not finite" in capsys.readouterr().err
 
     (run_dir / "report.md").unlink()
     assert main(["report", "--run-dir", str(run_dir)]) == 0
@@ -100,3 +105,17 @@ def test_python_dash_m_entry_point():
                          check=True, timeout=120).stdout
     for command in ("train", "sample", "eval", "report", "demo"):
         assert command in out
+
+
+def test_an_exhausted_draw_budget_is_a_clean_error_naming_the_knobs(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # the tiny profile's baseline infracts well under 50%: 200 negatives cannot come from 400 draws
+    overrides = [o for o in MICRO if not o.startswith(("gen_neg.", "baseline."))] + [
+        "gen_neg.iterations=1", "gen_neg.num_samples=400", "gen_neg.budget_policy=raise",
+        "gen_neg.max_draws=400"]
+    argv = ["train", "checkerboard", "--profile", "tiny", "--run-dir", str(run_dir), "--quiet"]
+    assert main(argv + _sets(overrides)) == 2
+    err = capsys.readouterr().err
+    assert "over the budget max_draws=400" in err and "Traceback" not in err
+    assert "gen_neg.budget_policy=shrink" in err and "gen_neg.max_draws" in err
+    assert (run_dir / "checkpoints" / "baseline.safetensors").exists()  # finished stages are kept

@@ -214,6 +214,10 @@ def _sample(args: argparse.Namespace) -> int:
             print(f"note: these samples are conditioned on held-out contexts {sorted(cond)}; write .npz to "
                   "keep them", file=sys.stderr)
     print(f"wrote {args.num} samples of {args.model} to {args.out}")
+    bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+    if bad:
+        print(f"warning: {bad} of {args.num} samples are not finite (NaN/inf): the model or the sampling "
+              "options (--sigma-max, --steps) are at fault", file=sys.stderr)
     return 0
 
 
@@ -281,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``genneg`` (and ``python -m genneg``); returns the exit status."""
     from genneg.io.rundir import RunStateError
     from genneg.pipeline.arrays import OracleError
+    from genneg.pipeline.balanced import InfractionBudgetError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fetch-carla-maps"]:  # its own parser takes every remaining argument, --help included
@@ -292,6 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except (RunStateError, ValueError, TypeError, FileNotFoundError, ImportError, OracleError) as err:
         print(f"genneg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except InfractionBudgetError as err:
+        print(f"genneg {args.command}: error: {err} Finished stages are kept in --run-dir. To go on, train "
+              "again (a new --run-dir, or --overwrite) with one of --set gen_neg.max_draws=<more>, --set "
+              "gen_neg.budget_policy=shrink (a smaller balanced set) or --set gen_neg.iterations=<fewer>.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         run_dir = getattr(args, "run_dir", None)

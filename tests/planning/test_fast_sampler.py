@@ -206,6 +206,21 @@ def test_max_rounds_returns_not_ok(denoiser) -> None:
     assert not torch.equal(result.samples[:16], result.samples[16:32])
 
 
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m"])
+def test_non_finite_samples_are_never_valid_and_named(solver) -> None:
+    def broken(x: torch.Tensor, sigma: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
+        return x * float("nan")
+
+    def accept_all(x: torch.Tensor) -> torch.Tensor:  # an oracle that would let NaN through
+        return torch.ones(x.shape[0], dtype=torch.bool)
+
+    sampler = FastSampler(broken, accept_all, sample_shape=(2,),
+                          config=SamplerConfig(num_steps=4, num_parallel=8, solver=solver, max_rounds=2))
+    result = sampler(seed=0)
+    assert not result.ok and result.reason == "non_finite" and result.sample is None
+    assert not result.verdicts.any() and result.rounds == 2
+
+
 def test_chosen_sample_is_first_valid_and_best_ranks_valid_first(denoiser) -> None:
     def right_half(x: torch.Tensor) -> torch.Tensor:
         return x[:, 0] > 0

@@ -61,3 +61,12 @@ def test_from_run_uses_measured_rate(run_dir, model, name) -> None:
 def test_from_run_bad_model(run_dir) -> None:
     with pytest.raises(ValueError):
         FastSampler.from_run(run_dir, "iter9", num_parallel=4)
+
+
+def test_from_run_takes_its_step_count_from_an_explicit_schedule(run_dir) -> None:
+    levels = [80.0, 2.0, 0.1, 0.0]
+    sampler = FastSampler.from_run(run_dir, "distilled", num_parallel=4, solver="dpmpp_2m", sigmas=levels)
+    assert sampler.levels == levels and sampler.config.num_steps == 3
+    assert torch.isfinite(sampler(seed=0).samples).all()
+    with pytest.raises(ValueError, match="pass num_steps=3"):
+        FastSampler.from_run(run_dir, "distilled", num_parallel=4, sigmas=levels, num_steps=5)

@@ -47,7 +47,7 @@ from genneg.diffusion.samplers import (
     multistep_coefficients,
     unipc_sample,
 )
-from genneg.diffusion.schedules import karras_sigmas, log_linear_sigmas, make_sigmas
+from genneg.diffusion.schedules import check_sigmas, karras_sigmas, log_linear_sigmas, make_sigmas
 
 __all__ = [
     "SAMPLERS",
@@ -67,6 +67,7 @@ __all__ = [
     "ancestral_levels",
     "as_denoiser",
     "bind_cond",
+    "check_sigmas",
     "ddpm_loss",
     "ddpm_timesteps",
     "denoiser_calls",

@@ -26,7 +26,6 @@ JSON with :meth:`FittedSchedule.save` (written to a temporary name and renamed).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import torch
 
 from genneg.diffusion.denoiser import Denoiser
 from genneg.diffusion.samplers import SAMPLERS, Cond, get_sampler
-from genneg.diffusion.schedules import make_sigmas
+from genneg.diffusion.schedules import check_sigmas, make_sigmas
 
 __all__ = [
     "FittedSchedule",
@@ -165,11 +164,15 @@ class FittedSchedule:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 def _check_schedule(sigmas: torch.Tensor) -> None:
-    levels = sigmas.tolist()
-    if (sigmas.ndim != 1 or len(levels) < 2 or levels[-1] != 0.0
-            or any(a <= b for a, b in itertools.pairwise(levels))):
-        raise ValueError(f"sigmas must be 1-D, strictly decreasing and end in 0, got {levels}")
+    check_sigmas(sigmas)
 
 
 def trajectory_error(denoiser: Denoiser, solver: str, sigmas: torch.Tensor, noise: torch.Tensor,
@@ -262,8 +265,9 @@ def fit_schedule(
         :class:`FittedSchedule` (``sigmas`` float64 on the CPU).
 
     Raises:
-        ValueError: ``num_steps < 1``, a bad range or schedule family, an unknown solver, or a
-            ``reference`` of the wrong shape.
+        ValueError: ``num_steps < 1``, a bad range or schedule family, an unknown solver, a
+            ``reference`` of the wrong shape or not finite, a ``mask`` that is not bool or does not
+            broadcast, or a denoiser whose solution is not finite.
     """
     config = config or ScheduleFitConfig()
     get_sampler(solver)
@@ -279,6 +283,13 @@ def fit_schedule(
                                        device=device, dtype=dtype)
     elif reference.shape != noise.shape:
         raise ValueError(f"reference has shape {tuple(reference.shape)}, expected {tuple(noise.shape)}")
+    if not bool(torch.isfinite(reference).all()):
+        bad = int((~torch.isfinite(reference)).flatten(1).any(1).sum())
+        raise ValueError(f"the reference solution has non-finite values in {bad} of {reference.shape[0]} "
+                         "samples: check the denoiser (it must return finite values on this sigma range)")
+    if mask is not None and (mask.dtype != torch.bool or not _broadcasts_to(mask.shape, noise.shape)):
+        raise ValueError(f"mask must be bool and broadcastable to {tuple(noise.shape)}, got dtype "
+                         f"{mask.dtype}, shape {tuple(mask.shape)}")
 
     evaluations = 0
 
@@ -290,6 +301,9 @@ def fit_schedule(
 
     levels = initial_sigmas.tolist()
     best = initial_error = error_of(levels)
+    if not math.isfinite(initial_error):
+        raise ValueError(f"the {solver} solution on the initial schedule is not finite (error "
+                         f"{initial_error}): check the denoiser on this sigma range")
     last_free = num_steps - 1 if config.free_last_level else num_steps - 2
     knots = list(range(1, last_free + 1))
     for _ in range(config.sweeps if knots else 0):

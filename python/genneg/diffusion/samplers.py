@@ -53,13 +53,13 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from genneg.diffusion.denoiser import Denoiser, expand_sigma
+from genneg.diffusion.schedules import check_sigmas
 from genneg.profiling import nvtx_range
 
 __all__ = [
@@ -103,11 +103,8 @@ class Sampler(Protocol):
 
 
 def _levels(sigmas: torch.Tensor) -> list[float]:
-    """``sigmas`` as Python floats, checked: at least 2, strictly decreasing, ending in 0."""
-    levels = [float(s) for s in sigmas]
-    if len(levels) < 2 or levels[-1] != 0.0 or any(a <= b for a, b in pairwise(levels)):
-        raise ValueError(f"sigmas must be strictly decreasing and end in 0, got {levels[:4]}...{levels[-2:]}")
-    return levels
+    """``sigmas`` as Python floats, checked (:func:`~genneg.diffusion.schedules.check_sigmas`)."""
+    return check_sigmas(sigmas)
 
 
 def _call(denoiser: Denoiser, x: torch.Tensor, sigma: float, cond: Cond | None) -> torch.Tensor:

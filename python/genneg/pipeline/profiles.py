@@ -16,6 +16,7 @@ sampling, the Gen-neG loop, classifier training, ablations, distillation, evalua
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -78,8 +79,9 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.batch_size < 1:
             raise ValueError(f"SamplingConfig needs num_steps, batch_size >= 1, got {self}")
-        if self.sigma_max is not None and not self.sigma_max > 0:
-            raise ValueError(f"SamplingConfig.sigma_max must be > 0 or None, got {self.sigma_max}")
+        if self.sigma_max is not None and not 0 < self.sigma_max < math.inf:
+            raise ValueError(f"SamplingConfig.sigma_max must be finite and > 0 (or None), got "
+                             f"{self.sigma_max}")
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,10 @@ and required success probability ``p``, ``N = N(r, p) = ceil(log(1 - p) / log r)
   :func:`genneg.oracles.evaluate_oracle` (which checks its answer), as in the pipeline's balanced draw.
 - **Deadline and rounds.** The clock is read before every step and before the oracle; a call returns
   ``ok=False, reason="deadline"`` instead of starting work after the deadline (so it overruns by at most
-  one step), or ``reason="max_rounds"`` when every round was rejected. Under a CUDA graph the whole round
-  is one replay, so the check is a prediction from the replay time measured at capture.
+  one step), or ``reason="max_rounds"`` when every round was rejected (``"non_finite"`` when some samples
+  were NaN/inf: a broken model rather than bad luck; a non-finite sample is never returned as valid).
+  Under a CUDA graph the whole round is one replay, so the check is a prediction from the replay time
+  measured at capture.
 - **Conditioning** by inpainting (:mod:`genneg.planning.inpainting`): fix part of the sample per call.
 - **Threads.** A call holds the sampler's lock: two threads may call one sampler at once (they are
   served one after the other, each result correct). For parallel planners give each thread its own
@@ -83,7 +85,7 @@ from genneg.diffusion.samplers import (
     multistep_advance,
     multistep_coefficients,
 )
-from genneg.diffusion.schedules import make_sigmas
+from genneg.diffusion.schedules import check_sigmas, make_sigmas
 from genneg.guidance.guided import GuidedDenoiser, guidance_gradient
 from genneg.metrics.parallel import num_parallel_samples
 from genneg.oracles.base import evaluate_oracle, sample_verdicts
@@ -190,14 +192,11 @@ class SamplerConfig:
         if self.solver not in ("heun", "euler", "dpmpp_2m", "unipc"):
             raise ValueError(f"solver must be 'heun', 'euler', 'dpmpp_2m' or 'unipc', got {self.solver!r}")
         if self.sigmas is not None:
-            levels = tuple(float(s) for s in (self.sigmas.tolist() if isinstance(self.sigmas, torch.Tensor)
-                                              else self.sigmas))
-            if (len(levels) < 2 or levels[-1] != 0.0 or any(a <= b for a, b in itertools.pairwise(levels))
-                    or not all(math.isfinite(s) for s in levels)):
-                raise ValueError(f"sigmas must be finite, strictly decreasing and end in 0, got {levels}")
+            # a FittedSchedule (genneg.diffusion.fit_schedule) is taken for its levels
+            levels = tuple(check_sigmas(getattr(self.sigmas, "sigmas", self.sigmas)))
             if len(levels) != self.num_steps + 1:
                 raise ValueError(f"sigmas has {len(levels)} levels but num_steps = {self.num_steps} needs "
-                                 f"{self.num_steps + 1}")
+                                 f"{self.num_steps + 1}: pass num_steps={len(levels) - 1}")
             object.__setattr__(self, "sigmas", levels)
 
     def resolved_num_parallel(self) -> int:
@@ -571,6 +570,10 @@ class FastSampler:
                 net = net.to(target)
             net.eval()
             edm = task.edm
+            if num_steps is None and config_overrides.get("sigmas") is not None:
+                # an explicit schedule carries its step count
+                num_steps = len(check_sigmas(getattr(config_overrides["sigmas"], "sigmas",
+                                                     config_overrides["sigmas"]))) - 1
             sampling_sigma_max = run_config.sampling.sigma_max
             config_overrides.setdefault("sigma_max", edm.sigma_max if sampling_sigma_max is None
                                         else sampling_sigma_max)
@@ -670,6 +673,7 @@ class FastSampler:
         rounds = 0
         first_valid = -1
         reason = "max_rounds"
+        nonfinite = False
         verdicts: torch.Tensor | None = None
         for r in range(self.config.max_rounds):
             x = self._round(ws, cond, conditioned, clock)
@@ -678,6 +682,10 @@ class FastSampler:
                 break
             t0 = time.perf_counter()
             v = evaluate_oracle(self.oracle, x, cond)  # oracle(x, **cond), its answer checked
+            finite = torch.isfinite(x).flatten(1).all(1)
+            if not bool(finite.all()):  # a NaN/inf sample is never valid, whatever the oracle says
+                v = v & (finite if v.ndim == 1 else finite[:, None])
+                nonfinite = True
             verdicts = ws.verdict_buffer(v, self.config.max_rounds)
             verdicts[r * n : (r + 1) * n].copy_(v)
             ws.samples[r * n : (r + 1) * n].copy_(x)
@@ -688,6 +696,8 @@ class FastSampler:
                 first_valid = r * n + int(torch.argmax(valid.to(torch.uint8)))
                 reason = ""
                 break
+        if reason == "max_rounds" and nonfinite:
+            reason = "non_finite"
         return self._result(ws, verdicts, rounds, first_valid, reason, seed, clock, t_enter)
 
     def _result(

@@ -1,8 +1,8 @@
 """What one planning call returns: the chosen sample, every sample with its verdict, and where time went.
 
 A call never raises because no valid sample was found: it returns ``ok=False`` with the reason
-(``"deadline"`` or ``"max_rounds"``). Bad input (shapes, NaN, a map that is not the oracle's) raises
-``ValueError`` before any work is done.
+(``"deadline"``, ``"max_rounds"`` or ``"non_finite"``). Bad input (shapes, NaN, a map that is not the
+oracle's) raises ``ValueError`` before any work is done.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 __all__ = ["REASONS", "SampleResult", "StageTimes"]
 
-REASONS = ("", "deadline", "max_rounds")
+REASONS = ("", "deadline", "max_rounds", "non_finite")
 """Values of :attr:`SampleResult.reason`: ``""`` when ok, else why no valid sample was returned."""
 
 
@@ -51,7 +51,8 @@ class SampleResult:
     Attributes:
         ok: True when at least one sample the oracle accepts was found.
         reason: ``""`` when ok; ``"deadline"`` (the next step would have started after the deadline) or
-            ``"max_rounds"`` (every round's samples were rejected).
+            ``"max_rounds"`` (every round's samples were rejected), ``"non_finite"`` (every round's samples
+            were rejected and some were NaN/inf: the model, not the draw, is at fault).
         sample: ``(*sample_shape)`` the chosen valid sample (the first valid one drawn), or None.
         best: ``(k, *sample_shape)`` the ``k`` best samples, valid ones first (in drawing order), then
             invalid ones by decreasing fraction of valid parts; fewer than ``k`` rows when fewer samples
