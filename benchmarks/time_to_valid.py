@@ -486,6 +486,9 @@ def _summary(rows: list[dict[str, Any]], reference_steps: int, reference_sigma_m
 def _known_models(args: argparse.Namespace, config: Any) -> list[str]:
     """``--models`` that the run has; an unknown name is an error unless ``--include`` brings rows
     (re-summarising earlier measurements)."""
+    if args.fitted and args.fit_steps and not set(args.fit_steps) <= set(args.steps):
+        raise SystemExit(f"time_to_valid.py: --fit-steps {sorted(set(args.fit_steps) - set(args.steps))} "
+                         f"not among --steps {args.steps}")
     have = set(model_names(config)) | {"guided"}
     unknown = [m for m in args.models if m not in have]
     if unknown and not args.include:

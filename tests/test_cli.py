@@ -75,6 +75,9 @@ def test_train_sample_eval_report(tmp_path, capsys):
     assert main(["sample", "--run-dir", str(run_dir), "--model", "baseline", "--num", "5", "--sigma-max",
                  "1e300", "--out", str(tmp_path / "big.npy")]) == 0
     assert "5 of 5 samples are not finite" in capsys.readouterr().err
+    assert main(["eval", "--run-dir", str(run_dir), "--num", "50", "--sigma-max", "1e300"]) == 0
+    broken = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert broken["infraction"] == 1.0 and broken["mmd"] is None
 
     (run_dir / "report.md").unlink()
     assert main(["report", "--run-dir", str(run_dir)]) == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -65,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="draw samples from a model of a finished run")
     sample.add_argument("--run-dir", required=True, type=Path)
-    sample.add_argument("--model", default="baseline",
-                        help="baseline | iter<k> | ablation_<mode> | distilled")
+    sample.add_argument("--model", default="baseline", help=_MODELS_HELP)
     # --num-samples: the spelling torchrun passes on (its parser takes --num for --numa-binding, abbreviated)
     sample.add_argument("--num", "--num-samples", dest="num", type=int, default=10_000,
                         help="number of samples")
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="evaluate a model of a finished run (prints JSON)")
     evaluate.add_argument("--run-dir", required=True, type=Path)
-    evaluate.add_argument("--model", default="baseline")
+    evaluate.add_argument("--model", default="baseline", help=_MODELS_HELP)
     evaluate.add_argument("--num", "--num-samples", dest="num", type=int, default=None,
                           help="samples (default: the run's eval size)")
     evaluate.add_argument("--oracle", default=None,
@@ -105,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(see: genneg fetch-carla-maps --help)")
     carla.add_argument("args", nargs="*", help="handed to the map builder's own parser")
     return parser
+
+
+_MODELS_HELP = "baseline | iter<k> | guided (the last iteration's stack) | ablation_<mode> | distilled"
+
+
+def _strict_json(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None (null): a metric that could not be computed,
+    e.g. the MMD of non-finite samples, without breaking strict JSON readers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,7 +252,7 @@ def _eval(args: argparse.Namespace) -> int:
     if sampling is not None:
         metrics = {"sampler": sampling.sampler, "steps": sampling.num_steps, "schedule": sampling.schedule,
                    "sigma_max": float(task.sigmas[0]), **metrics}
-    print(json.dumps({"model": args.model, **metrics}, indent=2))
+    print(json.dumps(_strict_json({"model": args.model, **metrics}), indent=2, allow_nan=False))
     return 0
 
 
